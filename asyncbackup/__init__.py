@@ -1,0 +1,61 @@
+"""asyncbackup: an asyncio backup engine for directories, to S3, GCS or a local directory.
+
+async with open_storage("file:///var/backups/app") as store:
+    summary = await BackupEngine(store).backup("/srv/app", name="nightly-1")
+"""
+
+from asyncbackup.backup import BackupSummary
+from asyncbackup.config import EngineConfig, RetryPolicy
+from asyncbackup.engine import BackupEngine, BackupInfo, VerifyReport
+from asyncbackup.errors import (
+    BackupError,
+    BackupFailed,
+    ConfigError,
+    FailedItem,
+    IntegrityError,
+    ManifestError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentStorageError,
+    SourceError,
+    StorageError,
+    TargetError,
+    TransientStorageError,
+)
+from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.metrics import Metrics
+from asyncbackup.progress import Progress
+from asyncbackup.restore import RestoreSummary
+from asyncbackup.storage import FaultyStorage, LocalStorage, MemoryStorage, Storage, open_storage
+
+__all__ = [
+    "BackupEngine",
+    "BackupError",
+    "BackupFailed",
+    "BackupInfo",
+    "BackupSummary",
+    "ConfigError",
+    "EngineConfig",
+    "FailedItem",
+    "FaultyStorage",
+    "FileEntry",
+    "IntegrityError",
+    "LocalStorage",
+    "Manifest",
+    "ManifestError",
+    "MemoryStorage",
+    "Metrics",
+    "ObjectExistsError",
+    "ObjectNotFoundError",
+    "PermanentStorageError",
+    "Progress",
+    "RestoreSummary",
+    "RetryPolicy",
+    "SourceError",
+    "Storage",
+    "StorageError",
+    "TargetError",
+    "TransientStorageError",
+    "VerifyReport",
+    "open_storage",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from asyncbackup.cli import main
+
+sys.exit(main())

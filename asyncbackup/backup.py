@@ -1,0 +1,175 @@
+"""One backup job: walk, chunk, upload what the store lacks, then commit the MANIFEST."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from asyncbackup.chunking import ChunkReader
+from asyncbackup.config import EngineConfig
+from asyncbackup.errors import ConfigError
+from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.metrics import Metrics
+from asyncbackup.pool import TaskPool
+from asyncbackup.progress import Progress
+from asyncbackup.repository import Repository
+from asyncbackup.walk import SourceEntry, walk
+
+log = logging.getLogger("asyncbackup")
+OPERATION = "backup"
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """What a committed backup holds and what it cost."""
+
+    name: str
+    files: int
+    dirs: int
+    symlinks: int
+    skipped: int  # special files (fifos, sockets, devices), never backed up
+    bytes: int
+    chunks_uploaded: int
+    chunks_skipped: int  # already in the store, or repeated within this backup
+    bytes_uploaded: int
+    retries: int
+    seconds: float
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def default_name() -> str:
+    """A UTC timestamp, the name of a backup when none is given."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class BackupJob:
+    """Backs up one directory. Holds at most ``config.buffered_chunks`` chunks at once."""
+
+    def __init__(
+        self, repo: Repository, config: EngineConfig, metrics: Metrics, progress: Progress
+    ) -> None:
+        self.repo = repo
+        self.config = config
+        self.metrics = metrics
+        self.progress = progress
+        self.entries: list[FileEntry] = []
+        self.known: set[str] = set()  # in the store, or uploaded (or uploading) by this job
+        self.skipped = 0
+        self.uploaded = 0
+        self.bytes_uploaded = 0
+
+    async def run(self, source: Path, name: str) -> BackupSummary:
+        """Back up ``source`` as backup ``name``; nothing is committed unless every chunk is stored.
+
+        Raises:
+            ConfigError: the source is not a directory, or the name is taken.
+            BackupFailed: a file or chunk failed; each is named, and no MANIFEST was written.
+        """
+        started_clock, started = time.monotonic(), utc_now()
+        source = await asyncio.to_thread(source.absolute)
+        if not await asyncio.to_thread(source.is_dir):
+            raise ConfigError(f"source {source} does not exist or is not a directory")
+        if await self.repo.has_backup(name):
+            raise ConfigError(
+                f"a backup named {name!r} exists already in {self.repo.store.url}: "
+                "choose another --name, or delete that backup first"
+            )
+        self.known = await self.repo.stored_digests()
+        log.info("backup %s: %d chunks already in the store", name, len(self.known))
+        budget = self.repo.retrier.budget
+        hint = lambda: budget.explain() + "Run the same command again: stored chunks are reused."  # noqa: E731
+        async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
+            async for entry in walk(source):
+                await self._add(pool, source, entry)
+        manifest = Manifest(
+            name=name,
+            job_id=uuid.uuid4().hex,
+            started=started,
+            finished=utc_now(),
+            host=socket.gethostname(),
+            source=str(source),
+            chunk_size=self.config.chunk_size,
+            entries=tuple(sorted(self.entries, key=lambda e: e.path)),
+        )
+        await self.repo.commit(manifest)
+        totals = manifest.totals
+        self.metrics.files.labels(OPERATION, "done").inc(totals.files)
+        return BackupSummary(
+            name=name,
+            files=totals.files,
+            dirs=totals.dirs,
+            symlinks=totals.symlinks,
+            skipped=self.skipped,
+            bytes=totals.bytes,
+            chunks_uploaded=self.uploaded,
+            chunks_skipped=totals.chunks - self.uploaded,
+            bytes_uploaded=self.bytes_uploaded,
+            retries=budget.spent,
+            seconds=time.monotonic() - started_clock,
+        )
+
+    async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
+        st = entry.stat
+        mode = stat.S_IMODE(st.st_mode)
+        if entry.kind == "dir":
+            self.entries.append(FileEntry(entry.path, "dir", mode, st.st_mtime_ns))
+        elif entry.kind == "symlink":
+            assert entry.target is not None
+            self.entries.append(
+                FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
+            )
+        elif entry.kind == "file":
+            await self._add_file(pool, source / entry.path, entry.path)
+        else:
+            self.skipped += 1
+            self.metrics.files.labels(OPERATION, "skipped").inc()
+            log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
+
+    async def _add_file(self, pool: TaskPool, path: Path, relative: str) -> None:
+        reader = ChunkReader(path, self.config.chunk_size)
+        chunks: list[str] = []
+        try:
+            while (chunk := await reader.next_chunk()) is not None:
+                data, digest = chunk
+                chunks.append(digest)
+                self.progress.advance(nbytes=len(data))
+                if digest in self.known:
+                    self.metrics.chunks.labels(OPERATION, "skipped").inc()
+                    self.metrics.bytes.labels(OPERATION, "skipped").inc(len(data))
+                    continue
+                self.known.add(digest)
+                label = f"chunk {len(chunks)} {digest[:12]}"
+                await pool.spawn(relative, partial(self._upload, digest, data, relative, label))
+        finally:
+            await reader.aclose()
+        assert reader.stat is not None
+        self.entries.append(
+            FileEntry(
+                relative,
+                "file",
+                stat.S_IMODE(reader.stat.st_mode),
+                reader.stat.st_mtime_ns,
+                size=reader.size,
+                sha256=reader.sha256,
+                chunks=tuple(chunks),
+            )
+        )
+        self.progress.advance(files=1)
+
+    async def _upload(self, digest: str, data: bytes, path: str, label: str) -> None:
+        await self.repo.put_chunk(digest, data, path=path, label=label)
+        self.uploaded += 1
+        self.bytes_uploaded += len(data)
+        self.metrics.chunks.labels(OPERATION, "transferred").inc()
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))

@@ -1,0 +1,115 @@
+"""Splitting a file into fixed-size chunks and hashing them (sha256), off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+import threading
+from pathlib import Path
+
+from asyncbackup.errors import SourceError
+
+
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data``; hashlib releases the GIL, so callers run it in a thread."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class ChunkReader:
+    """Reads one regular file as chunks of ``chunk_size`` bytes, and hashes it whole.
+
+    Each ``next_chunk`` is one worker-thread call that reads and hashes, so the event loop never
+    blocks. The file is opened without following links and checked at the end: if its size or
+    mtime changed while it was read, ``SourceError`` is raised rather than storing bytes that do
+    not match the recorded size and hash.
+    """
+
+    def __init__(self, path: Path, chunk_size: int) -> None:
+        self.path = path
+        self.chunk_size = chunk_size
+        self.size = 0
+        self.stat: os.stat_result | None = None
+        self._hash = hashlib.sha256()
+        self._fd: int | None = None
+        self._done = False
+        self._lock = threading.Lock()  # a cancelled await leaves its thread running: serialize
+
+    @property
+    def sha256(self) -> str:
+        """The hash of the whole file; complete once ``next_chunk`` has returned None."""
+        return self._hash.hexdigest()
+
+    async def next_chunk(self) -> tuple[bytes, str] | None:
+        """The next chunk and its sha256, or None after the last one.
+
+        Raises:
+            SourceError: the file cannot be opened or read, is no longer a regular file, or
+                changed while it was read.
+        """
+        return await asyncio.to_thread(self._step)
+
+    async def aclose(self) -> None:
+        """Close the file; safe to call at any point, and more than once."""
+        await asyncio.to_thread(self._close)
+
+    def _step(self) -> tuple[bytes, str] | None:
+        with self._lock:
+            if self._done:
+                return None
+            try:
+                if self._fd is None:
+                    self._open()
+                assert self._fd is not None and self.stat is not None
+                data = _read_up_to(self._fd, self.chunk_size)
+            except OSError as exc:
+                raise SourceError(f"cannot read {self.path}: {exc.strerror}") from exc
+            if data:
+                self.size += len(data)
+                self._hash.update(data)
+            if len(data) < self.chunk_size or self.size >= self.stat.st_size:
+                self._done = True
+                self._check_unchanged()
+            return (data, sha256_hex(data)) if data else None
+
+    def _open(self) -> None:
+        # O_NOFOLLOW: a file swapped for a link since the walk is refused, never followed.
+        # O_NONBLOCK: a file swapped for a fifo must not hang the open.
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        self.stat = os.fstat(self._fd)
+        if not stat.S_ISREG(self.stat.st_mode):
+            raise SourceError(f"{self.path} is no longer a regular file")
+
+    def _check_unchanged(self) -> None:
+        assert self._fd is not None and self.stat is not None
+        after = os.fstat(self._fd)
+        before = self.stat
+        if (
+            after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns
+            or self.size != before.st_size
+        ):
+            raise SourceError(
+                f"{self.path} changed while it was being read "
+                f"(size {before.st_size} -> {after.st_size}, read {self.size} bytes): "
+                "back it up again once it is quiet"
+            )
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    parts: list[bytes] = []
+    remaining = size
+    while remaining:
+        part = os.read(fd, remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -1,0 +1,269 @@
+"""The command line: ``asyncbackup backup|restore|list|verify|delete``.
+
+Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify found damage);
+2 bad usage or configuration; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.engine import BackupEngine
+from asyncbackup.errors import BackupError, BackupFailed, ConfigError
+from asyncbackup.metrics import Metrics
+from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.storage import FaultyStorage, Storage, open_storage
+
+log = logging.getLogger("asyncbackup")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'8M', '8MiB', '512K' or '65536' as a number of bytes (powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 65536, 512K or 8M")
+    unit = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2).upper()]
+    return int(match.group(1)) * unit
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a fault rate is between 0 and 1, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--concurrency",
+        type=int,
+        default=EngineConfig().concurrency,
+        help="transfers in flight at once (default %(default)s)",
+    )
+    common.add_argument(
+        "--max-retries",
+        type=int,
+        default=RetryPolicy().max_attempts - 1,
+        help="retries per transfer after its first attempt (default %(default)s)",
+    )
+    common.add_argument(
+        "--retry-delay",
+        type=float,
+        default=DEFAULT_BASE_DELAY,
+        help="first backoff ceiling, seconds (default %(default)s)",
+    )
+    common.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=RetryPolicy().attempt_timeout,
+        help="seconds one attempt may take (default %(default)s)",
+    )
+    common.add_argument(
+        "--retry-budget",
+        type=int,
+        default=RetryPolicy().budget,
+        help="retries the whole job may spend (default %(default)s)",
+    )
+    common.add_argument(
+        "--metrics-file",
+        type=Path,
+        help="write Prometheus metrics here at the end (textfile collector format)",
+    )
+    common.add_argument(
+        "--inject-faults",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="make RATE of store operations fail transiently (testing)",
+    )
+    common.add_argument(
+        "--inject-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add MS milliseconds to every store operation (testing)",
+    )
+    common.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
+    common.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+    parser = argparse.ArgumentParser(prog="asyncbackup", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    backup = commands.add_parser("backup", parents=[common], help="back up a directory")
+    backup.add_argument("source", type=Path, metavar="SOURCE_DIR")
+    backup.add_argument("store", metavar="STORE")
+    backup.add_argument("--name", help="backup name (default: the UTC time, 20261124T140724Z)")
+    backup.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=DEFAULT_CHUNK_SIZE,
+        help="split files into chunks of this size (default 8M)",
+    )
+    restore = commands.add_parser("restore", parents=[common], help="restore a backup")
+    restore.add_argument("store", metavar="STORE")
+    restore.add_argument("name", metavar="NAME")
+    restore.add_argument("target", type=Path, metavar="TARGET_DIR")
+    restore.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="restore into a non-empty directory, replacing what is there",
+    )
+    listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
+    listing.add_argument("store", metavar="STORE")
+    listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    verify = commands.add_parser("verify", parents=[common], help="check a backup's chunks")
+    verify.add_argument("store", metavar="STORE")
+    verify.add_argument("name", metavar="NAME")
+    verify.add_argument("--deep", action="store_true", help="download and re-hash every chunk")
+    delete = commands.add_parser("delete", parents=[common], help="delete a backup")
+    delete.add_argument("store", metavar="STORE")
+    delete.add_argument("name", metavar="NAME")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        log.error("interrupted: nothing was committed")
+        return EXIT_INTERRUPTED
+
+
+async def _run(args: argparse.Namespace) -> int:
+    metrics = Metrics()
+    try:
+        config = EngineConfig(
+            concurrency=args.concurrency,
+            chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+            retry=RetryPolicy(
+                max_attempts=args.max_retries + 1,
+                base_delay=args.retry_delay,
+                max_delay=max(args.retry_delay, RetryPolicy().max_delay),
+                attempt_timeout=args.attempt_timeout,
+                budget=args.retry_budget,
+            ),
+        )
+        store = _open_store(args)
+        async with store:
+            return await _command(args, store, config, metrics)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except BackupFailed as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except BackupError as exc:
+        log.error("%s failed: %s", args.command, exc)
+        return EXIT_FAILED
+    finally:
+        if args.metrics_file is not None:
+            await asyncio.to_thread(metrics.write_textfile, args.metrics_file)
+
+
+def _open_store(args: argparse.Namespace) -> Storage:
+    store = open_storage(args.store)
+    if args.inject_faults or args.inject_latency:
+        if args.inject_latency < 0:
+            raise ConfigError(f"--inject-latency must not be negative, not {args.inject_latency}")
+        store = FaultyStorage(
+            store,
+            rate=args.inject_faults,
+            latency=args.inject_latency / 1000,
+            seed=args.fault_seed,
+        )
+    return store
+
+
+async def _command(
+    args: argparse.Namespace, store: Storage, config: EngineConfig, metrics: Metrics
+) -> int:
+    interactive = sys.stderr.isatty() and not args.quiet
+    progress = BarProgress(args.command) if interactive else LogProgress(args.command)
+    engine = BackupEngine(store, config, metrics=metrics, progress=progress)
+    redirect: Any = nullcontext()
+    if interactive:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        redirect = logging_redirect_tqdm(loggers=[log])
+    with ExitStack() as stack:
+        stack.enter_context(redirect)
+        stack.callback(progress.close)
+        if args.command == "backup":
+            b = await engine.backup(args.source, name=args.name)
+            log.info(
+                "backup %s committed: %d files, %d dirs, %d links, %d skipped; %s read, "
+                "%d chunks uploaded (%s), %d already stored; %d retries; %.1fs, %s/s",
+                b.name, b.files, b.dirs, b.symlinks, b.skipped, _mib(b.bytes),
+                b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
+                b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
+            )  # fmt: skip
+            print(b.name)
+        elif args.command == "restore":
+            r = await engine.restore(args.name, args.target, overwrite=args.overwrite)
+            log.info(
+                "restored %s into %s: %d files, %d dirs, %d links, %s; %d chunks downloaded; "
+                "%d retries; %.1fs",
+                r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
+                r.chunks_downloaded, r.retries, r.seconds,
+            )  # fmt: skip
+        elif args.command == "list":
+            infos = await engine.list_backups()
+            if args.json:
+                print(json.dumps([asdict(i) for i in infos], indent=1))
+            for i in [] if args.json else infos:
+                detail = (
+                    f"PROBLEM: {i.problem}"
+                    if i.problem
+                    else (f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}")
+                )
+                print(f"{i.name}  {detail}")
+        elif args.command == "verify":
+            report = await engine.verify(args.name, deep=args.deep)
+            for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
+                for digest, paths in sorted(damaged.items()):
+                    log.error(
+                        "chunk %s is %s; it holds part of: %s",
+                        digest,
+                        what,
+                        ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""),
+                    )
+            kind = "deep" if report.deep else "presence"
+            if not report.ok:
+                log.error(
+                    "verify (%s) of %s: %d missing and %d corrupt of %d chunks",
+                    kind,
+                    report.name,
+                    len(report.missing),
+                    len(report.corrupt),
+                    report.chunks_checked,
+                )
+                return EXIT_FAILED
+            log.info(
+                "verify (%s) of %s: all %d chunks ok", kind, report.name, report.chunks_checked
+            )
+        elif args.command == "delete":
+            await engine.delete(args.name)
+            log.info("deleted backup %s (its chunks stay until a prune)", args.name)
+    return EXIT_OK
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"

@@ -1,0 +1,80 @@
+"""Configuration: small frozen dataclasses, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asyncbackup.errors import ConfigError
+
+MiB = 1024 * 1024
+
+DEFAULT_CONCURRENCY = 16
+DEFAULT_CHUNK_SIZE = 8 * MiB
+DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_BASE_DELAY = 0.1
+DEFAULT_MAX_DELAY = 20.0
+DEFAULT_ATTEMPT_TIMEOUT = 120.0
+DEFAULT_RETRY_BUDGET = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How one transfer is retried, and how many retries a whole job may spend.
+
+    Attempt n (n >= 1) that fails transiently is followed by a sleep drawn uniformly from
+    ``[0, min(max_delay, base_delay * 2 ** (n - 1))]`` (full jitter), outside the concurrency limit.
+    The job-wide budget starts at ``budget`` retries; each successful transfer earns back
+    ``budget_refill`` of one, up to ``budget``. A store that is down drains it and the job stops,
+    instead of every chunk retrying for minutes.
+    """
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    base_delay: float = DEFAULT_BASE_DELAY
+    max_delay: float = DEFAULT_MAX_DELAY
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    max_time: float | None = None
+    budget: int = DEFAULT_RETRY_BUDGET
+    budget_refill: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise ConfigError(
+                f"retry delays must satisfy 0 <= base_delay <= max_delay, "
+                f"not {self.base_delay} and {self.max_delay}"
+            )
+        if self.attempt_timeout <= 0:
+            raise ConfigError(f"attempt_timeout must be positive, not {self.attempt_timeout}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ConfigError(f"max_time must be positive or None, not {self.max_time}")
+        if self.budget < 0 or self.budget_refill < 0:
+            raise ConfigError("the retry budget and its refill must not be negative")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """What the engine may hold and run at once.
+
+    Memory: at most ``buffered_chunks`` chunks of file data are held at once, so file data in
+    memory stays under ``2 * concurrency * chunk_size`` (256 MiB with the defaults, for 8 MiB
+    chunks; small files hold only their own size). Half of those buffers can be in transfer while
+    the other half wait for a retry, so a retrying chunk never takes a transfer slot from others.
+    """
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 1024:
+            raise ConfigError(f"concurrency must be between 1 and 1024, not {self.concurrency}")
+        if not 64 * 1024 <= self.chunk_size <= 1024 * MiB:
+            raise ConfigError(
+                f"chunk size must be between 64 KiB and 1 GiB, not {self.chunk_size} bytes"
+            )
+
+    @property
+    def buffered_chunks(self) -> int:
+        """How many chunks may be read and not yet stored (or fetched and not yet written)."""
+        return 2 * self.concurrency

@@ -1,0 +1,200 @@
+"""BackupEngine: the public face of asyncbackup: backup, restore, verify, list and delete."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from asyncbackup.backup import BackupJob, BackupSummary, default_name
+from asyncbackup.config import EngineConfig
+from asyncbackup.errors import BackupError, IntegrityError, ObjectNotFoundError
+from asyncbackup.layout import check_backup_name
+from asyncbackup.manifest import Manifest
+from asyncbackup.metrics import Metrics
+from asyncbackup.pool import TaskPool
+from asyncbackup.progress import NoProgress, Progress
+from asyncbackup.repository import Repository
+from asyncbackup.restore import RestoreJob, RestoreSummary
+from asyncbackup.retry import Retrier, Sleep
+from asyncbackup.storage.base import Storage
+
+T = TypeVar("T")
+log = logging.getLogger("asyncbackup")
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One committed backup, as ``list`` shows it. ``problem`` is set if its MANIFEST is bad."""
+
+    name: str
+    started: str = ""
+    finished: str = ""
+    host: str = ""
+    source: str = ""
+    files: int = 0
+    bytes: int = 0
+    chunks: int = 0
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found: chunks missing or corrupt, each with the files that need it."""
+
+    name: str
+    deep: bool
+    chunks_checked: int
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    corrupt: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+
+class BackupEngine:
+    """Backs up directories into a store and restores them.
+
+    No global state: each engine has its own metrics (on ``metrics.registry``) and each job its own
+    retry budget. Every method may be cancelled: the transfers stop and nothing is committed.
+    ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds.
+    """
+
+    def __init__(
+        self,
+        store: Storage,
+        config: EngineConfig | None = None,
+        *,
+        metrics: Metrics | None = None,
+        progress: Progress | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.config = config if config is not None else EngineConfig()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.progress: Progress = progress if progress is not None else NoProgress()
+        self._sleep = sleep
+
+    def _repository(self, operation: str) -> Repository:
+        self.metrics.start(operation)
+        retrier = Retrier(
+            self.config.retry,
+            concurrency=self.config.concurrency,
+            metrics=self.metrics,
+            sleep=self._sleep,
+        )
+        return Repository(self.store, retrier, operation=operation)
+
+    async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
+        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
+
+        Raises:
+            ConfigError: a bad name, a source that is not a directory, or a name already taken.
+            BackupFailed: the job gave up; no MANIFEST was written.
+        """
+        name = check_backup_name(name if name is not None else default_name())
+        job = BackupJob(self._repository("backup"), self.config, self.metrics, self.progress)
+        return await self._timed("backup", job.run(Path(source), name))
+
+    async def restore(
+        self, name: str, target: str | Path, *, overwrite: bool = False
+    ) -> RestoreSummary:
+        """Restore backup ``name`` into directory ``target``.
+
+        Raises:
+            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file.
+            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            BackupFailed: a chunk was missing or corrupt, or the store failed.
+        """
+        repo = self._repository("restore")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        job = RestoreJob(repo, self.config, self.metrics, self.progress)
+        return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
+
+    async def manifest(self, name: str) -> Manifest:
+        """Backup ``name``'s MANIFEST.
+
+        Raises:
+            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+        """
+        return await self._repository("verify").load_manifest(check_backup_name(name))
+
+    async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
+        """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
+        download every chunk and check its hash.
+
+        Raises:
+            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            BackupFailed: the store failed (not: a chunk is missing or corrupt, which is reported).
+        """
+        repo = self._repository("verify")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        users: dict[str, list[str]] = {}
+        for entry in manifest.entries:
+            for digest in entry.chunks:
+                users.setdefault(digest, []).append(entry.path)
+        stored = await repo.stored_digests()
+        missing = {d: paths for d, paths in users.items() if d not in stored}
+        corrupt: dict[str, list[str]] = {}
+        if deep:
+
+            async def check(digest: str) -> None:
+                try:
+                    await repo.get_chunk(digest, path=users[digest][0], label=digest[:12])
+                except IntegrityError:
+                    corrupt[digest] = users[digest]
+                except ObjectNotFoundError:
+                    missing[digest] = users[digest]
+
+            async with TaskPool("verify", limit=self.config.buffered_chunks) as pool:
+                for digest in users.keys() - missing.keys():
+                    await pool.spawn(digest, partial(check, digest))
+        return VerifyReport(name, deep, len(users), missing, corrupt)
+
+    async def list_backups(self) -> list[BackupInfo]:
+        """Every committed backup, oldest name first, with what its MANIFEST says."""
+        repo = self._repository("verify")
+        names = await repo.backup_names()
+        infos: dict[str, BackupInfo] = {}
+
+        async def describe(name: str) -> None:
+            try:
+                m = await repo.load_manifest(name)
+            except BackupError as exc:
+                infos[name] = BackupInfo(name, problem=str(exc))
+                return
+            t = m.totals
+            infos[name] = BackupInfo(
+                name, m.started, m.finished, m.host, m.source, t.files, t.bytes, t.unique_chunks
+            )
+
+        async with TaskPool("list", limit=self.config.concurrency) as pool:
+            for name in names:
+                await pool.spawn(name, partial(describe, name))
+        return [infos[n] for n in names]
+
+    async def delete(self, name: str) -> None:
+        """Delete backup ``name``'s MANIFEST. Its chunks stay until a prune removes unused ones.
+
+        Raises:
+            ManifestError: there is no such backup.
+        """
+        await self._repository("verify").delete_manifest(check_backup_name(name))
+
+    async def _timed(self, operation: str, job: Awaitable[T]) -> T:
+        started = time.monotonic()
+        try:
+            result = await job
+        finally:
+            self.metrics.duration.labels(operation).set(time.monotonic() - started)
+        self.metrics.last_success.labels(operation).set_to_current_time()
+        return result
+
+
+__all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]

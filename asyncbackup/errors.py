@@ -1,0 +1,88 @@
+"""The errors asyncbackup raises. Every one is a ``BackupError``::
+
+    BackupError
+    ├── ConfigError                 bad URL or option, backup name taken, target not empty
+    ├── SourceError                 unreadable input, a file that vanished or changed while read
+    ├── TargetError                 the restore target cannot be written (disk full...)
+    ├── ManifestError               missing, corrupt or unsafe MANIFEST
+    ├── IntegrityError              a chunk or file whose hash or size does not match
+    ├── StorageError
+    │   ├── TransientStorageError   timeouts, resets, 408, 429, 5xx, SlowDown: retried
+    │   └── PermanentStorageError   401, 403, NoSuchBucket, 400: never retried
+    │       ├── ObjectNotFoundError a key that must exist does not
+    │       └── ObjectExistsError   a create-only write found the key taken
+    └── BackupFailed                a job gave up; carries each failed file and its last error
+
+Backends turn their SDK's exceptions into these at their boundary (``raise ... from exc``), so the
+engine never sees aiobotocore or aiohttp. Messages say what happened, to which file or key, and what
+to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class BackupError(Exception):
+    """The root of every error asyncbackup raises."""
+
+
+class ConfigError(BackupError):
+    """A bad option, URL or argument: nothing was attempted."""
+
+
+class SourceError(BackupError):
+    """Input that cannot be read, or that vanished or changed while it was read."""
+
+
+class TargetError(BackupError):
+    """The restore target cannot be written: permissions, a full disk, a file in the way."""
+
+
+class ManifestError(BackupError):
+    """A MANIFEST that is missing, corrupt, or names a path outside the restore target."""
+
+
+class IntegrityError(BackupError):
+    """Stored bytes whose hash or size differs from what the manifest promises."""
+
+
+class StorageError(BackupError):
+    """A store operation failed."""
+
+
+class TransientStorageError(StorageError):
+    """A failure that may pass: a timeout, a reset, a throttle, a 5xx. Retried with backoff."""
+
+
+class PermanentStorageError(StorageError):
+    """A failure that a retry cannot fix: credentials, a missing bucket, a bad request."""
+
+
+class ObjectNotFoundError(PermanentStorageError):
+    """A key that must exist is missing from the store."""
+
+
+class ObjectExistsError(PermanentStorageError):
+    """A create-only write found its key already taken."""
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    """One file (or store key) a job could not process, and why."""
+
+    path: str
+    error: BackupError
+
+
+class BackupFailed(BackupError):
+    """A job gave up: nothing was committed. ``failures`` names each failed file and its error."""
+
+    def __init__(self, operation: str, failures: Sequence[FailedItem], *, hint: str = "") -> None:
+        self.operation = operation
+        self.failures = tuple(failures)
+        shown = "; ".join(f"{f.path}: {f.error}" for f in self.failures[:5])
+        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+        message = f"{operation} failed, nothing was committed: {shown}{more}"
+        super().__init__(f"{message}. {hint}" if hint else message)

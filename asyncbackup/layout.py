@@ -1,0 +1,62 @@
+"""Where things live in a store: the one place that knows the key layout.
+
+chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however often used
+backups/<name>/MANIFEST              the commit record of one backup, written last
+"""
+
+from __future__ import annotations
+
+import re
+
+from asyncbackup.errors import ConfigError
+
+CHUNKS = "chunks/"
+BACKUPS = "backups/"
+MANIFEST = "MANIFEST"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def chunk_key(digest: str) -> str:
+    """The key of the chunk whose sha256 is ``digest``."""
+    return CHUNKS + digest
+
+
+def manifest_key(name: str) -> str:
+    """The key of backup ``name``'s MANIFEST."""
+    return f"{BACKUPS}{name}/{MANIFEST}"
+
+
+def digest_of_chunk_key(key: str) -> str | None:
+    """The digest a key under ``chunks/`` names, or None for anything else (a stray file)."""
+    digest = key.removeprefix(CHUNKS)
+    return digest if key.startswith(CHUNKS) and is_digest(digest) else None
+
+
+def name_of_manifest_key(key: str) -> str | None:
+    """The backup name a ``backups/<name>/MANIFEST`` key names, or None."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] + "/" == BACKUPS and parts[2] == MANIFEST:
+        return parts[1]
+    return None
+
+
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is a lowercase hex sha256."""
+    return _DIGEST.fullmatch(text) is not None
+
+
+def check_backup_name(name: str) -> str:
+    """Return ``name`` if it is a valid backup name.
+
+    Raises:
+        ConfigError: the name is empty, too long, or has characters other than letters, digits
+            and ``._+-`` (it becomes part of a key, so it must be safe on every store).
+    """
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid backup name {name!r}: use 1 to 200 letters, digits, '.', '_', '+' or '-', "
+            "starting with a letter or digit"
+        )
+    return name

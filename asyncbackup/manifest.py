@@ -1,0 +1,211 @@
+"""The MANIFEST: the commit record of one backup, as JSON, validated strictly when read."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from asyncbackup.errors import ManifestError
+from asyncbackup.layout import is_digest
+
+FORMAT_VERSION = 1
+EntryType = Literal["file", "dir", "symlink"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file, directory or symlink of a backup. ``path`` is relative and POSIX."""
+
+    path: str
+    type: EntryType
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    sha256: str = ""
+    chunks: tuple[str, ...] = ()
+    target: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "type": self.type,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+        }
+        if self.type == "file":
+            out.update(size=self.size, sha256=self.sha256, chunks=list(self.chunks))
+        elif self.type == "symlink":
+            out["target"] = self.target
+        return out
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a backup holds, as counted from its entries."""
+
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    chunks: int
+    unique_chunks: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed backup: when, from where, and every entry with the chunks that rebuild it."""
+
+    name: str
+    job_id: str
+    started: str  # ISO 8601, UTC
+    finished: str
+    host: str
+    source: str
+    chunk_size: int
+    entries: tuple[FileEntry, ...]
+    format_version: int = FORMAT_VERSION
+    totals: Totals = field(init=False)
+
+    def __post_init__(self) -> None:
+        files = [e for e in self.entries if e.type == "file"]
+        chunks = [c for e in files for c in e.chunks]
+        totals = Totals(
+            files=len(files),
+            dirs=sum(e.type == "dir" for e in self.entries),
+            symlinks=sum(e.type == "symlink" for e in self.entries),
+            bytes=sum(e.size for e in files),
+            chunks=len(chunks),
+            unique_chunks=len(set(chunks)),
+        )
+        object.__setattr__(self, "totals", totals)
+
+    def digests(self) -> set[str]:
+        """Every chunk this backup needs."""
+        return {c for e in self.entries for c in e.chunks}
+
+    def to_json(self) -> bytes:
+        """The MANIFEST's bytes. ASCII-only: names that are not UTF-8 travel as escapes."""
+        document = {
+            "format_version": self.format_version,
+            "name": self.name,
+            "job_id": self.job_id,
+            "started": self.started,
+            "finished": self.finished,
+            "host": self.host,
+            "source": self.source,
+            "chunk_size": self.chunk_size,
+            "totals": self.totals.__dict__,
+            "entries": [e.to_json() for e in self.entries],
+        }
+        return json.dumps(document, ensure_ascii=True, indent=1).encode("ascii")
+
+    @classmethod
+    def from_json(cls, data: bytes, *, where: str) -> Manifest:
+        """Parse and validate a MANIFEST read from ``where``.
+
+        Raises:
+            ManifestError: it is not valid JSON, is of an unknown format version, or names a path
+                that is absolute, climbs with '..', repeats, or lies beneath a file or link.
+        """
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
+        try:
+            return _parse(doc)
+        except ManifestError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"{where}: the MANIFEST is malformed ({exc!r})") from exc
+
+
+def check_relative_path(path: str) -> str:
+    """Return ``path`` if restoring it cannot leave the target directory.
+
+    Raises:
+        ManifestError: the path is empty, absolute, or has an empty, '.' or '..' component.
+    """
+    if not isinstance(path, str) or not path or path.startswith("/") or "\0" in path:
+        raise ManifestError(f"unsafe path {path!r}: paths must be relative and non-empty")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ManifestError(f"unsafe path {path!r}: '.', '..' and empty components are refused")
+    return path
+
+
+def _parse(doc: Any) -> Manifest:
+    if not isinstance(doc, dict):
+        raise ManifestError("the MANIFEST is not a JSON object")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"format_version {version!r} is not {FORMAT_VERSION}: "
+            "it was written by another version of asyncbackup"
+        )
+    chunk_size = _int(doc["chunk_size"], "chunk_size")
+    if chunk_size <= 0:
+        raise ManifestError(f"chunk_size {chunk_size} is not positive")
+    entries = tuple(_parse_entry(e, chunk_size) for e in doc["entries"])
+    _check_tree(entries)
+    return Manifest(
+        name=str(doc["name"]),
+        job_id=str(doc["job_id"]),
+        started=str(doc["started"]),
+        finished=str(doc["finished"]),
+        host=str(doc["host"]),
+        source=str(doc["source"]),
+        chunk_size=chunk_size,
+        entries=entries,
+    )
+
+
+def _parse_entry(raw: dict[str, Any], chunk_size: int) -> FileEntry:
+    path = check_relative_path(raw["path"])
+    kind = raw["type"]
+    mode = _int(raw["mode"], "mode")
+    if not 0 <= mode <= 0o7777:
+        raise ManifestError(f"{path!r}: mode {mode} is out of range")
+    mtime_ns = _int(raw["mtime_ns"], "mtime_ns")
+    if kind == "dir":
+        return FileEntry(path, "dir", mode, mtime_ns)
+    if kind == "symlink":
+        target = raw["target"]
+        if not isinstance(target, str) or not target or "\0" in target:
+            raise ManifestError(f"{path!r}: a symlink needs a target")
+        return FileEntry(path, "symlink", mode, mtime_ns, target=target)
+    if kind != "file":
+        raise ManifestError(f"{path!r}: unknown entry type {kind!r}")
+    size = _int(raw["size"], "size")
+    sha256 = raw["sha256"]
+    chunks = tuple(raw["chunks"])
+    if size < 0 or not isinstance(sha256, str) or not is_digest(sha256):
+        raise ManifestError(f"{path!r}: bad size or sha256")
+    if not all(isinstance(c, str) and is_digest(c) for c in chunks):
+        raise ManifestError(f"{path!r}: a chunk hash is not a sha256")
+    if len(chunks) != math.ceil(size / chunk_size):
+        raise ManifestError(f"{path!r}: {len(chunks)} chunks cannot hold {size} bytes")
+    return FileEntry(path, "file", mode, mtime_ns, size=size, sha256=sha256, chunks=chunks)
+
+
+def _check_tree(entries: tuple[FileEntry, ...]) -> None:
+    kinds: dict[str, EntryType] = {}
+    for entry in entries:
+        if entry.path in kinds:
+            raise ManifestError(f"{entry.path!r} appears twice")
+        kinds[entry.path] = entry.type
+    for entry in entries:
+        parts = entry.path.split("/")
+        for depth in range(1, len(parts)):
+            ancestor = "/".join(parts[:depth])
+            if kinds.get(ancestor, "dir") != "dir":
+                raise ManifestError(
+                    f"unsafe path {entry.path!r}: it lies beneath {ancestor!r}, "
+                    f"which is a {kinds[ancestor]}, not a directory"
+                )
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ManifestError(f"{what} {value!r} is not an integer")
+    return value

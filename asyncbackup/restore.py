@@ -1,0 +1,239 @@
+"""One restore job: fetch and check every chunk, assemble each file aside, then put it in place."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from asyncbackup.config import EngineConfig
+from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
+from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.metrics import Metrics
+from asyncbackup.pool import TaskPool
+from asyncbackup.progress import Progress
+from asyncbackup.repository import Repository
+
+OPERATION = "restore"
+P = ParamSpec("P")
+R = TypeVar("R")
+TEMP_MARK = ".asyncbackup-"
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    """What a restore wrote and what it cost."""
+
+    name: str
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    chunks_downloaded: int
+    retries: int
+    seconds: float
+
+
+class _PendingFile:
+    """A file being assembled under a temporary name; put in place when its last chunk lands."""
+
+    def __init__(self, entry: FileEntry, final: Path) -> None:
+        self.entry = entry
+        self.final = final
+        self.temp = final.with_name(f".{final.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
+        self.remaining = len(entry.chunks)
+
+
+class RestoreJob:
+    """Restores one manifest into a target directory; never writes outside it."""
+
+    def __init__(
+        self, repo: Repository, config: EngineConfig, metrics: Metrics, progress: Progress
+    ) -> None:
+        self.repo = repo
+        self.config = config
+        self.metrics = metrics
+        self.progress = progress
+        self.unfinished: set[_PendingFile] = set()
+        self.downloaded = 0
+
+    async def run(self, manifest: Manifest, target: Path, *, overwrite: bool) -> RestoreSummary:
+        """Restore ``manifest`` into ``target``.
+
+        Raises:
+            ConfigError: the target is a file, or is not empty and ``overwrite`` is False.
+            BackupFailed: a chunk was missing or corrupt, or the store failed; no file is left
+                half-written under its final name.
+        """
+        started = time.monotonic()
+        real_target = await asyncio.to_thread(_prepare_target, target, overwrite)
+        await asyncio.to_thread(_make_dirs, real_target, manifest.entries)
+        budget = self.repo.retrier.budget
+        hint = lambda: budget.explain() + "Files already restored are in place; run it again."  # noqa: E731
+        try:
+            async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
+                for entry in manifest.entries:
+                    if entry.type == "file":
+                        await self._start_file(pool, real_target, entry, manifest.chunk_size)
+        finally:
+            if self.unfinished:
+                await asyncio.to_thread(_remove, [p.temp for p in self.unfinished])
+        await asyncio.to_thread(_finish_tree, real_target, manifest.entries)
+        totals = manifest.totals
+        self.metrics.files.labels(OPERATION, "done").inc(totals.files)
+        return RestoreSummary(
+            name=manifest.name,
+            files=totals.files,
+            dirs=totals.dirs,
+            symlinks=totals.symlinks,
+            bytes=totals.bytes,
+            chunks_downloaded=self.downloaded,
+            retries=budget.spent,
+            seconds=time.monotonic() - started,
+        )
+
+    async def _start_file(
+        self, pool: TaskPool, target: Path, entry: FileEntry, chunk_size: int
+    ) -> None:
+        pending = _PendingFile(entry, target / entry.path)
+        self.unfinished.add(pending)
+        await asyncio.to_thread(_create_temp, pending.temp, target)
+        if not entry.chunks:
+            await self._finish_file(pending)
+        for index, digest in enumerate(entry.chunks):
+            label = f"chunk {index + 1}/{len(entry.chunks)} {digest[:12]}"
+
+            async def fetch(index: int = index, digest: str = digest, label: str = label) -> None:
+                data = await self.repo.get_chunk(digest, path=entry.path, label=label)
+                expected = min(chunk_size, entry.size - index * chunk_size)
+                if len(data) != expected:
+                    raise IntegrityError(
+                        f"{entry.path}: {label} holds {len(data)} bytes, not {expected}"
+                    )
+                await asyncio.to_thread(_write_at, pending.temp, index * chunk_size, data)
+                self.downloaded += 1
+                self.metrics.chunks.labels(OPERATION, "transferred").inc()
+                self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))
+                self.progress.advance(nbytes=len(data))
+                pending.remaining -= 1
+                if pending.remaining == 0:
+                    await self._finish_file(pending)
+
+            await pool.spawn(entry.path, fetch)
+
+    async def _finish_file(self, pending: _PendingFile) -> None:
+        await asyncio.to_thread(_check_and_place, pending)
+        self.unfinished.discard(pending)
+        self.progress.advance(files=1)
+
+
+def _writes_target(write: Callable[P, R]) -> Callable[P, R]:
+    """Turn the file system's errors while writing the target into ``TargetError``."""
+
+    @functools.wraps(write)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return write(*args, **kwargs)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot write the restore target at {exc.filename}: {exc.strerror}"
+            ) from exc
+
+    return wrapper
+
+
+@_writes_target
+def _prepare_target(target: Path, overwrite: bool) -> Path:
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"restore target {target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"restore target {target} is not empty: restore into an empty or new directory, "
+            "or pass --overwrite to replace what is there"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    return target.resolve()
+
+
+def _inside(target: Path, path: Path) -> None:
+    """Refuse to write where a link (left in a non-empty target) would lead outside it."""
+    real = Path(os.path.realpath(path.parent))
+    if real != target and target not in real.parents:
+        raise ManifestError(f"refusing to write {path}: it would land outside {target}")
+
+
+@_writes_target
+def _make_dirs(target: Path, entries: tuple[FileEntry, ...]) -> None:
+    for entry in entries:
+        path = target / entry.path
+        if entry.type == "dir":
+            _inside(target, path)
+            path.mkdir(parents=True, exist_ok=True)
+        elif "/" in entry.path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@_writes_target
+def _create_temp(temp: Path, target: Path) -> None:
+    _inside(target, temp)
+    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+
+
+@_writes_target
+def _write_at(temp: Path, offset: int, data: bytes) -> None:
+    fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW)  # no O_CREAT: a removed temp stays removed
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+@_writes_target
+def _check_and_place(pending: _PendingFile) -> None:
+    entry = pending.entry
+    digest = hashlib.sha256()
+    size = 0
+    with open(pending.temp, "rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+            size += len(block)
+        os.fsync(f.fileno())
+    if size != entry.size or digest.hexdigest() != entry.sha256:
+        raise IntegrityError(
+            f"{entry.path}: restored {size} bytes hashing to {digest.hexdigest()[:12]}, "
+            f"but the backup recorded {entry.size} bytes hashing to {entry.sha256[:12]}"
+        )
+    os.chmod(pending.temp, entry.mode)
+    os.utime(pending.temp, ns=(entry.mtime_ns, entry.mtime_ns))
+    os.replace(pending.temp, pending.final)
+
+
+@_writes_target
+def _finish_tree(target: Path, entries: tuple[FileEntry, ...]) -> None:
+    # Links come after every file, so no write can pass through one; directory modes and
+    # mtimes come last and deepest first, since adding to a directory changes its mtime.
+    for entry in entries:
+        if entry.type == "symlink":
+            path = target / entry.path
+            _inside(target, path)
+            temp = path.with_name(f".{path.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
+            os.symlink(entry.target, temp)
+            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            os.replace(temp, path)
+    for entry in sorted(entries, key=lambda e: e.path.count("/"), reverse=True):
+        if entry.type == "dir":
+            path = target / entry.path
+            os.chmod(path, entry.mode)
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,182 @@
+"""The retry layer: the only place store calls are retried, limited and timed.
+
+Each store call is one unit of retry. An attempt runs inside a transfer slot (a semaphore of
+``concurrency``) and under its own timeout; a transient failure releases the slot, sleeps with full
+jitter, and tries again, so a retrying transfer never holds a slot another one could use. Permanent
+errors are never retried. A budget shared by the whole job bounds the retries when the store is
+down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import backoff
+
+from asyncbackup.config import RetryPolicy
+from asyncbackup.errors import TransientStorageError
+from asyncbackup.metrics import Metrics
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+log = logging.getLogger("asyncbackup")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What one store call is, for log lines and metrics."""
+
+    operation: str  # backup, restore or verify: the metrics label
+    action: str  # upload, download, list, commit...
+    path: str  # the file, or the key when no file is involved
+    chunk: str = ""  # e.g. "chunk 3/9 1a2b3c4d"
+
+    def __str__(self) -> str:
+        where = f"{self.path} {self.chunk}" if self.chunk else self.path
+        return f"{self.action} {where}"
+
+
+class RetryBudget:
+    """Retries the whole job may still spend: a token bucket in the spirit of botocore's quota.
+
+    It starts full at ``policy.budget``; a retry spends one token; a successful call earns back
+    ``policy.budget_refill``, up to the start. A flaky store is retried for as long as calls keep
+    succeeding; a store that is down empties it within ``policy.budget`` retries.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.capacity = float(policy.budget)
+        self.refill_per_success = policy.budget_refill
+        self.tokens = self.capacity
+        self.spent = 0
+        self.exhausted = False
+
+    def allows_retry(self) -> bool:
+        if self.tokens < 1:
+            self.exhausted = True
+        return not self.exhausted
+
+    def spend(self) -> None:
+        self.tokens -= 1
+        self.spent += 1
+
+    def explain(self) -> str:
+        """A sentence for the final error when the budget ran out, else nothing."""
+        if not self.exhausted:
+            return ""
+        return (
+            f"The job's retry budget ({self.capacity:g} retries) ran out: "
+            "the store looks down or badly overloaded. "
+        )
+
+    def refill(self) -> None:
+        self.tokens = min(self.capacity, self.tokens + self.refill_per_success)
+
+
+def _no_waits() -> Generator[float, Any, None]:
+    while True:
+        yield 0.0
+
+
+class Retrier:
+    """Runs store calls one attempt at a time within the concurrency limit, retried outside it."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        concurrency: int,
+        metrics: Metrics,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.policy = policy
+        self.budget = RetryBudget(policy)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._metrics = metrics
+        self._sleep = sleep
+        # python-backoff drives the loop (tries, max_time, giveup, handlers). It sleeps with
+        # asyncio.sleep, which tests cannot replace, so it is handed zero waits and the jittered
+        # sleep happens in _before_retry through the injected ``sleep``.
+        self._retrying = backoff.on_exception(
+            _no_waits,
+            TransientStorageError,
+            jitter=None,
+            max_tries=policy.max_attempts,
+            max_time=policy.max_time,
+            giveup=self._give_up,
+            on_backoff=self._before_retry,
+            on_giveup=self._after_last_try,
+            logger=None,
+        )(self._attempt)
+
+    async def run(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` until it succeeds, a permanent error occurs, or the retries run out.
+
+        Raises:
+            TransientStorageError: the last attempt's error, once the retries are spent.
+            PermanentStorageError: at once, never retried.
+        """
+        return cast(T, await self._retrying(transfer, call))
+
+    def delay_before_retry(self, tries: int) -> float:
+        """The sleep after failed attempt ``tries``: full jitter over a capped exponential."""
+        ceiling = min(self.policy.max_delay, self.policy.base_delay * 2 ** (tries - 1))
+        return backoff.full_jitter(ceiling)
+
+    async def _attempt(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
+        inflight = self._metrics.inflight.labels(transfer.operation)
+        async with self._slots:
+            inflight.inc()
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self.policy.attempt_timeout):
+                    result = await call()
+            except TimeoutError as exc:
+                raise TransientStorageError(
+                    f"{transfer}: no answer within {self.policy.attempt_timeout:g}s"
+                ) from exc
+            finally:
+                inflight.dec()
+            self._metrics.chunk_duration.labels(transfer.operation).observe(
+                time.monotonic() - started
+            )
+        self.budget.refill()
+        return result
+
+    def _give_up(self, exc: Exception) -> bool:
+        return not self.budget.allows_retry()
+
+    async def _before_retry(self, details: Any) -> None:
+        transfer: Transfer = details["args"][0]
+        tries: int = details["tries"]
+        delay = self.delay_before_retry(tries)
+        if self.policy.max_time is not None:
+            delay = max(0.0, min(delay, self.policy.max_time - details["elapsed"]))
+        self.budget.spend()
+        self._metrics.retries.labels(transfer.operation).inc()
+        log.warning(
+            "retry: %s: attempt %d/%d failed: %s; retrying in %.2fs",
+            transfer,
+            tries,
+            self.policy.max_attempts,
+            details["exception"],
+            delay,
+        )
+        await self._sleep(delay)
+
+    async def _after_last_try(self, details: Any) -> None:
+        transfer: Transfer = details["args"][0]
+        why = "retry budget of the job exhausted" if self.budget.exhausted else "no attempts left"
+        log.error(
+            "giving up: %s after %d attempt(s) (%s): %s",
+            transfer,
+            details["tries"],
+            why,
+            details["exception"],
+        )

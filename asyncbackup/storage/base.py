@@ -1,0 +1,63 @@
+"""The one seam between the engine and a store: a handful of async operations on keys."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Self
+
+ListPage = tuple[list[str], str | None]
+"""Keys of one listing page, and the token of the next page (None on the last)."""
+
+
+class Storage(ABC):
+    """A flat key-value store of immutable objects, rooted at the prefix of its URL.
+
+    Keys are relative POSIX-like paths (``chunks/ab12...``). Every method raises only
+    ``StorageError`` subclasses: ``TransientStorageError`` for what a retry may fix,
+    ``PermanentStorageError`` for what it cannot. Implementations do no retrying of their own:
+    the engine's retry layer is the only one.
+    """
+
+    url: str
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+        """Store ``data`` under ``key``, all or nothing.
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the key exists.
+        """
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes:
+        """Return the bytes stored under ``key``.
+
+        Raises:
+            ObjectNotFoundError: no such key.
+        """
+
+    @abstractmethod
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        """Return one page of the keys that start with ``prefix``, and the next page's token."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+
+    async def sync(self) -> None:  # noqa: B027 - most stores are durable once put returns
+        """Make every completed ``put`` durable. The engine calls it before it commits."""
+
+    async def aclose(self) -> None:  # noqa: B027 - stores without connections have nothing to close
+        """Release connections and clients this store created."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

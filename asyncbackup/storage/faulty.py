@@ -1,0 +1,103 @@
+"""A store wrapper that injects transient failures, latency and hangs, reproducibly."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
+
+from asyncbackup.errors import ConfigError, TransientStorageError
+from asyncbackup.storage.base import ListPage, Storage
+
+T = TypeVar("T")
+Fault = Literal["fail_before", "fail_after", "hang"]
+Rule = Callable[[str, str], Fault | None]
+"""Given (operation, key), the fault to inject into this call, or None for the seeded draw."""
+
+
+class FaultyStorage(Storage):
+    """Wraps ``inner`` so that a seeded fraction ``rate`` of operations fail transiently.
+
+    A failure happens before the operation (nothing changed) or, for ``after_share`` of them,
+    after it took effect (the object is stored, yet the caller sees an error). ``hang_rate`` of
+    operations never answer, until the caller's timeout cancels them. ``latency`` seconds are
+    added to every operation. ``rule`` picks faults for chosen keys, for targeted tests.
+    ``injected`` counts every fault by kind.
+    """
+
+    def __init__(
+        self,
+        inner: Storage,
+        *,
+        rate: float = 0.0,
+        after_share: float = 0.5,
+        hang_rate: float = 0.0,
+        latency: float = 0.0,
+        seed: int = 0,
+        rule: Rule | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        for label, value in (
+            ("rate", rate),
+            ("after_share", after_share),
+            ("hang_rate", hang_rate),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"fault {label} must be between 0 and 1, not {value}")
+        if latency < 0:
+            raise ConfigError(f"latency must not be negative, not {latency}")
+        self.inner = inner
+        self.url = inner.url
+        self.injected: Counter[Fault] = Counter()
+        self._rate = rate
+        self._after_share = after_share
+        self._hang_rate = hang_rate
+        self._latency = latency
+        self._random = random.Random(seed)
+        self._rule = rule
+        self._sleep = sleep
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+        await self._call("put", key, lambda: self.inner.put(key, data, overwrite=overwrite))
+
+    async def get(self, key: str) -> bytes:
+        return await self._call("get", key, lambda: self.inner.get(key))
+
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        return await self._call("list", prefix, lambda: self.inner.list_page(prefix, token))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", key, lambda: self.inner.delete(key))
+
+    async def sync(self) -> None:
+        await self.inner.sync()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def _draw(self, operation: str, key: str) -> Fault | None:
+        if self._rule is not None and (fault := self._rule(operation, key)) is not None:
+            return fault
+        draw = self._random.random()
+        if draw < self._hang_rate:
+            return "hang"
+        if draw < self._hang_rate + self._rate:
+            return "fail_after" if self._random.random() < self._after_share else "fail_before"
+        return None
+
+    async def _call(self, operation: str, key: str, run: Callable[[], Awaitable[T]]) -> T:
+        fault = self._draw(operation, key)
+        if self._latency:
+            await self._sleep(self._latency)
+        if fault is not None:
+            self.injected[fault] += 1
+        if fault == "hang":
+            await asyncio.Event().wait()  # until the caller's timeout cancels us
+        if fault == "fail_before":
+            raise TransientStorageError(f"injected fault before {operation} {key}")
+        result = await run()
+        if fault == "fail_after":
+            raise TransientStorageError(f"injected fault after {operation} {key}")
+        return result

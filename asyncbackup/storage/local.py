@@ -1,0 +1,162 @@
+"""A store in a local directory: each key a file, written atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from asyncbackup.errors import (
+    ConfigError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from asyncbackup.storage.base import ListPage, Storage
+
+TEMP_PREFIX = ".tmp-"
+"""Objects are written under this name first; listings skip it, keys may not start with '.'."""
+
+_PERMANENT = {
+    errno.EACCES: "permission denied: check the store directory's owner and mode",
+    errno.EPERM: "operation not permitted: check the store directory's owner and mode",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the store's disk",
+    errno.EDQUOT: "disk quota exceeded on the store's disk",
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EISDIR: "the key names a directory",
+}
+
+
+class LocalStorage(Storage):
+    """Objects as files under ``root``.
+
+    A put writes a temporary file beside the final one, fsyncs it and renames it into place, so
+    a crash never leaves half an object under its final key; ``sync`` then fsyncs the directories
+    that changed, so a MANIFEST written after it is never more durable than its chunks.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().absolute()
+        self.url = self.root.as_uri()
+        self._dirty_dirs: set[Path] = set()
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"{self.root}: the store path exists and is not a directory")
+
+    def path_of(self, key: str) -> Path:
+        """The file that holds ``key``; the key can never name a path outside the root.
+
+        Raises:
+            ConfigError: the key is empty, absolute, or has an empty, '.', '..' or hidden part.
+        """
+        parts = key.split("/")
+        if not key or any(not p or p.startswith(".") or "\0" in p for p in parts):
+            raise ConfigError(f"invalid key {key!r} for a local store")
+        return self.root.joinpath(*parts)
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+        path = self.path_of(key)
+        # One thread call, not aiofiles' several awaited steps: a cancelled await leaves its
+        # thread running, so a step-by-step write could create a temporary file after our
+        # clean-up ran. One call either renames its file into place or removes it.
+        with _mapped_errors(self.url, key):
+            await asyncio.to_thread(_write_atomically, path, data, overwrite)
+        self._dirty_dirs.add(path.parent)
+
+    async def get(self, key: str) -> bytes:
+        path = self.path_of(key)
+        with _mapped_errors(self.url, key):
+            async with aiofiles.open(path, "rb") as f:
+                return await f.read()
+
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        with _mapped_errors(self.url, prefix):
+            keys = await asyncio.to_thread(self._list, prefix)
+        return keys, None
+
+    async def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        with _mapped_errors(self.url, key):
+            try:
+                await aiofiles.os.remove(path)
+            except FileNotFoundError:
+                return
+            self._dirty_dirs.add(path.parent)
+            # Leave no empty directories behind (backups/<name>/ once its MANIFEST is gone).
+            parent = path.parent
+            while parent != self.root and not await aiofiles.os.listdir(parent):
+                await aiofiles.os.rmdir(parent)
+                parent = parent.parent
+
+    async def sync(self) -> None:
+        dirs, self._dirty_dirs = self._dirty_dirs, set()
+        with _mapped_errors(self.url, "(directory sync)"):
+            await asyncio.to_thread(_fsync_dirs, dirs)
+
+    def _list(self, prefix: str) -> list[str]:
+        head, _, _ = prefix.rpartition("/")
+        base = self.root.joinpath(*head.split("/")) if head else self.root
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if rel == "." else f"{rel}/{name}"
+                if not name.startswith(".") and key.startswith(prefix):
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+
+def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    try:
+        with open(temp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # atomic create-only: FileExistsError if the key is taken
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _fsync_dirs(dirs: set[Path]) -> None:
+    for directory in dirs:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def _mapped_errors(url: str, key: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as exc:
+        raise ObjectNotFoundError(f"{url}: no object {key}") from exc
+    except FileExistsError as exc:
+        raise ObjectExistsError(f"{url}: {key} exists already") from exc
+    except OSError as exc:
+        reason = _PERMANENT.get(exc.errno or 0)
+        if reason is not None:
+            raise PermanentStorageError(f"{url}: {key}: {reason} ({exc.strerror})") from exc
+        raise TransientStorageError(f"{url}: {key}: {exc}") from exc

@@ -1,0 +1,38 @@
+"""A store in a dict: for tests, and for services that embed the engine and want no disk."""
+
+from __future__ import annotations
+
+import bisect
+
+from asyncbackup.errors import ObjectExistsError, ObjectNotFoundError
+from asyncbackup.storage.base import ListPage, Storage
+
+
+class MemoryStorage(Storage):
+    """Objects in RAM. ``page_size`` is small enough to make tests walk several listing pages."""
+
+    def __init__(self, *, url: str = "memory://", page_size: int = 1000) -> None:
+        self.url = url
+        self.objects: dict[str, bytes] = {}
+        self._page_size = page_size
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+        if not overwrite and key in self.objects:
+            raise ObjectExistsError(f"{self.url}: {key} exists already")
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise ObjectNotFoundError(f"{self.url}: no object {key}") from None
+
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        keys = sorted(k for k in self.objects if k.startswith(prefix))
+        start = bisect.bisect_right(keys, token) if token is not None else 0
+        page = keys[start : start + self._page_size]
+        more = start + self._page_size < len(keys)
+        return page, (page[-1] if more else None)
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
