@@ -15,7 +15,7 @@ from pathlib import Path
 
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.config import EngineConfig
-from asyncbackup.errors import ConfigError
+from asyncbackup.errors import ConfigError, IntegrityError
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
@@ -64,7 +64,8 @@ class BackupJob:
         self.metrics = metrics
         self.progress = progress
         self.entries: list[FileEntry] = []
-        self.known: set[str] = set()  # in the store, or uploaded (or uploading) by this job
+        self.stored: set[str] = set()  # confirmed in the store: listed, or uploaded by this job
+        self.scheduled: set[str] = set()  # stored, or on its way
         self.skipped = 0
         self.uploaded = 0
         self.bytes_uploaded = 0
@@ -85,8 +86,9 @@ class BackupJob:
                 f"a backup named {name!r} exists already in {self.repo.store.url}: "
                 "choose another --name, or delete that backup first"
             )
-        self.known = await self.repo.stored_digests()
-        log.info("backup %s: %d chunks already in the store", name, len(self.known))
+        self.stored = await self.repo.stored_digests()
+        self.scheduled = set(self.stored)
+        log.info("backup %s: %d chunks already in the store", name, len(self.stored))
         budget = self.repo.retrier.budget
         hint = lambda: budget.explain() + "Run the same command again: stored chunks are reused."  # noqa: E731
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
@@ -102,6 +104,12 @@ class BackupJob:
             chunk_size=self.config.chunk_size,
             entries=tuple(sorted(self.entries, key=lambda e: e.path)),
         )
+        unconfirmed = manifest.digests() - self.stored
+        if unconfirmed:  # never commit what cannot be restored, whatever the tasks said
+            raise IntegrityError(
+                f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
+                "so nothing was committed; run the backup again"
+            )
         await self.repo.commit(manifest)
         totals = manifest.totals
         self.metrics.files.labels(OPERATION, "done").inc(totals.files)
@@ -144,11 +152,11 @@ class BackupJob:
                 data, digest = chunk
                 chunks.append(digest)
                 self.progress.advance(nbytes=len(data))
-                if digest in self.known:
+                if digest in self.scheduled:
                     self.metrics.chunks.labels(OPERATION, "skipped").inc()
                     self.metrics.bytes.labels(OPERATION, "skipped").inc(len(data))
                     continue
-                self.known.add(digest)
+                self.scheduled.add(digest)
                 label = f"chunk {len(chunks)} {digest[:12]}"
                 await pool.spawn(relative, partial(self._upload, digest, data, relative, label))
         finally:
@@ -169,6 +177,7 @@ class BackupJob:
 
     async def _upload(self, digest: str, data: bytes, path: str, label: str) -> None:
         await self.repo.put_chunk(digest, data, path=path, label=label)
+        self.stored.add(digest)
         self.uploaded += 1
         self.bytes_uploaded += len(data)
         self.metrics.chunks.labels(OPERATION, "transferred").inc()

@@ -39,6 +39,15 @@ class TaskPool:
         except BackupError as exc:
             self.failures.append(FailedItem(label, exc))
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # a real cancel: of the job, or by the pool after a failure
+            # A CancelledError the job raised itself (an SDK's, say) would end this task quietly
+            # in a TaskGroup, as if its work were done: make it a failure.
+            error = BackupError(f"{label}: the transfer was cancelled from within")
+            self.failures.append(FailedItem(label, error))
+            raise error from None
         finally:
             self._room.release()
 

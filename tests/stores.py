@@ -1,0 +1,82 @@
+"""Store wrappers for tests: they watch or steer calls the way the engine's users cannot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from asyncbackup.errors import PermanentStorageError
+from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.faulty import Fault, Rule
+
+
+class WatchedStorage(Storage):
+    """Counts calls per (operation, key) and the most puts ever in flight at once.
+
+    ``on_put`` runs before each put of the inner store: tests use it to fail, block or cancel.
+    """
+
+    def __init__(
+        self, inner: Storage, on_put: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.max_tasks = 0
+        self._on_put = on_put
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+        self.calls["put", key] += 1
+        self.max_tasks = max(self.max_tasks, len(asyncio.all_tasks()))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self._on_put is not None:
+                await self._on_put(key)
+            await self.inner.put(key, data, overwrite=overwrite)
+        finally:
+            self.in_flight -= 1
+
+    async def get(self, key: str) -> bytes:
+        self.calls["get", key] += 1
+        return await self.inner.get(key)
+
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        self.calls["list", prefix] += 1
+        return await self.inner.list_page(prefix, token)
+
+    async def delete(self, key: str) -> None:
+        self.calls["delete", key] += 1
+        await self.inner.delete(key)
+
+    def puts(self, prefix: str = "") -> int:
+        return sum(
+            n for (op, key), n in self.calls.items() if op == "put" and key.startswith(prefix)
+        )
+
+
+def deny(key_fragment: str) -> Callable[[str], Awaitable[None]]:
+    """An ``on_put`` that refuses, permanently, every key containing ``key_fragment``."""
+
+    async def on_put(key: str) -> None:
+        if key_fragment in key:
+            raise PermanentStorageError(f"access denied to {key}")
+
+    return on_put
+
+
+def fail_times(times: int, operation: str, key: str, fault: Fault = "fail_before") -> Rule:
+    """A FaultyStorage rule: ``fault`` on the first ``times`` calls of ``operation`` on ``key``."""
+    left = times
+
+    def rule(op: str, k: str) -> Fault | None:
+        nonlocal left
+        if op == operation and k == key and left:
+            left -= 1
+            return fault
+        return None
+
+    return rule
