@@ -1,0 +1,166 @@
+"""The stores themselves: local atomicity and key safety, URL parsing, fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from asyncbackup import (
+    ConfigError,
+    FaultyStorage,
+    LocalStorage,
+    MemoryStorage,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    TransientStorageError,
+    open_storage,
+)
+
+
+async def test_local_put_get_list_delete(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "s")
+    await store.put("chunks/aa", b"one")
+    await store.put("backups/x/MANIFEST", b"two")
+    await store.put("chunks/aa", b"one")  # overwriting with the same bytes is fine
+    assert await store.get("chunks/aa") == b"one"
+    assert (await store.list_page("chunks/")) == (["chunks/aa"], None)
+    assert (await store.list_page("backups/")) == (["backups/x/MANIFEST"], None)
+    assert (await store.list_page("backups/y/")) == ([], None)
+    await store.delete("backups/x/MANIFEST")
+    await store.delete("backups/x/MANIFEST")  # deleting what is gone is not an error
+    assert not (tmp_path / "s" / "backups" / "x").exists()  # no empty directories left
+    with pytest.raises(ObjectNotFoundError, match="chunks/bb"):
+        await store.get("chunks/bb")
+
+
+async def test_local_create_only_put_keeps_the_first(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    await store.put("k", b"first", overwrite=False)
+    with pytest.raises(ObjectExistsError):
+        await store.put("k", b"second", overwrite=False)
+    assert await store.get("k") == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]  # the temporary file is gone
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a//b", ".tmp-1", "a/."])
+async def test_local_keys_cannot_escape_or_shadow(tmp_path: Path, key: str) -> None:
+    store = LocalStorage(tmp_path / "s")
+    with pytest.raises(ConfigError, match="invalid key"):
+        await store.put(key, b"x")
+    assert not (tmp_path / "x").exists()
+
+
+async def test_local_listing_skips_temporary_files_left_by_a_crash(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    await store.put("chunks/aa", b"x")
+    (tmp_path / "chunks" / ".tmp-0123456789abcdef").write_bytes(b"half")
+    assert (await store.list_page("chunks/"))[0] == ["chunks/aa"]
+
+
+async def test_cancelled_local_puts_leave_no_temporary_files(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    tasks = [asyncio.create_task(store.put(f"k{i}", b"x" * 100_000)) for i in range(50)]
+    await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.3)  # threads that had started finish, and rename or remove
+    names = [p.name for p in tmp_path.iterdir()]
+    assert not [n for n in names if n.startswith(".")]
+    for name in names:  # whatever landed, landed whole
+        assert (tmp_path / name).read_bytes() == b"x" * 100_000
+
+
+async def test_sync_fsyncs_the_directories_written(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    await store.put("chunks/a", b"x")
+    await store.sync()
+    await store.sync()  # nothing left to sync: still fine
+
+
+def test_local_store_on_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        LocalStorage(tmp_path / "f")
+
+
+def test_open_storage_picks_the_store_from_the_url(tmp_path: Path) -> None:
+    local = open_storage(str(tmp_path / "a"))
+    assert isinstance(local, LocalStorage) and local.root == tmp_path / "a"
+    by_url = open_storage(f"file://{tmp_path}/b%20c")
+    assert isinstance(by_url, LocalStorage) and by_url.root == tmp_path / "b c"
+    assert isinstance(open_storage("memory://x"), MemoryStorage)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("", "empty"),
+        ("ftp://host/x", "unknown store scheme 'ftp'"),
+        ("file://otherhost/x", "names a local path"),
+        ("s3://bucket/prefix", "not supported in this version yet"),
+        ("gs://bucket/prefix", "not supported in this version yet"),
+    ],
+)
+def test_open_storage_refuses_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        open_storage(url)
+
+
+async def test_faults_are_seeded_and_counted() -> None:
+    async def run(seed: int) -> list[bool]:
+        store = FaultyStorage(MemoryStorage(), rate=0.3, seed=seed)
+        outcomes = []
+        for i in range(200):
+            try:
+                await store.put(f"k{i}", b"x")
+                outcomes.append(True)
+            except TransientStorageError:
+                outcomes.append(False)
+        assert sum(store.injected.values()) == outcomes.count(False)
+        return outcomes
+
+    first, again, other = await run(1), await run(1), await run(2)
+    assert first == again and first != other
+    assert 30 < first.count(False) < 90
+
+
+async def test_a_fault_after_the_operation_took_effect() -> None:
+    memory = MemoryStorage()
+    store = FaultyStorage(memory, rate=1.0, after_share=1.0)
+    with pytest.raises(TransientStorageError, match="after put"):
+        await store.put("k", b"stored anyway")
+    assert memory.objects["k"] == b"stored anyway"
+    before = FaultyStorage(memory, rate=1.0, after_share=0.0)
+    with pytest.raises(TransientStorageError, match="before put"):
+        await before.put("j", b"never stored")
+    assert "j" not in memory.objects
+
+
+async def test_a_hang_lasts_until_the_caller_gives_up() -> None:
+    store = FaultyStorage(MemoryStorage(), hang_rate=1.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await store.get("k")
+    assert store.injected["hang"] == 1
+
+
+async def test_latency_is_added_through_the_injected_sleep() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    store = FaultyStorage(MemoryStorage(), latency=0.02, sleep=sleep)
+    await store.put("k", b"x")
+    await store.get("k")
+    assert slept == [0.02, 0.02]
+
+
+def test_fault_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        FaultyStorage(MemoryStorage(), rate=1.5)
+    with pytest.raises(ConfigError, match="latency"):
+        FaultyStorage(MemoryStorage(), latency=-1)
