@@ -33,4 +33,4 @@ bench: install
 	$(BIN)/python -m benchmarks.latency
 
 clean:
-	rm -rf $(VENV) backup-store .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache
