@@ -18,11 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from asyncbackup.backup import BackupSummary
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
-from asyncbackup.engine import BackupEngine
+from asyncbackup.engine import BackupEngine, VerifyReport
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.restore import RestoreSummary
 from asyncbackup.storage import FaultyStorage, Storage, open_storage
 
 log = logging.getLogger("asyncbackup")
@@ -202,66 +204,72 @@ async def _command(
     if interactive:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        redirect = logging_redirect_tqdm(loggers=[log])
-    with ExitStack() as stack:
+        redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
+    with ExitStack() as stack:  # the bar is gone before the summary is written
         stack.enter_context(redirect)
         stack.callback(progress.close)
-        if args.command == "backup":
-            b = await engine.backup(args.source, name=args.name)
-            log.info(
-                "backup %s committed: %d files, %d dirs, %d links, %d skipped; %s read, "
-                "%d chunks uploaded (%s), %d already stored; %d retries; %.1fs, %s/s",
-                b.name, b.files, b.dirs, b.symlinks, b.skipped, _mib(b.bytes),
-                b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
-                b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
-            )  # fmt: skip
-            print(b.name)
-        elif args.command == "restore":
-            r = await engine.restore(args.name, args.target, overwrite=args.overwrite)
-            log.info(
-                "restored %s into %s: %d files, %d dirs, %d links, %s; %d chunks downloaded; "
-                "%d retries; %.1fs",
-                r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
-                r.chunks_downloaded, r.retries, r.seconds,
-            )  # fmt: skip
-        elif args.command == "list":
-            infos = await engine.list_backups()
-            if args.json:
-                print(json.dumps([asdict(i) for i in infos], indent=1))
-            for i in [] if args.json else infos:
-                detail = (
-                    f"PROBLEM: {i.problem}"
-                    if i.problem
-                    else (f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}")
-                )
-                print(f"{i.name}  {detail}")
-        elif args.command == "verify":
-            report = await engine.verify(args.name, deep=args.deep)
-            for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
-                for digest, paths in sorted(damaged.items()):
-                    log.error(
-                        "chunk %s is %s; it holds part of: %s",
-                        digest,
-                        what,
-                        ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""),
-                    )
-            kind = "deep" if report.deep else "presence"
-            if not report.ok:
-                log.error(
-                    "verify (%s) of %s: %d missing and %d corrupt of %d chunks",
-                    kind,
-                    report.name,
-                    len(report.missing),
-                    len(report.corrupt),
-                    report.chunks_checked,
-                )
-                return EXIT_FAILED
-            log.info(
-                "verify (%s) of %s: all %d chunks ok", kind, report.name, report.chunks_checked
-            )
-        elif args.command == "delete":
-            await engine.delete(args.name)
-            log.info("deleted backup %s (its chunks stay until a prune)", args.name)
+        result = await _operate(args, engine)
+    return _report(args, result)
+
+
+async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
+    if args.command == "backup":
+        return await engine.backup(args.source, name=args.name)
+    if args.command == "restore":
+        return await engine.restore(args.name, args.target, overwrite=args.overwrite)
+    if args.command == "list":
+        return await engine.list_backups()
+    if args.command == "verify":
+        return await engine.verify(args.name, deep=args.deep)
+    await engine.delete(args.name)
+    return None
+
+
+def _report(args: argparse.Namespace, result: object) -> int:
+    if isinstance(result, BackupSummary):
+        b = result
+        log.info(
+            "backup %s committed: %d files, %d dirs, %d links, %d skipped; %s read, "
+            "%d chunks uploaded (%s), %d already stored; %d retries; %.1fs, %s/s",
+            b.name, b.files, b.dirs, b.symlinks, b.skipped, _mib(b.bytes),
+            b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
+            b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
+        )  # fmt: skip
+        print(b.name)
+    elif isinstance(result, RestoreSummary):
+        r = result
+        log.info(
+            "restored %s into %s: %d files, %d dirs, %d links, %s; %d chunks downloaded; "
+            "%d retries; %.1fs",
+            r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
+            r.chunks_downloaded, r.retries, r.seconds,
+        )  # fmt: skip
+    elif isinstance(result, VerifyReport):
+        return _report_verify(result)
+    elif isinstance(result, list) and args.json:
+        print(json.dumps([asdict(i) for i in result], indent=1))
+    elif isinstance(result, list):
+        for i in result:
+            where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+    else:
+        log.info("deleted backup %s (its chunks stay until a prune)", args.name)
+    return EXIT_OK
+
+
+def _report_verify(report: VerifyReport) -> int:
+    for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
+        for digest, paths in sorted(damaged.items()):
+            shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+            log.error("chunk %s is %s; it holds part of: %s", digest, what, shown)
+    kind = "deep" if report.deep else "presence"
+    if not report.ok:
+        log.error(
+            "verify (%s) of %s: %d missing and %d corrupt of %d chunks",
+            kind, report.name, len(report.missing), len(report.corrupt), report.chunks_checked,
+        )  # fmt: skip
+        return EXIT_FAILED
+    log.info("verify (%s) of %s: all %d chunks ok", kind, report.name, report.chunks_checked)
     return EXIT_OK
 
 
