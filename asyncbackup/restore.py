@@ -104,7 +104,7 @@ class RestoreJob:
     ) -> None:
         pending = _PendingFile(entry, target / entry.path)
         self.unfinished.add(pending)
-        await asyncio.to_thread(_create_temp, pending.temp, target)
+        await asyncio.to_thread(_create_temp, pending.temp)
         if not entry.chunks:
             await self._finish_file(pending)
         for index, digest in enumerate(entry.chunks):
@@ -162,27 +162,30 @@ def _prepare_target(target: Path, overwrite: bool) -> Path:
     return target.resolve()
 
 
-def _inside(target: Path, path: Path) -> None:
-    """Refuse to write where a link (left in a non-empty target) would lead outside it."""
-    real = Path(os.path.realpath(path.parent))
-    if real != target and target not in real.parents:
-        raise ManifestError(f"refusing to write {path}: it would land outside {target}")
-
-
 @_writes_target
 def _make_dirs(target: Path, entries: tuple[FileEntry, ...]) -> None:
+    """Create every directory the entries need, one component at a time, refusing to pass
+    through a link: with --overwrite the target may hold links that lead outside it."""
+    made: set[str] = set()
     for entry in entries:
-        path = target / entry.path
-        if entry.type == "dir":
-            _inside(target, path)
-            path.mkdir(parents=True, exist_ok=True)
-        elif "/" in entry.path:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        relative = entry.path if entry.type == "dir" else entry.path.rpartition("/")[0]
+        parts = relative.split("/") if relative else []
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if prefix in made:
+                continue
+            path = target / prefix
+            if path.is_symlink():
+                raise ManifestError(
+                    f"refusing to restore {entry.path!r}: {path} is a link, "
+                    f"which could lead outside {target}"
+                )
+            path.mkdir(exist_ok=True)
+            made.add(prefix)
 
 
 @_writes_target
-def _create_temp(temp: Path, target: Path) -> None:
-    _inside(target, temp)
+def _create_temp(temp: Path) -> None:
     os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
 
 
@@ -222,7 +225,6 @@ def _finish_tree(target: Path, entries: tuple[FileEntry, ...]) -> None:
     for entry in entries:
         if entry.type == "symlink":
             path = target / entry.path
-            _inside(target, path)
             temp = path.with_name(f".{path.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
             os.symlink(entry.target, temp)
             os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)

@@ -286,3 +286,18 @@ async def test_the_commit_refuses_chunks_never_confirmed_stored(
     with pytest.raises(IntegrityError, match="4 chunks were never confirmed stored"):
         await job.run(tree, "one")
     assert not any(k.startswith("backups/") for k in memory.objects)
+
+
+async def test_overwrite_never_follows_a_link_out_of_the_target(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    store = MemoryStorage()
+    await BackupEngine(store, fast_config(), sleep=sleep).backup(tree, name="one")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "sub").symlink_to(outside)  # planted where the backup has a directory
+    with pytest.raises(ManifestError, match="is a link"):
+        await BackupEngine(store, fast_config()).restore("one", target, overwrite=True)
+    assert list(outside.iterdir()) == []
