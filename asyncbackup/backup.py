@@ -15,7 +15,7 @@ from pathlib import Path
 
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.config import EngineConfig
-from asyncbackup.errors import ConfigError, IntegrityError
+from asyncbackup.errors import ConfigError, IntegrityError, SourceError
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
@@ -138,7 +138,11 @@ class BackupJob:
                 FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
             )
         elif entry.kind == "file":
-            await self._add_file(pool, source / entry.path, entry.path)
+            try:
+                await self._add_file(pool, source / entry.path, entry.path)
+            except SourceError as exc:
+                pool.record(entry.path, exc)
+                raise
         else:
             self.skipped += 1
             self.metrics.files.labels(OPERATION, "skipped").inc()

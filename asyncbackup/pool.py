@@ -33,6 +33,10 @@ class TaskPool:
         await self._room.acquire()
         self._group.create_task(self._run(label, job))
 
+    def record(self, label: str, error: BackupError) -> None:
+        """Name ``label`` as the failure behind ``error``, raised in the body of the pool."""
+        self.failures.append(FailedItem(label, error))
+
     async def _run(self, label: str, job: Callable[[], Awaitable[None]]) -> None:
         try:
             await job()

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import aiofiles
 import aiofiles.os
 
 from asyncbackup.errors import (
@@ -66,8 +65,9 @@ class LocalStorage(Storage):
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
         path = self.path_of(key)
         # One thread call, not aiofiles' several awaited steps: a cancelled await leaves its
-        # thread running, so a step-by-step write could create a temporary file after our
-        # clean-up ran. One call either renames its file into place or removes it.
+        # thread running, so a step-by-step write could create a temporary file (or open a file
+        # descriptor) after our clean-up ran. One call either renames its file into place or
+        # removes it. Reads are one call for the same reason.
         with _mapped_errors(self.url, key):
             await asyncio.to_thread(_write_atomically, path, data, overwrite)
         self._dirty_dirs.add(path.parent)
@@ -75,8 +75,7 @@ class LocalStorage(Storage):
     async def get(self, key: str) -> bytes:
         path = self.path_of(key)
         with _mapped_errors(self.url, key):
-            async with aiofiles.open(path, "rb") as f:
-                return await f.read()
+            return await asyncio.to_thread(path.read_bytes)  # one call: no fd left open on cancel
 
     async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
         with _mapped_errors(self.url, prefix):
