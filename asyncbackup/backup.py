@@ -8,6 +8,7 @@ import socket
 import stat
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -25,6 +26,8 @@ from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
+Upload = Callable[[str, bytes, str], Awaitable[None]]
+"""Stores one chunk: (digest, data, label)."""
 
 
 @dataclass(frozen=True)
@@ -137,9 +140,17 @@ class BackupJob:
             self.entries.append(
                 FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
             )
+        elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
+            # A small file is one task that reads and uploads it, so many are read at once.
+            upload_here = partial(self._upload, entry.path)
+            await pool.spawn(entry.path, partial(self._add_file, source, entry.path, upload_here))
         elif entry.kind == "file":
+            # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
+            async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
+                await pool.spawn(entry.path, partial(self._upload, entry.path, digest, data, label))
+
             try:
-                await self._add_file(pool, source / entry.path, entry.path)
+                await self._add_file(source, entry.path, upload_in_pool)
             except SourceError as exc:
                 pool.record(entry.path, exc)
                 raise
@@ -148,8 +159,8 @@ class BackupJob:
             self.metrics.files.labels(OPERATION, "skipped").inc()
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
 
-    async def _add_file(self, pool: TaskPool, path: Path, relative: str) -> None:
-        reader = ChunkReader(path, self.config.chunk_size)
+    async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
+        reader = ChunkReader(source / relative, self.config.chunk_size)
         chunks: list[str] = []
         try:
             while (chunk := await reader.next_chunk()) is not None:
@@ -161,8 +172,7 @@ class BackupJob:
                     self.metrics.bytes.labels(OPERATION, "skipped").inc(len(data))
                     continue
                 self.scheduled.add(digest)
-                label = f"chunk {len(chunks)} {digest[:12]}"
-                await pool.spawn(relative, partial(self._upload, digest, data, relative, label))
+                await upload(digest, data, f"chunk {len(chunks)} {digest[:12]}")
         finally:
             await reader.aclose()
         assert reader.stat is not None
@@ -179,7 +189,7 @@ class BackupJob:
         )
         self.progress.advance(files=1)
 
-    async def _upload(self, digest: str, data: bytes, path: str, label: str) -> None:
+    async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         await self.repo.put_chunk(digest, data, path=path, label=label)
         self.stored.add(digest)
         self.uploaded += 1

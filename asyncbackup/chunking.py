@@ -48,11 +48,14 @@ class ChunkReader:
             SourceError: the file cannot be opened or read, is no longer a regular file, or
                 changed while it was read.
         """
+        if self._done:  # the step that read the last chunk also checked and closed the file
+            return None
         return await asyncio.to_thread(self._step)
 
     async def aclose(self) -> None:
         """Close the file; safe to call at any point, and more than once."""
-        await asyncio.to_thread(self._close)
+        if not self._done:
+            await asyncio.to_thread(self._close)
 
     def _step(self) -> tuple[bytes, str] | None:
         with self._lock:
@@ -69,8 +72,13 @@ class ChunkReader:
                 self.size += len(data)
                 self._hash.update(data)
             if len(data) < self.chunk_size or self.size >= self.stat.st_size:
+                # The last chunk: check and close in this same call, so that a small file
+                # costs one trip to a worker thread.
                 self._done = True
-                self._check_unchanged()
+                try:
+                    self._check_unchanged()
+                finally:
+                    self._close_fd()
             return (data, sha256_hex(data)) if data else None
 
     def _open(self) -> None:
@@ -98,9 +106,12 @@ class ChunkReader:
 
     def _close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _read_up_to(fd: int, size: int) -> bytes:

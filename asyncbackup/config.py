@@ -56,9 +56,9 @@ class RetryPolicy:
 class EngineConfig:
     """What the engine may hold and run at once.
 
-    Memory: at most ``buffered_chunks`` chunks of file data are held at once, so file data in
-    memory stays under ``2 * concurrency * chunk_size`` (256 MiB with the defaults, for 8 MiB
-    chunks; small files hold only their own size). Half of those buffers can be in transfer while
+    Memory: at most ``buffered_chunks`` chunks are held by transfers, plus the one being read, so
+    file data in memory stays under ``(2 * concurrency + 1) * chunk_size`` (264 MiB with the
+    defaults; small files hold only their own size). Half of those buffers can be in transfer while
     the other half wait for a retry, so a retrying chunk never takes a transfer slot from others.
     """
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from pathlib import Path
 
 import pytest
 
 from asyncbackup import BackupEngine, BackupFailed, FaultyStorage, MemoryStorage, RetryPolicy
-from asyncbackup.errors import PermanentStorageError, TransientStorageError
+from asyncbackup.errors import TransientStorageError
 from asyncbackup.layout import chunk_key, manifest_key
 from asyncbackup.metrics import Metrics
 from asyncbackup.retry import Retrier, Transfer
@@ -174,14 +175,7 @@ async def test_give_up_cancels_the_rest_and_commits_nothing(
     for i in range(200):
         (source / f"f{i:03}").write_bytes(f"file {i}".encode())
     memory = MemoryStorage()
-    poisoned = {"key": ""}
-
-    async def fail_the_first(key: str) -> None:
-        poisoned["key"] = poisoned["key"] or key
-        if key == poisoned["key"]:
-            raise PermanentStorageError(f"denied {key}")
-
-    watched = WatchedStorage(memory, on_put=fail_the_first)
+    watched = WatchedStorage(memory, on_put=deny(hashlib.sha256(b"file 0").hexdigest()))
     config = fast_config(concurrency=2)
     with pytest.raises(BackupFailed) as caught:
         await BackupEngine(watched, config, sleep=sleep).backup(source, name="one")

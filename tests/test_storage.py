@@ -127,6 +127,22 @@ async def test_faults_are_seeded_and_counted() -> None:
     assert 30 < first.count(False) < 90
 
 
+async def test_fault_draws_do_not_depend_on_the_order_of_calls() -> None:
+    async def failing_keys(order: list[int]) -> set[str]:
+        store = FaultyStorage(MemoryStorage(), rate=0.5, seed=9)
+        failed = set()
+        for i in order:
+            try:
+                await store.put(f"k{i}", b"x")
+            except TransientStorageError:
+                failed.add(f"k{i}")
+        return failed
+
+    forward = await failing_keys(list(range(100)))
+    assert forward == await failing_keys(list(reversed(range(100))))
+    assert 25 < len(forward) < 75
+
+
 async def test_a_fault_after_the_operation_took_effect() -> None:
     memory = MemoryStorage()
     store = FaultyStorage(memory, rate=1.0, after_share=1.0)

@@ -20,6 +20,9 @@ Rule = Callable[[str, str], Fault | None]
 class FaultyStorage(Storage):
     """Wraps ``inner`` so that a seeded fraction ``rate`` of operations fail transiently.
 
+    Each draw depends only on the seed, the operation, the key and how many times that operation
+    was called on that key, never on the order of calls: a concurrent run repeats exactly.
+
     A failure happens before the operation (nothing changed) or, for ``after_share`` of them,
     after it took effect (the object is stored, yet the caller sees an error). ``hang_rate`` of
     operations never answer, until the caller's timeout cancels them. ``latency`` seconds are
@@ -55,7 +58,8 @@ class FaultyStorage(Storage):
         self._after_share = after_share
         self._hang_rate = hang_rate
         self._latency = latency
-        self._random = random.Random(seed)
+        self._seed = seed
+        self._calls: Counter[tuple[str, str]] = Counter()
         self._rule = rule
         self._sleep = sleep
 
@@ -80,11 +84,13 @@ class FaultyStorage(Storage):
     def _draw(self, operation: str, key: str) -> Fault | None:
         if self._rule is not None and (fault := self._rule(operation, key)) is not None:
             return fault
-        draw = self._random.random()
+        self._calls[operation, key] += 1
+        rng = random.Random(f"{self._seed}/{operation}/{key}/{self._calls[operation, key]}")
+        draw = rng.random()
         if draw < self._hang_rate:
             return "hang"
         if draw < self._hang_rate + self._rate:
-            return "fail_after" if self._random.random() < self._after_share else "fail_before"
+            return "fail_after" if rng.random() < self._after_share else "fail_before"
         return None
 
     async def _call(self, operation: str, key: str, run: Callable[[], Awaitable[T]]) -> T:

@@ -117,19 +117,25 @@ class LocalStorage(Storage):
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     try:
-        with open(temp, "xb") as f:
+        try:
+            f = open(temp, "xb")  # noqa: SIM115 - closed below, after the fsync
+        except FileNotFoundError:  # the first object in this directory
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(temp, "xb")  # noqa: SIM115
+        with f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # before the rename: a crash never leaves a short object
         if overwrite:
             os.replace(temp, path)
-        else:
-            os.link(temp, path)  # atomic create-only: FileExistsError if the key is taken
-    finally:
+            return
+        os.link(temp, path)  # atomic create-only: FileExistsError if the key is taken
+    except BaseException:
         temp.unlink(missing_ok=True)
+        raise
+    temp.unlink()  # the link's temporary name
 
 
 def _fsync_dirs(dirs: set[Path]) -> None:

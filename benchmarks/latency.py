@@ -1,0 +1,181 @@
+"""What concurrency buys against a slow store: the engine at concurrency 1 and 64, side by side.
+
+A store wrapped in ``FaultyStorage(latency=...)`` so every store operation costs that much more;
+a seeded tree of incompressible, distinct files; each backup into a fresh empty store, so every
+chunk is uploaded. The contenders run in alternation (A B A B ...) on the same data, over two
+stores: ``memory``, where the added latency is all a request costs (a remote store, emulated),
+and ``local``, where each chunk is also written, fsynced and renamed on this machine's disk.
+
+    python -m benchmarks.latency [--files N] [--size BYTES] [--latency-ms MS] [--rounds N]
+                                 [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from asyncbackup import BackupEngine, EngineConfig, FaultyStorage, LocalStorage, MemoryStorage
+from asyncbackup.config import DEFAULT_CHUNK_SIZE
+from asyncbackup.storage import Storage
+
+CONCURRENCY = (1, 64)  # of each contender; the first is the sequential baseline
+STORES = ("memory", "local")
+SEQUENTIAL_OPS = 3  # store operations no concurrency overlaps: two listings and the commit
+MiB = 1024 * 1024
+
+
+def make_tree(root: Path, *, files: int, size: int, seed: int = 2024) -> None:
+    """Write ``files`` files of ``size`` seeded random bytes: incompressible, and all distinct."""
+    rng = random.Random(seed)
+    for i in range(files):
+        (root / f"f{i:05d}.bin").write_bytes(rng.randbytes(size))
+
+
+async def one_backup(
+    source: Path, store_dir: Path, *, kind: str, concurrency: int, latency: float
+) -> dict[str, Any]:
+    """Back up ``source`` into an empty store; time it and return its numbers."""
+    config = EngineConfig(concurrency=concurrency)
+    inner: Storage = MemoryStorage() if kind == "memory" else LocalStorage(store_dir)
+    async with FaultyStorage(inner, latency=latency) as store:
+        engine = BackupEngine(store, config)
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = await engine.backup(source, name=f"bench-c{concurrency}")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "store": kind,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "files": summary.files,
+        "chunks_uploaded": summary.chunks_uploaded,
+        "retries": summary.retries,
+    }
+
+
+def floor_seconds(chunks: int, concurrency: int, latency: float) -> float:
+    """The least time the added latency allows: sequential operations, then full waves of PUTs."""
+    return (SEQUENTIAL_OPS + math.ceil(chunks / concurrency)) * latency
+
+
+def summarize(runs: list[dict[str, Any]], args: argparse.Namespace, chunks: int) -> dict[str, Any]:
+    mib = args.files * args.size / MiB
+    medians: dict[str, dict[str, float]] = {}
+    speedups: dict[str, float] = {}
+    for kind in STORES:
+        for c in CONCURRENCY:
+            mine = [r for r in runs if r["concurrency"] == c and r["store"] == kind]
+            wall = statistics.median(r["wall_s"] for r in mine)
+            medians[f"{kind} c={c}"] = {
+                "wall_s": wall,
+                "cpu_s": statistics.median(r["cpu_s"] for r in mine),
+                "files_per_s": args.files / wall,
+                "mib_per_s": mib / wall,
+                "floor_s": floor_seconds(chunks, c, args.latency_ms / 1000),
+            }
+        base, fast = (medians[f"{kind} c={c}"]["wall_s"] for c in CONCURRENCY)
+        speedups[kind] = base / fast
+    return {"medians": medians, "speedup": speedups}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    p = result["params"]
+    lines = [
+        f"{p['files']} files x {p['size']} bytes, {p['latency_ms']} ms added to every store "
+        f"operation, median of {p['rounds']} rounds ({result['machine']['nproc']} CPUs):",
+        "",
+        "| store | concurrency | median wall (s) | floor (s) | files/s | MiB/s | CPU (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, m in result["medians"].items():
+        kind, c = key.split(" c=")
+        lines.append(
+            f"| {kind} | {c} | {m['wall_s']:.2f} | {m['floor_s']:.2f} "
+            f"| {m['files_per_s']:.0f} | {m['mib_per_s']:.1f} | {m['cpu_s']:.2f} |"
+        )
+    lines.append("")
+    for kind, ratio in result["speedup"].items():
+        lines.append(
+            f"Speed-up c=1 / c=64 on the {kind} store: **{ratio:.1f}x** "
+            "(ideal 64, goal at least 25)."
+        )
+    lines += [
+        f"Floor: ({SEQUENTIAL_OPS} sequential operations + ceil(chunks / concurrency) waves of "
+        "PUTs) x latency; fsync, reading and hashing come on top.",
+    ]
+    return "\n".join(lines)
+
+
+def run_rounds(args: argparse.Namespace, chunks: int) -> list[dict[str, Any]]:
+    """Run every contender once per round, in alternation, each into a fresh empty store.
+
+    The tree is written before any event loop starts, so no blocking call runs inside one.
+    """
+    runs: list[dict[str, Any]] = []
+    latency = args.latency_ms / 1000
+    with tempfile.TemporaryDirectory(prefix="asyncbackup-bench-") as tmp:
+        source = Path(tmp, "source")
+        source.mkdir()
+        make_tree(source, files=args.files, size=args.size)
+        for round_ in range(1, args.rounds + 1):
+            for kind in STORES:
+                for c in CONCURRENCY:
+                    store_dir = Path(tmp, f"store-r{round_}-{kind}-c{c}")
+                    run = asyncio.run(
+                        one_backup(source, store_dir, kind=kind, concurrency=c, latency=latency)
+                    )
+                    if run["files"] != args.files or run["chunks_uploaded"] != chunks:
+                        sys.exit(f"{run}: expected {args.files} files, {chunks} chunks")
+                    runs.append({"round": round_, **run})
+                    print(f"round {round_} {kind} c={c}: {run['wall_s']:.2f} s", file=sys.stderr)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__)
+    parser.add_argument("--files", type=int, default=2000, help="files in the source tree")
+    parser.add_argument("--size", type=int, default=65536, help="bytes per file")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="added per store operation")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each contender")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.files < 1 or args.size < 1 or args.rounds < 1 or args.latency_ms < 0:
+        parser.error("--files, --size and --rounds must be positive, --latency-ms not negative")
+    chunks = args.files * math.ceil(args.size / DEFAULT_CHUNK_SIZE)
+    runs = run_rounds(args, chunks)
+    result = {
+        "params": {k: v for k, v in vars(args).items() if k != "out"},
+        "command": shlex.join(["python", "-m", "benchmarks.latency", *argv]),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        "runs": runs,
+        **summarize(runs, args, chunks),
+    }
+    table = markdown(result)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "latency.md").write_text(f"{table}\n\nCommand: `{result['command']}`\n")
+
+
+if __name__ == "__main__":
+    main()

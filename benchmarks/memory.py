@@ -1,0 +1,103 @@
+"""Peak memory of a backup against its stated bound: 2 x concurrency x chunk_size of file data.
+
+Each backup runs the CLI in its own process, against a local store slowed by injected latency
+(40 ms x concurrency per request, so uploads are slower than reading and hashing, and read-ahead
+fills every buffer it is allowed); the peak RSS comes from ``os.wait4``. The baseline is a backup
+of an empty directory: the interpreter, the libraries and the event loop.
+
+    python -m benchmarks.memory [--big-mib 512] [--small-files 20000] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+CHUNK = 8 * MiB
+
+
+def peak_rss_mib(argv: list[str]) -> float:
+    """Run ``argv`` and return its peak resident set size in MiB (Linux reports KiB)."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{argv} exited {process.returncode}")
+    return usage.ru_maxrss / 1024
+
+
+def backup(source: Path, store: Path, *, concurrency: int, latency_ms: int) -> list[str]:
+    return [
+        sys.executable, "-m", "asyncbackup", "backup", str(source), str(store), "-q",
+        "--concurrency", str(concurrency), "--inject-latency", str(latency_ms),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--big-mib", type=int, default=512, help="size of the one large file")
+    parser.add_argument("--small-files", type=int, default=20000, help="count of 4 KiB files")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        big, small = root / "big", root / "small"
+        big.mkdir()
+        with open(big / "file.bin", "wb") as f:
+            for _ in range(args.big_mib):
+                f.write(os.urandom(MiB))
+        for i in range(args.small_files):
+            folder = small / f"d{i // 1000}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"f{i}").write_bytes(os.urandom(4096))
+
+        (root / "empty").mkdir()
+        idle = peak_rss_mib(backup(root / "empty", root / "store-0", concurrency=1, latency_ms=0))
+        rows.append({"run": "empty directory", "peak_rss_mib": round(idle, 1), "bound_mib": None})
+        for concurrency in (1, 4, 16):
+            latency = 40 * concurrency
+            store = root / f"store-big-{concurrency}"
+            peak = peak_rss_mib(backup(big, store, concurrency=concurrency, latency_ms=latency))
+            rows.append(
+                {
+                    "run": f"one {args.big_mib} MiB file, concurrency {concurrency}, {latency} ms",
+                    "peak_rss_mib": round(peak, 1),
+                    "bound_mib": round(idle + (2 * concurrency + 1) * CHUNK / MiB, 1),
+                }
+            )
+        peak = peak_rss_mib(backup(small, root / "store-small", concurrency=64, latency_ms=5))
+        rows.append(
+            {
+                "run": f"{args.small_files} files of 4 KiB, concurrency 64, 5 ms latency",
+                "peak_rss_mib": round(peak, 1),
+                "bound_mib": None,
+            }
+        )
+
+    command = "python -m benchmarks.memory " + " ".join(sys.argv[1:])
+    table = ["| run | peak RSS (MiB) | bound: baseline + (2c + 1) x 8 MiB |", "|---|---:|---:|"]
+    for row in rows:
+        bound = "" if row["bound_mib"] is None else str(row["bound_mib"])
+        table.append(f"| {row['run']} | {row['peak_rss_mib']} | {bound} |")
+    markdown = "\n".join(table) + f"\n\nCommand: `{command.strip()}`\n"
+    print(markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "memory.md").write_text(markdown)
+    machine = {"nproc": os.cpu_count(), "python": platform.python_version()}
+    document = {"date": datetime.now(UTC).isoformat(), "machine": machine, "runs": rows}
+    (args.out / "memory.json").write_text(json.dumps(document, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
