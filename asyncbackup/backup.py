@@ -16,7 +16,14 @@ from pathlib import Path
 
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.config import EngineConfig
-from asyncbackup.errors import ConfigError, IntegrityError, SourceError
+from asyncbackup.errors import (
+    BackupFailed,
+    ConfigError,
+    FailedItem,
+    IntegrityError,
+    SourceError,
+    StorageError,
+)
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
@@ -84,16 +91,24 @@ class BackupJob:
         source = await asyncio.to_thread(source.absolute)
         if not await asyncio.to_thread(source.is_dir):
             raise ConfigError(f"source {source} does not exist or is not a directory")
-        if await self.repo.has_backup(name):
+        budget = self.repo.retrier.budget
+
+        def hint() -> str:
+            return budget.explain() + "Run the same command again: stored chunks are reused."
+
+        try:
+            taken = await self.repo.has_backup(name)
+            self.stored = await self.repo.stored_digests()
+        except StorageError as exc:
+            failure = FailedItem(self.repo.store.url, exc)
+            raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
+        if taken:
             raise ConfigError(
                 f"a backup named {name!r} exists already in {self.repo.store.url}: "
                 "choose another --name, or delete that backup first"
             )
-        self.stored = await self.repo.stored_digests()
         self.scheduled = set(self.stored)
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
-        budget = self.repo.retrier.budget
-        hint = lambda: budget.explain() + "Run the same command again: stored chunks are reused."  # noqa: E731
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             async for entry in walk(source):
                 await self._add(pool, source, entry)

@@ -76,7 +76,10 @@ class RestoreJob:
         real_target = await asyncio.to_thread(_prepare_target, target, overwrite)
         await asyncio.to_thread(_make_dirs, real_target, manifest.entries)
         budget = self.repo.retrier.budget
-        hint = lambda: budget.explain() + "Files already restored are in place; run it again."  # noqa: E731
+
+        def hint() -> str:
+            return budget.explain() + "Files already restored are in place; run it again."
+
         try:
             async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
                 for entry in manifest.entries:
