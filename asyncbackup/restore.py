@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import os
@@ -10,9 +9,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from asyncbackup.chunking import sha256_hex
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
 from asyncbackup.manifest import FileEntry, Manifest
@@ -20,6 +21,7 @@ from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
+from asyncbackup.threads import settled
 
 OPERATION = "restore"
 P = ParamSpec("P")
@@ -47,7 +49,7 @@ class _PendingFile:
     def __init__(self, entry: FileEntry, final: Path) -> None:
         self.entry = entry
         self.final = final
-        self.temp = final.with_name(f".{final.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
+        self.temp = _temp_name(final)
         self.remaining = len(entry.chunks)
 
 
@@ -73,8 +75,8 @@ class RestoreJob:
                 half-written under its final name.
         """
         started = time.monotonic()
-        real_target = await asyncio.to_thread(_prepare_target, target, overwrite)
-        await asyncio.to_thread(_make_dirs, real_target, manifest.entries)
+        real_target = await settled(_prepare_target, target, overwrite)
+        await settled(_make_dirs, real_target, manifest.entries)
         budget = self.repo.retrier.budget
 
         def hint() -> str:
@@ -83,12 +85,17 @@ class RestoreJob:
         try:
             async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
                 for entry in manifest.entries:
-                    if entry.type == "file":
-                        await self._start_file(pool, real_target, entry, manifest.chunk_size)
+                    final = real_target / entry.path
+                    if entry.type == "file" and len(entry.chunks) <= 1:
+                        # One task fetches it, then one thread call writes, checks and places it.
+                        whole = partial(self._restore_whole, entry, final, manifest.chunk_size)
+                        await pool.spawn(entry.path, whole)
+                    elif entry.type == "file":
+                        await self._start_file(pool, entry, final, manifest.chunk_size)
         finally:
             if self.unfinished:
-                await asyncio.to_thread(_remove, [p.temp for p in self.unfinished])
-        await asyncio.to_thread(_finish_tree, real_target, manifest.entries)
+                await settled(_remove, [p.temp for p in self.unfinished])
+        await settled(_finish_tree, real_target, manifest.entries)
         totals = manifest.totals
         self.metrics.files.labels(OPERATION, "done").inc(totals.files)
         return RestoreSummary(
@@ -102,37 +109,46 @@ class RestoreJob:
             seconds=time.monotonic() - started,
         )
 
+    async def _restore_whole(self, entry: FileEntry, final: Path, chunk_size: int) -> None:
+        data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
+        await settled(_write_whole, entry, final, data)
+        self.progress.advance(files=1)
+
     async def _start_file(
-        self, pool: TaskPool, target: Path, entry: FileEntry, chunk_size: int
+        self, pool: TaskPool, entry: FileEntry, final: Path, chunk_size: int
     ) -> None:
-        pending = _PendingFile(entry, target / entry.path)
+        """A file of several chunks: fetched in parallel into a temporary file, placed by the
+        task whose chunk lands last."""
+        pending = _PendingFile(entry, final)
         self.unfinished.add(pending)
-        await asyncio.to_thread(_create_temp, pending.temp)
-        if not entry.chunks:
-            await self._finish_file(pending)
-        for index, digest in enumerate(entry.chunks):
-            label = f"chunk {index + 1}/{len(entry.chunks)} {digest[:12]}"
+        await settled(_create_temp, pending.temp)
 
-            async def fetch(index: int = index, digest: str = digest, label: str = label) -> None:
-                data = await self.repo.get_chunk(digest, path=entry.path, label=label)
-                expected = min(chunk_size, entry.size - index * chunk_size)
-                if len(data) != expected:
-                    raise IntegrityError(
-                        f"{entry.path}: {label} holds {len(data)} bytes, not {expected}"
-                    )
-                await asyncio.to_thread(_write_at, pending.temp, index * chunk_size, data)
-                self.downloaded += 1
-                self.metrics.chunks.labels(OPERATION, "transferred").inc()
-                self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))
-                self.progress.advance(nbytes=len(data))
-                pending.remaining -= 1
-                if pending.remaining == 0:
-                    await self._finish_file(pending)
+        async def fetch(index: int) -> None:
+            data = await self._fetch(entry, index, chunk_size)
+            await settled(_write_at, pending.temp, index * chunk_size, data)
+            pending.remaining -= 1
+            if pending.remaining == 0:
+                await self._finish_file(pending)
 
-            await pool.spawn(entry.path, fetch)
+        for index in range(len(entry.chunks)):
+            await pool.spawn(entry.path, partial(fetch, index))
+
+    async def _fetch(self, entry: FileEntry, index: int, chunk_size: int) -> bytes:
+        """Chunk ``index`` of ``entry``, its hash and length checked."""
+        digest = entry.chunks[index]
+        label = f"chunk {index + 1}/{len(entry.chunks)} {digest[:12]}"
+        data = await self.repo.get_chunk(digest, path=entry.path, label=label)
+        expected = min(chunk_size, entry.size - index * chunk_size)
+        if len(data) != expected:
+            raise IntegrityError(f"{entry.path}: {label} holds {len(data)} bytes, not {expected}")
+        self.downloaded += 1
+        self.metrics.chunks.labels(OPERATION, "transferred").inc()
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))
+        self.progress.advance(nbytes=len(data))
+        return data
 
     async def _finish_file(self, pending: _PendingFile) -> None:
-        await asyncio.to_thread(_check_and_place, pending)
+        await settled(_check_and_place, pending)
         self.unfinished.discard(pending)
         self.progress.advance(files=1)
 
@@ -202,8 +218,24 @@ def _write_at(temp: Path, offset: int, data: bytes) -> None:
 
 
 @_writes_target
+def _write_whole(entry: FileEntry, final: Path, data: bytes) -> None:
+    _check(entry, len(data), sha256_hex(data))
+    temp = _temp_name(final)
+    try:
+        with open(
+            os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600), "wb"
+        ) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _place(entry, temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+@_writes_target
 def _check_and_place(pending: _PendingFile) -> None:
-    entry = pending.entry
     digest = hashlib.sha256()
     size = 0
     with open(pending.temp, "rb") as f:
@@ -211,14 +243,26 @@ def _check_and_place(pending: _PendingFile) -> None:
             digest.update(block)
             size += len(block)
         os.fsync(f.fileno())
-    if size != entry.size or digest.hexdigest() != entry.sha256:
+    _check(pending.entry, size, digest.hexdigest())
+    _place(pending.entry, pending.temp, pending.final)
+
+
+def _check(entry: FileEntry, size: int, sha256: str) -> None:
+    if size != entry.size or sha256 != entry.sha256:
         raise IntegrityError(
-            f"{entry.path}: restored {size} bytes hashing to {digest.hexdigest()[:12]}, "
+            f"{entry.path}: restored {size} bytes hashing to {sha256[:12]}, "
             f"but the backup recorded {entry.size} bytes hashing to {entry.sha256[:12]}"
         )
-    os.chmod(pending.temp, entry.mode)
-    os.utime(pending.temp, ns=(entry.mtime_ns, entry.mtime_ns))
-    os.replace(pending.temp, pending.final)
+
+
+def _place(entry: FileEntry, temp: Path, final: Path) -> None:
+    os.chmod(temp, entry.mode)
+    os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
+    os.replace(temp, final)
+
+
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
 
 
 @_writes_target
@@ -228,7 +272,7 @@ def _finish_tree(target: Path, entries: tuple[FileEntry, ...]) -> None:
     for entry in entries:
         if entry.type == "symlink":
             path = target / entry.path
-            temp = path.with_name(f".{path.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
+            temp = _temp_name(path)
             os.symlink(entry.target, temp)
             os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
             os.replace(temp, path)

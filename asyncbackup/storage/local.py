@@ -21,6 +21,7 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.threads import settled
 
 TEMP_PREFIX = ".tmp-"
 """Objects are written under this name first; listings skip it, keys may not start with '.'."""
@@ -67,9 +68,9 @@ class LocalStorage(Storage):
         # One thread call, not aiofiles' several awaited steps: a cancelled await leaves its
         # thread running, so a step-by-step write could create a temporary file (or open a file
         # descriptor) after our clean-up ran. One call either renames its file into place or
-        # removes it. Reads are one call for the same reason.
+        # removes it, and ``settled`` waits for it. Reads are one call for the same reason.
         with _mapped_errors(self.url, key):
-            await asyncio.to_thread(_write_atomically, path, data, overwrite)
+            await settled(_write_atomically, path, data, overwrite)
         self._dirty_dirs.add(path.parent)
 
     async def get(self, key: str) -> bytes:
