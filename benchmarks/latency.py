@@ -1,10 +1,11 @@
 """What concurrency buys against a slow store: the engine at concurrency 1 and 64, side by side.
 
 A store wrapped in ``FaultyStorage(latency=...)`` so every store operation costs that much more;
-a seeded tree of incompressible, distinct files; each backup into a fresh empty store, so every
-chunk is uploaded. The contenders run in alternation (A B A B ...) on the same data, over two
-stores: ``memory``, where the added latency is all a request costs (a remote store, emulated),
-and ``local``, where each chunk is also written, fsynced and renamed on this machine's disk.
+a seeded tree of incompressible, distinct files; each backup goes into a fresh empty store, so
+every chunk is uploaded, then is restored into a fresh empty directory. The contenders run in
+alternation (A B A B ...) on the same data, over two stores: ``memory``, where the added latency
+is all a request costs (a remote store, emulated), and ``local``, where each chunk is also
+written, fsynced and renamed on this machine's disk.
 
     python -m benchmarks.latency [--files N] [--size BYTES] [--latency-ms MS] [--rounds N]
                                  [--out DIR]
@@ -34,7 +35,9 @@ from asyncbackup.storage import Storage
 
 CONCURRENCY = (1, 64)  # of each contender; the first is the sequential baseline
 STORES = ("memory", "local")
-SEQUENTIAL_OPS = 3  # store operations no concurrency overlaps: two listings and the commit
+# Store requests no concurrency overlaps: a backup's two listings and its commit; a restore's
+# read of the MANIFEST.
+SEQUENTIAL_OPS = {"backup": 3, "restore": 1}
 MiB = 1024 * 1024
 
 
@@ -45,50 +48,51 @@ def make_tree(root: Path, *, files: int, size: int, seed: int = 2024) -> None:
         (root / f"f{i:05d}.bin").write_bytes(rng.randbytes(size))
 
 
-async def one_backup(
-    source: Path, store_dir: Path, *, kind: str, concurrency: int, latency: float
-) -> dict[str, Any]:
-    """Back up ``source`` into an empty store; time it and return its numbers."""
+async def backup_and_restore(
+    source: Path, scratch: Path, *, kind: str, concurrency: int, latency: float
+) -> list[dict[str, Any]]:
+    """Back up ``source`` into an empty store, then restore it; time both."""
     config = EngineConfig(concurrency=concurrency)
-    inner: Storage = MemoryStorage() if kind == "memory" else LocalStorage(store_dir)
+    inner: Storage = MemoryStorage() if kind == "memory" else LocalStorage(scratch / "store")
+    runs = []
     async with FaultyStorage(inner, latency=latency) as store:
         engine = BackupEngine(store, config)
         wall, cpu = time.perf_counter(), time.process_time()
-        summary = await engine.backup(source, name=f"bench-c{concurrency}")
+        backup = await engine.backup(source, name=f"bench-c{concurrency}")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {
-        "store": kind,
-        "concurrency": concurrency,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "files": summary.files,
-        "chunks_uploaded": summary.chunks_uploaded,
-        "retries": summary.retries,
-    }
+        runs.append({"op": "backup", "wall_s": wall, "cpu_s": cpu, "files": backup.files,
+                     "chunks": backup.chunks_uploaded, "retries": backup.retries})  # fmt: skip
+        wall, cpu = time.perf_counter(), time.process_time()
+        restore = await engine.restore(backup.name, scratch / "restored")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        runs.append({"op": "restore", "wall_s": wall, "cpu_s": cpu, "files": restore.files,
+                     "chunks": restore.chunks_downloaded, "retries": restore.retries})  # fmt: skip
+    return [{"store": kind, "concurrency": concurrency, **run} for run in runs]
 
 
-def floor_seconds(chunks: int, concurrency: int, latency: float) -> float:
+def floor_seconds(op: str, chunks: int, concurrency: int, latency: float) -> float:
     """The least time the added latency allows: sequential operations, then full waves of PUTs."""
-    return (SEQUENTIAL_OPS + math.ceil(chunks / concurrency)) * latency
+    return (SEQUENTIAL_OPS[op] + math.ceil(chunks / concurrency)) * latency
 
 
 def summarize(runs: list[dict[str, Any]], args: argparse.Namespace, chunks: int) -> dict[str, Any]:
     mib = args.files * args.size / MiB
     medians: dict[str, dict[str, float]] = {}
     speedups: dict[str, float] = {}
-    for kind in STORES:
-        for c in CONCURRENCY:
-            mine = [r for r in runs if r["concurrency"] == c and r["store"] == kind]
-            wall = statistics.median(r["wall_s"] for r in mine)
-            medians[f"{kind} c={c}"] = {
-                "wall_s": wall,
-                "cpu_s": statistics.median(r["cpu_s"] for r in mine),
-                "files_per_s": args.files / wall,
-                "mib_per_s": mib / wall,
-                "floor_s": floor_seconds(chunks, c, args.latency_ms / 1000),
-            }
-        base, fast = (medians[f"{kind} c={c}"]["wall_s"] for c in CONCURRENCY)
-        speedups[kind] = base / fast
+    for op in ("backup", "restore"):
+        for kind in STORES:
+            for c in CONCURRENCY:
+                mine = [r for r in runs if (r["op"], r["store"], r["concurrency"]) == (op, kind, c)]
+                wall = statistics.median(r["wall_s"] for r in mine)
+                medians[f"{op} {kind} c={c}"] = {
+                    "wall_s": wall,
+                    "cpu_s": statistics.median(r["cpu_s"] for r in mine),
+                    "files_per_s": args.files / wall,
+                    "mib_per_s": mib / wall,
+                    "floor_s": floor_seconds(op, chunks, c, args.latency_ms / 1000),
+                }
+            base, fast = (medians[f"{op} {kind} c={c}"]["wall_s"] for c in CONCURRENCY)
+            speedups[f"{op} {kind}"] = base / fast
     return {"medians": medians, "speedup": speedups}
 
 
@@ -98,24 +102,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"{p['files']} files x {p['size']} bytes, {p['latency_ms']} ms added to every store "
         f"operation, median of {p['rounds']} rounds ({result['machine']['nproc']} CPUs):",
         "",
-        "| store | concurrency | median wall (s) | floor (s) | files/s | MiB/s | CPU (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| operation | store | concurrency | wall (s) | floor (s) | files/s | MiB/s | CPU (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, m in result["medians"].items():
-        kind, c = key.split(" c=")
+        op, kind, c = key.replace(" c=", " ").split()
         lines.append(
-            f"| {kind} | {c} | {m['wall_s']:.2f} | {m['floor_s']:.2f} "
+            f"| {op} | {kind} | {c} | {m['wall_s']:.2f} | {m['floor_s']:.2f} "
             f"| {m['files_per_s']:.0f} | {m['mib_per_s']:.1f} | {m['cpu_s']:.2f} |"
         )
     lines.append("")
-    for kind, ratio in result["speedup"].items():
-        lines.append(
-            f"Speed-up c=1 / c=64 on the {kind} store: **{ratio:.1f}x** "
-            "(ideal 64, goal at least 25)."
-        )
+    for what, ratio in result["speedup"].items():
+        op, kind = what.split()
+        lines.append(f"Speed-up c=1 / c=64, {op} on the {kind} store: **{ratio:.1f}x** (ideal 64).")
     lines += [
-        f"Floor: ({SEQUENTIAL_OPS} sequential operations + ceil(chunks / concurrency) waves of "
-        "PUTs) x latency; fsync, reading and hashing come on top.",
+        "Floor: (sequential requests, 3 for a backup and 1 for a restore, + ceil(chunks / "
+        "concurrency) waves of chunk requests) x latency; disk, hashing and CPU come on top.",
     ]
     return "\n".join(lines)
 
@@ -134,14 +136,18 @@ def run_rounds(args: argparse.Namespace, chunks: int) -> list[dict[str, Any]]:
         for round_ in range(1, args.rounds + 1):
             for kind in STORES:
                 for c in CONCURRENCY:
-                    store_dir = Path(tmp, f"store-r{round_}-{kind}-c{c}")
-                    run = asyncio.run(
-                        one_backup(source, store_dir, kind=kind, concurrency=c, latency=latency)
+                    scratch = Path(tmp, f"r{round_}-{kind}-c{c}")
+                    pair = asyncio.run(
+                        backup_and_restore(
+                            source, scratch, kind=kind, concurrency=c, latency=latency
+                        )
                     )
-                    if run["files"] != args.files or run["chunks_uploaded"] != chunks:
-                        sys.exit(f"{run}: expected {args.files} files, {chunks} chunks")
-                    runs.append({"round": round_, **run})
-                    print(f"round {round_} {kind} c={c}: {run['wall_s']:.2f} s", file=sys.stderr)
+                    for run in pair:
+                        if run["files"] != args.files or run["chunks"] != chunks:
+                            sys.exit(f"{run}: expected {args.files} files, {chunks} chunks")
+                        runs.append({"round": round_, **run})
+                        print(f"round {round_} {run['op']} {kind} c={c}: {run['wall_s']:.2f} s",
+                              file=sys.stderr)  # fmt: skip
     return runs
 
 
