@@ -97,16 +97,15 @@ class BackupJob:
             return budget.explain() + "Run the same command again: stored chunks are reused."
 
         try:
-            taken = await self.repo.has_backup(name)
+            if await self.repo.has_backup(name):
+                raise ConfigError(
+                    f"a backup named {name!r} exists already in {self.repo.store.url}: "
+                    "choose another --name, or delete that backup first"
+                )
             self.stored = await self.repo.stored_digests()
         except StorageError as exc:
             failure = FailedItem(self.repo.store.url, exc)
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
-        if taken:
-            raise ConfigError(
-                f"a backup named {name!r} exists already in {self.repo.store.url}: "
-                "choose another --name, or delete that backup first"
-            )
         self.scheduled = set(self.stored)
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, default_name
 from asyncbackup.config import EngineConfig
-from asyncbackup.errors import BackupError, IntegrityError, ObjectNotFoundError
+from asyncbackup.errors import BackupError, BackupFailed, IntegrityError, ObjectNotFoundError
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
@@ -191,6 +191,9 @@ class BackupEngine:
         started = time.monotonic()
         try:
             result = await job
+        except BackupFailed as exc:
+            self.metrics.files.labels(operation, "failed").inc(len(exc.failures))
+            raise
         finally:
             self.metrics.duration.labels(operation).set(time.monotonic() - started)
         self.metrics.last_success.labels(operation).set_to_current_time()

@@ -80,7 +80,10 @@ class RestoreJob:
         budget = self.repo.retrier.budget
 
         def hint() -> str:
-            return budget.explain() + "Files already restored are in place; run it again."
+            return budget.explain() + (
+                "Files restored so far are in place: run it again with --overwrite, "
+                "or into an empty directory."
+            )
 
         try:
             async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:

@@ -126,7 +126,8 @@ class Retrier:
 
     def delay_before_retry(self, tries: int) -> float:
         """The sleep after failed attempt ``tries``: full jitter over a capped exponential."""
-        ceiling = min(self.policy.max_delay, self.policy.base_delay * 2 ** (tries - 1))
+        doublings = min(tries - 1, 64)  # 2 ** 1024 is past a float: the cap is reached long before
+        ceiling = min(self.policy.max_delay, self.policy.base_delay * 2**doublings)
         return backoff.full_jitter(ceiling)
 
     async def _attempt(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:

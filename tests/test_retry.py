@@ -177,12 +177,17 @@ async def test_give_up_cancels_the_rest_and_commits_nothing(
     memory = MemoryStorage()
     watched = WatchedStorage(memory, on_put=deny(hashlib.sha256(b"file 0").hexdigest()))
     config = fast_config(concurrency=2)
+    metrics = Metrics()
+    engine = BackupEngine(watched, config, metrics=metrics, sleep=sleep)
     with pytest.raises(BackupFailed) as caught:
-        await BackupEngine(watched, config, sleep=sleep).backup(source, name="one")
+        await engine.backup(source, name="one")
     assert len(caught.value.failures) == 1
     assert caught.value.failures[0].path == "f000"
     assert watched.puts("chunks/") < 20  # fail fast: the other 190-odd never started
     assert no_manifest(memory)
+    failed = {"operation": "backup", "outcome": "failed"}
+    assert metrics.registry.get_sample_value("backup_files_total", failed) == 1
+    assert metrics.registry.get_sample_value("backup_last_success_timestamp_seconds") is None
 
 
 async def test_retry_budget_stops_a_job_against_a_dead_store(
@@ -224,7 +229,7 @@ async def test_max_attempts_bounds_each_transfer(sleep: RecordingSleep) -> None:
 
 def test_delay_is_full_jitter_under_a_capped_doubling() -> None:
     retrier = Retrier(RetryPolicy(base_delay=0.5, max_delay=3.0), concurrency=1, metrics=Metrics())
-    for tries, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
+    for tries, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0), (5000, 3.0)]:
         draws = [retrier.delay_before_retry(tries) for _ in range(300)]
         assert all(0 <= d <= ceiling for d in draws)
         assert max(draws) > 0.8 * ceiling and min(draws) < 0.2 * ceiling
