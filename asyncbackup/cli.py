@@ -19,6 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from asyncbackup.backup import BackupSummary
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine, VerifyReport
@@ -219,8 +221,6 @@ async def _command(
     engine = BackupEngine(store, config, metrics=metrics, progress=progress)
     redirect: Any = nullcontext()
     if interactive:
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
     with ExitStack() as stack:  # the bar is gone before the summary is written
         stack.enter_context(redirect)

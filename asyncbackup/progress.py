@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Protocol
+
+from tqdm import tqdm
 
 
 class Progress(Protocol):
@@ -22,8 +26,6 @@ class BarProgress:
     """A tqdm bar of bytes on a terminal, with the file count beside it."""
 
     def __init__(self, description: str) -> None:
-        from tqdm import tqdm
-
         self._files = 0
         self._bar = tqdm(
             desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False
@@ -43,9 +45,6 @@ class LogProgress:
     """Plain log lines, at most one every ``interval`` seconds: for jobs run without a terminal."""
 
     def __init__(self, description: str, *, interval: float = 10.0) -> None:
-        import logging
-        import time
-
         self._log = logging.getLogger("asyncbackup")
         self._clock = time.monotonic
         self._description = description
