@@ -111,16 +111,21 @@ class BackupJob:
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             async for entry in walk(source):
                 await self._add(pool, source, entry)
-        manifest = Manifest(
-            name=name,
-            job_id=uuid.uuid4().hex,
-            started=started,
-            finished=utc_now(),
-            host=socket.gethostname(),
-            source=str(source),
-            chunk_size=self.config.chunk_size,
-            entries=tuple(sorted(self.entries, key=lambda e: e.path)),
-        )
+        finished = utc_now()
+
+        def build_manifest() -> Manifest:  # sorting 100,000 entries would stall the event loop
+            return Manifest(
+                name=name,
+                job_id=uuid.uuid4().hex,
+                started=started,
+                finished=finished,
+                host=socket.gethostname(),
+                source=str(source),
+                chunk_size=self.config.chunk_size,
+                entries=tuple(sorted(self.entries, key=lambda e: e.path)),
+            )
+
+        manifest = await asyncio.to_thread(build_manifest)
         unconfirmed = manifest.digests() - self.stored
         if unconfirmed:  # never commit what cannot be restored, whatever the tasks said
             raise IntegrityError(
