@@ -65,13 +65,16 @@ class ChunkReader:
                 if self._fd is None:
                     self._open()
                 assert self._fd is not None and self.stat is not None
-                data = _read_up_to(self._fd, self.chunk_size)
+                # Ask for what the file holds, not a whole chunk: a 4 KiB file must not cost an
+                # 8 MiB buffer. Growth or shrinking since the open is caught by the final check.
+                want = min(self.chunk_size, self.stat.st_size - self.size)
+                data = _read_up_to(self._fd, want) if want > 0 else b""
             except OSError as exc:
                 raise SourceError(f"cannot read {self.path}: {exc.strerror}") from exc
             if data:
                 self.size += len(data)
                 self._hash.update(data)
-            if len(data) < self.chunk_size or self.size >= self.stat.st_size:
+            if len(data) < want or self.size >= self.stat.st_size:
                 # The last chunk: check and close in this same call, so that a small file
                 # costs one trip to a worker thread.
                 self._done = True

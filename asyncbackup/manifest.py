@@ -86,8 +86,10 @@ class Manifest:
         return {c for e in self.entries for c in e.chunks}
 
     def to_json(self) -> bytes:
-        """The MANIFEST's bytes. ASCII-only: names that are not UTF-8 travel as escapes."""
-        document = {
+        """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
+        entry (a document of dicts would cost ~1 KB per entry at once) and can still be read.
+        ASCII-only: names that are not UTF-8 travel as escapes."""
+        head = {
             "format_version": self.format_version,
             "name": self.name,
             "job_id": self.job_id,
@@ -97,9 +99,9 @@ class Manifest:
             "source": self.source,
             "chunk_size": self.chunk_size,
             "totals": self.totals.__dict__,
-            "entries": [e.to_json() for e in self.entries],
         }
-        return json.dumps(document, ensure_ascii=True, indent=1).encode("ascii")
+        lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
+        return f'{_compact(head)[:-1]},"entries":[\n{lines}\n]}}\n'.encode("ascii")
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str) -> Manifest:
@@ -119,6 +121,11 @@ class Manifest:
             raise ManifestError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is malformed ({exc!r})") from exc
+
+
+def _compact(value: dict[str, Any]) -> str:
+    # No indent: with one, json falls back to its pure-Python encoder, ~3 KB per entry.
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
 def check_relative_path(path: str) -> str:

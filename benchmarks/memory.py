@@ -5,7 +5,7 @@ Each backup runs the CLI in its own process, against a local store slowed by inj
 fills every buffer it is allowed); the peak RSS comes from ``os.wait4``. The baseline is a backup
 of an empty directory: the interpreter, the libraries and the event loop.
 
-    python -m benchmarks.memory [--big-mib 512] [--small-files 20000] [--out benchmarks/results]
+    python -m benchmarks.memory [--big-mib 512] [--small-files 100000] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def backup(source: Path, store: Path, *, concurrency: int, latency_ms: int) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--big-mib", type=int, default=512, help="size of the one large file")
-    parser.add_argument("--small-files", type=int, default=20000, help="count of 4 KiB files")
+    parser.add_argument("--small-files", type=int, default=100_000, help="count of 4 KiB files")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
