@@ -246,6 +246,27 @@ USAGE_ERRORS = {
         ["restore", "{store}", "good", "{tmp}/target", "--concurrency", "0"],
         "concurrency must be between 1 and 1024, not 0",
     ),
+    "negative-retries": (
+        ["backup", "{src}", "{store}", "--name", "other", "--max-retries", "-1"],
+        "max_attempts must be at least 1, not 0",
+    ),
+    "negative-retry-delay": (
+        ["backup", "{src}", "{store}", "--name", "other", "--retry-delay", "-1"],
+        "retry delays must satisfy 0 <= base_delay <= max_delay",
+    ),
+    "zero-attempt-timeout": (
+        ["backup", "{src}", "{store}", "--name", "other", "--attempt-timeout", "0"],
+        "attempt_timeout must be positive, not 0",
+    ),
+    "negative-retry-budget": (
+        ["backup", "{src}", "{store}", "--name", "other", "--retry-budget", "-1"],
+        "the retry budget and its refill must not be negative",
+    ),
+    "negative-latency": (
+        ["backup", "{src}", "{store}", "--name", "other", "--inject-latency", "-5"],
+        "--inject-latency must not be negative, not -5.0",
+    ),
+    "store-is-a-file": (["list", "{src}/empty"], "the store path exists and is not a directory"),
 }
 
 
@@ -341,3 +362,11 @@ def test_sigint_during_a_slow_backup_exits_130_and_commits_nothing(tmp_path: Pat
     assert 0 < len(stored) < non_empty  # some chunks were stored, not all
     assert not [n for n in stored if n.startswith(".tmp-")]
     assert list_json(store) == []
+
+
+def test_listing_an_empty_or_missing_store_says_so(tmp_path: Path) -> None:
+    result = cli("list", str(tmp_path / "no-store-here"))
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout == ""
+    assert f"no backups in {tmp_path / 'no-store-here'}" in result.stderr
+    assert not (tmp_path / "no-store-here").exists()  # listing never creates a store
