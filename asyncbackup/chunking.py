@@ -32,6 +32,7 @@ class ChunkReader:
         self.size = 0
         self.stat: os.stat_result | None = None
         self._hash = hashlib.sha256()
+        self._whole = ""  # set when the file is one chunk (or empty): its hash is the chunk's
         self._fd: int | None = None
         self._done = False
         self._lock = threading.Lock()  # a cancelled await leaves its thread running: serialize
@@ -39,7 +40,7 @@ class ChunkReader:
     @property
     def sha256(self) -> str:
         """The hash of the whole file; complete once ``next_chunk`` has returned None."""
-        return self._hash.hexdigest()
+        return self._whole or self._hash.hexdigest()
 
     async def next_chunk(self) -> tuple[bytes, str] | None:
         """The next chunk and its sha256, or None after the last one.
@@ -71,10 +72,15 @@ class ChunkReader:
                 data = _read_up_to(self._fd, want) if want > 0 else b""
             except OSError as exc:
                 raise SourceError(f"cannot read {self.path}: {exc.strerror}") from exc
-            if data:
-                self.size += len(data)
+            digest = sha256_hex(data)
+            first = self.size == 0
+            self.size += len(data)
+            done = len(data) < want or self.size >= self.stat.st_size
+            if first and done:
+                self._whole = digest  # no second pass over the bytes of a one-chunk file
+            else:
                 self._hash.update(data)
-            if len(data) < want or self.size >= self.stat.st_size:
+            if done:
                 # The last chunk: check and close in this same call, so that a small file
                 # costs one trip to a worker thread.
                 self._done = True
@@ -82,7 +88,7 @@ class ChunkReader:
                     self._check_unchanged()
                 finally:
                     self._close_fd()
-            return (data, sha256_hex(data)) if data else None
+            return (data, digest) if data else None
 
     def _open(self) -> None:
         # O_NOFOLLOW: a file swapped for a link since the walk is refused, never followed.

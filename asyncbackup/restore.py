@@ -27,6 +27,7 @@ OPERATION = "restore"
 P = ParamSpec("P")
 R = TypeVar("R")
 TEMP_MARK = ".asyncbackup-"
+EMPTY_SHA256 = sha256_hex(b"")
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,10 @@ class RestoreJob:
         )
 
     async def _restore_whole(self, entry: FileEntry, final: Path, chunk_size: int) -> None:
+        # The one chunk's hash was checked on fetching: it is the file's hash, so no second pass.
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
-        await settled(_write_whole, entry, final, data)
+        digest = entry.chunks[0] if entry.chunks else EMPTY_SHA256
+        await settled(_write_whole, entry, final, data, digest)
         self.progress.advance(files=1)
 
     async def _start_file(
@@ -221,8 +224,8 @@ def _write_at(temp: Path, offset: int, data: bytes) -> None:
 
 
 @_writes_target
-def _write_whole(entry: FileEntry, final: Path, data: bytes) -> None:
-    _check(entry, len(data), sha256_hex(data))
+def _write_whole(entry: FileEntry, final: Path, data: bytes, sha256: str) -> None:
+    _check(entry, len(data), sha256)
     temp = _temp_name(final)
     try:
         with open(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from asyncbackup import (
     TransientStorageError,
     open_storage,
 )
+from asyncbackup.chunking import ChunkReader
+from tests.conftest import SMALL_CHUNK
 
 
 async def test_local_put_get_list_delete(tmp_path: Path) -> None:
@@ -180,3 +184,20 @@ def test_fault_options_are_checked() -> None:
         FaultyStorage(MemoryStorage(), rate=1.5)
     with pytest.raises(ConfigError, match="latency"):
         FaultyStorage(MemoryStorage(), latency=-1)
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, SMALL_CHUNK - 1, SMALL_CHUNK, 2 * SMALL_CHUNK, 3 * SMALL_CHUNK + 7]
+)
+async def test_chunk_reader_hashes_chunks_and_the_whole_file(tmp_path: Path, size: int) -> None:
+    content = os.urandom(size)
+    (tmp_path / "f").write_bytes(content)
+    reader = ChunkReader(tmp_path / "f", SMALL_CHUNK)
+    chunks = []
+    while (chunk := await reader.next_chunk()) is not None:
+        chunks.append(chunk)
+    await reader.aclose()
+    assert b"".join(data for data, _ in chunks) == content
+    assert all(digest == hashlib.sha256(data).hexdigest() for data, digest in chunks)
+    assert len(chunks) == -(-size // SMALL_CHUNK)
+    assert reader.sha256 == hashlib.sha256(content).hexdigest() and reader.size == size
