@@ -26,7 +26,14 @@ from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import Progress
 from asyncbackup.restore import RestoreSummary
-from asyncbackup.storage import FaultyStorage, LocalStorage, MemoryStorage, Storage, open_storage
+from asyncbackup.storage import (
+    FaultyStorage,
+    LocalStorage,
+    MemoryStorage,
+    Storage,
+    StoreOptions,
+    open_storage,
+)
 
 __all__ = [
     "BackupEngine",
@@ -54,6 +61,7 @@ __all__ = [
     "SourceError",
     "Storage",
     "StorageError",
+    "StoreOptions",
     "TargetError",
     "TransientStorageError",
     "VerifyReport",

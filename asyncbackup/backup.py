@@ -21,6 +21,7 @@ from asyncbackup.errors import (
     ConfigError,
     FailedItem,
     IntegrityError,
+    PermanentStorageError,
     SourceError,
     StorageError,
 )
@@ -103,6 +104,8 @@ class BackupJob:
                     "choose another --name, or delete that backup first"
                 )
             self.stored = await self.repo.stored_digests()
+        except PermanentStorageError:
+            raise  # a missing bucket or refused credentials: the message says what to fix
         except StorageError as exc:
             failure = FailedItem(self.repo.store.url, exc)
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc

@@ -28,7 +28,8 @@ from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import BarProgress, LogProgress
 from asyncbackup.restore import RestoreSummary
-from asyncbackup.storage import FaultyStorage, Storage, open_storage
+from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
+from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("asyncbackup")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -103,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="add MS milliseconds to every store operation (testing)",
     )
     common.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
+    common.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)",
+    )
+    common.add_argument("--region", help="S3 region (default: $AWS_REGION or $AWS_DEFAULT_REGION)")
+    common.add_argument(
+        "--addressing-style",
+        choices=("auto", "path", "virtual"),
+        default="auto",
+        help="S3 bucket addressing (default %(default)s; path for most S3-compatible servers)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log every step")
     common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
 
@@ -161,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     release_freed_buffers_to_the_os()
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    if not args.verbose:  # botocore says "Found credentials in ..." at INFO on every run
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+        logging.getLogger("aiobotocore").setLevel(logging.WARNING)
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
@@ -200,7 +216,13 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> Storage:
-    store = open_storage(args.store)
+    options = StoreOptions(
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        addressing_style=args.addressing_style,
+        max_connections=max(args.concurrency, DEFAULT_MAX_CONNECTIONS),
+    )
+    store = open_storage(args.store, options)
     if args.inject_faults or args.inject_latency:
         if args.inject_latency < 0:
             raise ConfigError(f"--inject-latency must not be negative, not {args.inject_latency}")

@@ -13,7 +13,13 @@ from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, default_name
 from asyncbackup.config import EngineConfig
-from asyncbackup.errors import BackupError, BackupFailed, IntegrityError, ObjectNotFoundError
+from asyncbackup.errors import (
+    BackupError,
+    BackupFailed,
+    ConfigError,
+    IntegrityError,
+    ObjectNotFoundError,
+)
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
@@ -77,6 +83,13 @@ class BackupEngine:
     ) -> None:
         self.store = store
         self.config = config if config is not None else EngineConfig()
+        limit = store.max_connections
+        if limit is not None and limit < self.config.concurrency:
+            raise ConfigError(
+                f"{store.url}: the store has {limit} connections, fewer than concurrency "
+                f"{self.config.concurrency}; open it with StoreOptions(max_connections="
+                f"{self.config.concurrency}) or lower the concurrency"
+            )
         self.metrics = metrics if metrics is not None else Metrics()
         self.progress: Progress = progress if progress is not None else NoProgress()
         self._sleep = sleep

@@ -70,7 +70,7 @@ class Repository:
     async def put_chunk(self, digest: str, data: bytes, *, path: str, label: str) -> None:
         """Store one chunk; retried, and harmless to repeat (same key, same bytes)."""
         what = Transfer(self.operation, "upload", path, label)
-        await self.retrier.run(what, lambda: self.store.put(chunk_key(digest), data))
+        await self.retrier.run(what, lambda: self.store.put(chunk_key(digest), data, digest=digest))
 
     async def get_chunk(self, digest: str, *, path: str, label: str) -> bytes:
         """Fetch one chunk and check its hash.

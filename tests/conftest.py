@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import random
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncbackup import EngineConfig, RetryPolicy
+from tests.servers import Server, http, start_fake_gcs, start_moto
 
 SMALL_CHUNK = 64 * 1024  # the smallest chunk size allowed: makes multi-chunk files cheap
 
@@ -99,3 +104,118 @@ def assert_same_tree(expected: Path, actual: Path) -> None:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "source")
+
+
+# Real servers (DESIGN.md section 8): one of each per session, a fresh bucket per test.
+
+_bucket_numbers = itertools.count()
+
+
+def fresh_bucket_name(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_bucket_numbers)}"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Server]:
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """Credentials and endpoint for moto in the environment, as a user would set them; no
+    AWS files are read, so the tests cannot pick up a real account."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_server.url,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: Server) -> str:
+    """A new, empty bucket on moto (path-style: PUT /bucket creates it)."""
+    name = fresh_bucket_name("s3")
+    http("PUT", f"{s3_env.url}/{name}")
+    return name
+
+
+@dataclass(frozen=True)
+class AuthS3:
+    """A moto server that checks credentials, a bucket on it, and three users' keys."""
+
+    server: Server
+    bucket: str
+    writer: tuple[str, str]  # may do everything
+    reader: tuple[str, str]  # may only list and read
+    wrong_secret: tuple[str, str]  # the writer's key id with another secret
+
+
+@pytest.fixture(scope="session")
+def moto_auth() -> Iterator[AuthS3]:
+    """moto with IAM checks on: the first 6 requests (set-up below) go unchecked, then every
+    request is checked against the users and policies made here."""
+    import boto3  # moto's own dependency; set-up only, the project itself uses aiobotocore
+
+    server = start_moto(free_requests=6)
+    try:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
+        users = {"writer": ["s3:*"], "reader": ["s3:GetObject", "s3:ListBucket"]}
+        keys: dict[str, tuple[str, str]] = {}
+        for user, actions in users.items():
+            iam.create_user(UserName=user)
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+            }
+            iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        bucket = "auth-bucket"
+        boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id=keys["writer"][0],
+            aws_secret_access_key=keys["writer"][1],
+        ).create_bucket(Bucket=bucket)
+        yield AuthS3(server, bucket, keys["writer"], keys["reader"], (keys["writer"][0], "wrong"))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[Server]:
+    server = start_fake_gcs()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs_env(gcs_server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """STORAGE_EMULATOR_HOST points gcloud-aio (and the CLI's subprocesses) at fake-gcs-server."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
+    return gcs_server
+
+
+@pytest.fixture
+def gcs_bucket(gcs_env: Server) -> str:
+    """A new, empty bucket on fake-gcs-server."""
+    name = fresh_bucket_name("gcs")
+    body = json.dumps({"name": name}).encode()
+    http("POST", f"{gcs_env.url}/storage/v1/b?project=test", body)
+    return name

@@ -28,7 +28,9 @@ class WatchedStorage(Storage):
         self.max_tasks = 0
         self._on_put = on_put
 
-    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
         self.calls["put", key] += 1
         self.max_tasks = max(self.max_tasks, len(asyncio.all_tasks()))
         self.in_flight += 1
@@ -36,7 +38,7 @@ class WatchedStorage(Storage):
         try:
             if self._on_put is not None:
                 await self._on_put(key)
-            await self.inner.put(key, data, overwrite=overwrite)
+            await self.inner.put(key, data, overwrite=overwrite, digest=digest)
         finally:
             self.in_flight -= 1
 

@@ -104,8 +104,11 @@ def test_open_storage_picks_the_store_from_the_url(tmp_path: Path) -> None:
         ("", "empty"),
         ("ftp://host/x", "unknown store scheme 'ftp'"),
         ("file://otherhost/x", "names a local path"),
-        ("s3://bucket/prefix", "not supported in this version yet"),
-        ("gs://bucket/prefix", "not supported in this version yet"),
+        ("s3:///prefix", "no bucket"),
+        ("gs://", "no bucket"),
+        ("s3://bucket/a//b", "empty, '.' or '..' part"),
+        ("gs://bucket/a/../b", "empty, '.' or '..' part"),
+        ("s3://bucket/x?versionId=1", "no query"),
     ],
 )
 def test_open_storage_refuses_bad_urls(url: str, message: str) -> None:

@@ -2,6 +2,8 @@
 
 file:///abs/path or a plain path     LocalStorage
 memory://name                        MemoryStorage (tests and embedding; gone with the process)
+s3://bucket/prefix                   S3Storage (aiobotocore), imported only when used
+gs://bucket/prefix                   GCSStorage (gcloud-aio-storage), imported only when used
 """
 
 from __future__ import annotations
@@ -14,20 +16,31 @@ from asyncbackup.storage.base import ListPage, Storage
 from asyncbackup.storage.faulty import FaultyStorage
 from asyncbackup.storage.local import LocalStorage
 from asyncbackup.storage.memory import MemoryStorage
+from asyncbackup.storage.options import StoreOptions
 
-__all__ = ["FaultyStorage", "ListPage", "LocalStorage", "MemoryStorage", "Storage", "open_storage"]
+__all__ = [
+    "FaultyStorage",
+    "ListPage",
+    "LocalStorage",
+    "MemoryStorage",
+    "Storage",
+    "StoreOptions",
+    "open_storage",
+    "split_bucket_url",
+]
 
-_PLANNED = {"s3": "S3", "gs": "Google Cloud Storage"}
+_SCHEMES = "a path, file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or memory://name"
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, options: StoreOptions | None = None) -> Storage:
     """Open the store ``url`` names; use it as ``async with open_storage(url) as store:``.
 
     Raises:
         ConfigError: the URL is empty, has an unknown scheme, or is malformed.
     """
+    options = options if options is not None else StoreOptions()
     if not url:
-        raise ConfigError("the store URL is empty: give a path, file:///abs/path or memory://name")
+        raise ConfigError(f"the store URL is empty: give {_SCHEMES}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "":
         return LocalStorage(Path(url))
@@ -40,8 +53,34 @@ def open_storage(url: str) -> Storage:
         return LocalStorage(Path(unquote(parts.path)))
     if scheme == "memory":
         return MemoryStorage(url=url)
-    if scheme in _PLANNED:
-        raise ConfigError(f"{url}: {_PLANNED[scheme]} stores are not supported in this version yet")
-    raise ConfigError(
-        f"{url}: unknown store scheme {scheme!r}; use a path, file:///abs/path or memory://name"
-    )
+    if scheme == "s3":
+        from asyncbackup.storage.s3 import S3Storage  # aiobotocore loads only when used
+
+        bucket, prefix = split_bucket_url(url)
+        return S3Storage(bucket, prefix, options)
+    if scheme == "gs":
+        from asyncbackup.storage.gcs import GCSStorage  # gcloud-aio loads only when used
+
+        bucket, prefix = split_bucket_url(url)
+        return GCSStorage(bucket, prefix, options)
+    raise ConfigError(f"{url}: unknown store scheme {scheme!r}; use {_SCHEMES}")
+
+
+def split_bucket_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b/")``: the bucket, and the key prefix ending in '/'
+    (or empty), so keys of one store never run into another's.
+
+    Raises:
+        ConfigError: no bucket, or a prefix with empty, '.' or '..' parts.
+    """
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{url}: a store URL has no query or fragment")
+    bucket = parts.netloc
+    if not bucket:
+        raise ConfigError(f"{url}: no bucket; write {parts.scheme}://BUCKET/optional/prefix")
+    path = parts.path.strip("/")
+    segments = path.split("/") if path else []
+    if any(s in ("", ".", "..") for s in segments):
+        raise ConfigError(f"{url}: the prefix has an empty, '.' or '..' part")
+    return bucket, "".join(s + "/" for s in segments)

@@ -20,10 +20,19 @@ class Storage(ABC):
     """
 
     url: str
+    max_connections: int | None = None
+    """How many requests the store can have in flight at once; None when it has no pool. The
+    engine refuses a concurrency above it: the surplus transfers would wait for a connection
+    inside the SDK, where the per-attempt timeout would take the wait for a hung request."""
 
     @abstractmethod
-    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
         """Store ``data`` under ``key``, all or nothing.
+
+        ``digest`` is the SHA-256 (hex) of ``data`` when the caller knows it already; a store
+        whose server can check it sends it along, so the server refuses bytes damaged in transit.
 
         Raises:
             ObjectExistsError: ``overwrite`` is False and the key exists.

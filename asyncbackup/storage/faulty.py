@@ -53,6 +53,7 @@ class FaultyStorage(Storage):
             raise ConfigError(f"latency must not be negative, not {latency}")
         self.inner = inner
         self.url = inner.url
+        self.max_connections = inner.max_connections
         self.injected: Counter[Fault] = Counter()
         self._rate = rate
         self._after_share = after_share
@@ -63,8 +64,11 @@ class FaultyStorage(Storage):
         self._rule = rule
         self._sleep = sleep
 
-    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
-        await self._call("put", key, lambda: self.inner.put(key, data, overwrite=overwrite))
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
+        put = self.inner.put
+        await self._call("put", key, lambda: put(key, data, overwrite=overwrite, digest=digest))
 
     async def get(self, key: str) -> bytes:
         return await self._call("get", key, lambda: self.inner.get(key))

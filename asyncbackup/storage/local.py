@@ -63,7 +63,9 @@ class LocalStorage(Storage):
             raise ConfigError(f"invalid key {key!r} for a local store")
         return self.root.joinpath(*parts)
 
-    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
         path = self.path_of(key)
         # One thread call, not aiofiles' several awaited steps: a cancelled await leaves its
         # thread running, so a step-by-step write could create a temporary file (or open a file

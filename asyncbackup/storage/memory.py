@@ -16,7 +16,9 @@ class MemoryStorage(Storage):
         self.objects: dict[str, bytes] = {}
         self._page_size = page_size
 
-    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
         if not overwrite and key in self.objects:
             raise ObjectExistsError(f"{self.url}: {key} exists already")
         self.objects[key] = bytes(data)

@@ -1,0 +1,363 @@
+"""A store in a Google Cloud Storage bucket, on gcloud-aio-storage.
+
+One aiohttp session per store (or the caller's), and no retry anywhere below us: the engine's
+jittered backoff is the only retry layer, so every retry is counted and logged. Three places in
+the stack would otherwise retry on their own, and are turned off here:
+
+- gcloud-aio-storage switches uploads above 5 MB to its resumable protocol, whose PUT it retries
+  5 times with unjittered 1, 2, 4, 8 s sleeps: every put here is a single request (forced simple).
+- gcloud-aio-auth fetches access tokens under tenacity (5 tries, sleeps of up to 60 s), so a
+  machine without credentials would hang minutes on the metadata server: ``_Token`` tries once.
+- aiohttp resends a GET or DELETE once when a kept-alive connection drops: off on our session.
+
+Memory: a put sends the caller's bytes as they are (no copy); a get reads the body in pieces of
+``READ_PIECE`` and briefly holds two copies of one object. ``upload_from_filename``, ``download``
+and ``download_to_filename`` are never used: they hold whole objects.
+
+gcloud-aio's ``timeout=`` is a total for the request *and* its body, and replaces the session's
+timeouts: 10 s by default, too short for an 8 MiB chunk on a slow link. We pass connect and read
+timeouts instead; the engine's per-attempt timeout bounds the whole request.
+
+``STORAGE_EMULATOR_HOST`` selects an emulator (fake-gcs-server): requests then carry no
+credentials and no credential file is read. Every SDK exception becomes a ``StorageError`` in
+``_storage_error``, the one place that decides what a retry can fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import aiohttp
+import jwt
+from gcloud.aio.auth import Token
+from gcloud.aio.auth.token import GCE_METADATA_BASE
+from gcloud.aio.storage import Storage as GCSClient
+
+from asyncbackup.errors import (
+    ConfigError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.options import StoreOptions
+
+READ_PIECE = 1024 * 1024
+"""Bodies are read in pieces of this size: a stalled body is noticed between pieces."""
+
+PAGE_SIZE = 1000
+"""Names per listing page: GCS's own maximum."""
+
+SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+"""Objects are created, read, listed and deleted: no ACL or bucket changes."""
+
+CONTENT_TYPE = "application/octet-stream"
+
+About = Literal["object", "bucket", "credentials", "metadata"]
+
+_REQUEST_ERRORS: tuple[type[Exception], ...] = (
+    aiohttp.ClientError,  # connection, payload and HTTP status errors
+    TimeoutError,
+    json.JSONDecodeError,  # a 2xx reply that is not JSON
+)
+_CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
+    *_REQUEST_ERRORS,
+    OSError,
+    ValueError,
+    KeyError,
+    jwt.PyJWTError,
+)
+
+_CREDENTIALS_HINT = (
+    "check GOOGLE_APPLICATION_CREDENTIALS (a service account JSON key) or the application "
+    "default credentials, and that the account has storage.objects.create, get, list and "
+    "delete on the bucket"
+)
+
+# gcloud-aio-auth wraps this in tenacity's @retry; the function underneath tries once.
+_acquire_once: Callable[[Token, int], Awaitable[None]] = inspect.unwrap(Token.acquire_access_token)
+
+
+class _Token(Token):
+    """A Token that fetches once per call: our backoff decides whether to try again."""
+
+    # The base's attribute is tenacity's wrapper type; gcloud-aio chose the parameter name.
+    async def acquire_access_token(self, timeout: int = 10) -> None:  # type: ignore[override]  # noqa: ASYNC109
+        await _acquire_once(self, timeout)
+
+
+class GCSStorage(Storage):
+    """Objects in ``bucket`` under ``prefix`` (empty, or ending in '/').
+
+    The session and client are created on first use, inside the running loop, and closed by
+    ``aclose``. A ``session`` passed in (an embedding service's) is used as it is and left open;
+    its connector's limit caps ``max_connections``. ``options.endpoint_url``, ``region`` and
+    ``addressing_style`` are S3 settings and are refused here.
+
+    Raises:
+        ConfigError: S3-only options are set.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        options: StoreOptions | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.options = options if options is not None else StoreOptions()
+        if self.options.endpoint_url is not None or self.options.region is not None:
+            raise ConfigError(
+                f"gs://{bucket}: an endpoint URL or region applies to S3 only; point a gs:// "
+                "store at an emulator with STORAGE_EMULATOR_HOST=http://HOST:PORT"
+            )
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"gs://{bucket}/{prefix}"
+        self.page_size = page_size
+        self.max_connections = self.options.max_connections
+        if session is not None and session.connector is not None:
+            pool = session.connector
+            limits = [n for n in (pool.limit, pool.limit_per_host) if n > 0]
+            self.max_connections = min([self.max_connections, *limits])
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
+        if emulator and not emulator.startswith(("http://", "https://")):
+            emulator = f"http://{emulator}"  # gcloud-aio would add it too, with a warning
+        self.emulator = emulator or None
+        self._given_session = session
+        self._own_session: aiohttp.ClientSession | None = None
+        self._client: GCSClient | None = None
+        self._client_lock = asyncio.Lock()
+        # gcloud-aio types timeout= as an int total; its session takes a ClientTimeout as well.
+        self._timeout: Any = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self.options.connect_timeout,
+            sock_read=self.options.read_timeout,
+        )
+
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
+        # ``digest`` is a SHA-256, which GCS cannot check; restore re-hashes every chunk.
+        client = await self._gcs()
+        if not isinstance(data, bytes):
+            data = bytes(data)  # gcloud-aio uploads bytes, str or file objects only
+        async with self._mapped(key, about="bucket"):
+            if overwrite:
+                await client.upload(
+                    self.bucket,
+                    self.prefix + key,
+                    data,
+                    content_type=CONTENT_TYPE,
+                    force_resumable_upload=False,
+                    timeout=self._timeout,
+                )
+                return
+            # Create-only (the MANIFEST): ifGenerationMatch=0 makes GCS refuse, with 412, to
+            # replace an object that exists. Sent as a multipart upload (gcloud-aio picks it when
+            # there is metadata): the fake-gcs-server we test against ignores it on a
+            # media upload (fixed by fsouza/fake-gcs-server#2308), and the MANIFEST is small
+            # enough for multipart's copy of it.
+            await client.upload(
+                self.bucket,
+                self.prefix + key,
+                data,
+                content_type=CONTENT_TYPE,
+                metadata={"contentType": CONTENT_TYPE},
+                parameters={"ifGenerationMatch": "0"},
+                force_resumable_upload=False,
+                timeout=self._timeout,
+            )
+
+    async def get(self, key: str) -> bytes:
+        client = await self._gcs()
+        try:
+            async with self._mapped(key, about="object"):
+                stream = await client.download_stream(
+                    self.bucket, self.prefix + key, timeout=self._timeout
+                )
+                # The response holds a pooled connection until it is read or released: the
+                # context manager releases it on every way out, cancellation included.
+                async with stream as response:
+                    body = bytearray()
+                    while piece := await response.content.read(READ_PIECE):
+                        body += piece
+        except ObjectNotFoundError:
+            await self._check_bucket()  # GCS says 404 for a missing bucket as well
+            raise
+        return bytes(body)
+
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        client = await self._gcs()
+        # One page per call, resumed from GCS's pageToken, so a failure retries one page
+        # instead of restarting a listing of a million chunks.
+        params = {
+            "prefix": self.prefix + prefix,
+            "maxResults": str(self.page_size),
+            "fields": "items(name),nextPageToken",
+        }
+        if token is not None:
+            params["pageToken"] = token
+        async with self._mapped(prefix, about="bucket"):
+            page = await client.list_objects(self.bucket, params=params, timeout=self._timeout)
+            names = [str(item["name"]) for item in page.get("items", [])]
+            next_token = page.get("nextPageToken")
+        start = len(self.prefix)
+        # Skip the "folder" placeholders the console creates (names ending in '/').
+        keys = [n[start:] for n in names if n.startswith(self.prefix) and not n.endswith("/")]
+        return keys, str(next_token) if next_token else None
+
+    async def delete(self, key: str) -> None:
+        client = await self._gcs()
+        async with self._mapped(key, about="object"):
+            try:
+                await client.delete(self.bucket, self.prefix + key, timeout=self._timeout)
+            except aiohttp.ClientResponseError as exc:
+                if exc.status != 404:  # gone already: deleting is idempotent
+                    raise
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.token.acquiring is not None:
+            client.token.acquiring.cancel()  # a background token refresh, if one is running
+        session, self._own_session = self._own_session, None
+        if session is not None:
+            await session.close()
+
+    async def _gcs(self) -> GCSClient:
+        if self._client is None:
+            async with self._client_lock:
+                if self._client is None:
+                    self._client = await self._open_client()
+        return self._client
+
+    async def _open_client(self) -> GCSClient:
+        # gcloud-aio's hints name requests.Session (of its sync twin); it takes aiohttp's here.
+        session: Any = self._session()
+        if self.emulator is not None:
+            # No credentials for an emulator (gcloud-aio sends none): an empty service file
+            # keeps the Token from reading the user's credential files.
+            token = _Token(service_file=io.StringIO("{}"), scopes=SCOPES, session=session)
+            return GCSClient(session=session, token=token, api_root=self.emulator, api_is_dev=True)
+        async with self._mapped("", about="credentials"):
+            # Token() reads the credential file: a blocking read, so in a thread.
+            token = await asyncio.to_thread(_Token, scopes=SCOPES, session=session)
+        # Fetch the first token here, once, rather than in many first requests at a time.
+        from_metadata = token.token_uri.startswith(GCE_METADATA_BASE)
+        async with self._mapped("", about="metadata" if from_metadata else "credentials"):
+            await token.get()
+        return GCSClient(session=session, token=token)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._given_session is not None:
+            return self._given_session
+        if self._own_session is None:
+            self._own_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.options.max_connections),
+                timeout=self._timeout,
+            )
+            # aiohttp resends an idempotent request once on a dropped kept-alive connection:
+            # a retry we would neither count nor back off. (Private; no public switch.)
+            if hasattr(self._own_session, "_retry_connection"):
+                self._own_session._retry_connection = False
+        return self._own_session
+
+    async def _check_bucket(self) -> None:
+        """Raise the missing-bucket error if the bucket is gone; any other answer says nothing."""
+        client = await self._gcs()
+        try:
+            await client.get_bucket_metadata(self.bucket, timeout=self._timeout)
+        except aiohttp.ClientResponseError as exc:
+            if exc.status == 404:
+                raise _storage_error(exc, self.url, "", about="bucket") from exc
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # no storage.buckets.get, or a hiccup: the object is still what is missing
+
+    @asynccontextmanager
+    async def _mapped(self, key: str, *, about: About) -> AsyncIterator[None]:
+        caught = _REQUEST_ERRORS if about in ("object", "bucket") else _CREDENTIAL_ERRORS
+        try:
+            yield
+        except StorageError:
+            raise
+        except caught as exc:
+            raise _storage_error(exc, self.url, key, about=about) from exc
+
+
+def _storage_error(exc: Exception, url: str, key: str, *, about: About) -> StorageError:
+    """What aiohttp, gcloud-aio or the credential loading raised, as a ``StorageError``.
+
+    ``about`` says what failed: a request on an "object" (a 404 means no such object), on the
+    "bucket" (put and list: a 404 means no bucket), or getting "credentials" (loading the key,
+    fetching a token), from the "metadata" server when no credentials were found.
+    """
+    where = url + key
+    bucket = url.removeprefix("gs://").split("/", 1)[0]
+    credentials = about in ("credentials", "metadata")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return PermanentStorageError(f"{where}: invalid URL: {exc}")
+    if about == "metadata" and isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
+        return PermanentStorageError(
+            f"{url}: no Google credentials found, and no metadata server to ask "
+            f"({type(exc).__name__}): set GOOGLE_APPLICATION_CREDENTIALS to a service account "
+            "JSON key, run `gcloud auth application-default login`, or set "
+            "STORAGE_EMULATOR_HOST=http://HOST:PORT for an emulator"
+        )
+    if not isinstance(exc, aiohttp.ClientResponseError):
+        if credentials and not isinstance(exc, aiohttp.ClientError | TimeoutError):
+            # A missing or unreadable key file, bad JSON, an unusable private key.
+            return PermanentStorageError(
+                f"{url}: cannot use the Google credentials ({type(exc).__name__}: {exc}): "
+                f"{_CREDENTIALS_HINT}"
+            )
+        # Connection refused or reset, a dropped keep-alive, a body cut short, a timeout, a reply
+        # that is not JSON (a proxy's error page): sending the request again may work.
+        return TransientStorageError(f"{where}: {type(exc).__name__}: {exc}")
+    status = exc.status
+    said = _google_message(exc.message)
+    if status in (408, 429) or status >= 500:
+        return TransientStorageError(f"{where}: HTTP {status}: {said}")
+    if credentials or status in (401, 403):
+        what = "the token server refused the credentials" if credentials else "access denied"
+        return PermanentStorageError(
+            f"{where}: {what} (HTTP {status}: {said}): {_CREDENTIALS_HINT}"
+        )
+    if status == 404 and about == "object":
+        return ObjectNotFoundError(f"{url}: no object {key}")
+    if status == 404:
+        return PermanentStorageError(
+            f"{url}: the bucket {bucket!r} does not exist: create it "
+            f"(gcloud storage buckets create gs://{bucket}) or check the name in the store URL"
+        )
+    if status == 412:
+        return ObjectExistsError(f"{url}: {key} exists already")
+    if status == 400:
+        return PermanentStorageError(
+            f"{where}: HTTP 400, the request was refused ({said}): check the bucket name "
+            "and the key"
+        )
+    return PermanentStorageError(f"{where}: HTTP {status}: {said}")
+
+
+def _google_message(text: str) -> str:
+    """The ``error.message`` of Google's JSON error body (after gcloud-aio's ``reason: ``)."""
+    _, brace, rest = text.partition("{")
+    if brace:
+        try:
+            message = json.loads(brace + rest)["error"]["message"]
+            if isinstance(message, str) and message:
+                return message
+        except (ValueError, KeyError, TypeError):
+            pass
+    return " ".join(text.split())[:300] or "no details"

@@ -1,0 +1,246 @@
+"""A store in an S3 bucket (or any S3-compatible server), on aiobotocore.
+
+One client per store, with a connection pool as large as the engine's concurrency and the SDK's own
+retries off: the engine's backoff is the only retry layer, so a throttled store sees jittered
+retries and every retry is counted. Each chunk is one ``put_object`` carrying its SHA-256, so the
+server refuses bytes damaged on the way. Every SDK exception becomes a ``StorageError`` in
+``_mapped_errors``, the one place that decides what a retry can fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import botocore.exceptions
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from asyncbackup.errors import (
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.options import StoreOptions
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import PaginatorConfigTypeDef
+
+READ_PIECE = 1024 * 1024
+"""Bodies are read in pieces of this size: a stalled body is noticed between pieces."""
+
+PAGE_SIZE = 1000
+"""Keys per listing page: S3's own maximum."""
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "ConditionalRequestConflict",  # S3's advice: retry the conditional write
+        "BadDigest",  # the bytes were damaged on the way: sending them again fixes it
+        "XAmzContentSHA256Mismatch",
+    }
+)
+
+_WHAT_TO_FIX = {
+    "NoSuchBucket": "the bucket does not exist: create it, or check its name, region and endpoint",
+    "AccessDenied": (
+        "access denied: the credentials need s3:PutObject, s3:GetObject, s3:ListBucket "
+        "and s3:DeleteObject on this bucket"
+    ),
+    "AllAccessDisabled": "all access to this bucket is disabled: check the bucket's policy",
+    "InvalidAccessKeyId": (
+        "the server does not know this access key: check AWS_ACCESS_KEY_ID or the profile, "
+        "and that the endpoint is the one the keys belong to"
+    ),
+    "SignatureDoesNotMatch": (
+        "the request signature does not match: check AWS_SECRET_ACCESS_KEY (and the region)"
+    ),
+    "ExpiredToken": "the session token has expired: refresh the credentials",
+    "InvalidToken": "the session token is invalid: check AWS_SESSION_TOKEN",
+    "AuthorizationHeaderMalformed": "the region is wrong for this bucket: set --region",
+    "PermanentRedirect": "the bucket is in another region: set --region to the bucket's region",
+    "InvalidBucketName": "the bucket name is not valid for S3",
+}
+
+
+class S3Storage(Storage):
+    """Objects in ``bucket`` under ``prefix`` (empty, or ending in '/').
+
+    The client is created on first use, inside the running loop, and closed by ``aclose``.
+    Endpoint, region and credentials follow the AWS chain unless ``options`` sets them.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        options: StoreOptions | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.options = options if options is not None else StoreOptions()
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}"
+        self.max_connections = self.options.max_connections
+        self.page_size = page_size
+        self._client: S3Client | None = None
+        self._client_lock = asyncio.Lock()
+        self._exit_stack = AsyncExitStack()
+
+    async def _s3(self) -> S3Client:
+        if self._client is None:
+            async with self._client_lock:
+                if self._client is None:
+                    self._client = await self._open_client()
+        return self._client
+
+    async def _open_client(self) -> S3Client:
+        options = self.options
+        config = AioConfig(
+            max_pool_connections=options.max_connections,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            retries={"total_max_attempts": 1},  # our backoff is the only retry layer
+            s3={"addressing_style": options.addressing_style},
+            # Servers that do not echo checksums (rclone, some S3-compatibles) must still work;
+            # restore checks every chunk's SHA-256 itself.
+            response_checksum_validation="when_required",
+        )
+        with _mapped_errors(self.url, ""):
+            client: S3Client = await self._exit_stack.enter_async_context(
+                get_session().create_client(
+                    "s3",
+                    endpoint_url=options.endpoint_url,
+                    region_name=options.region,
+                    config=config,
+                )
+            )
+        return client
+
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
+        s3 = await self._s3()
+        if digest is None:
+            digest = await asyncio.to_thread(_sha256_hex, data)
+        extra: dict[str, Any] = {} if overwrite else {"IfNoneMatch": "*"}
+        with _mapped_errors(self.url, key):
+            await s3.put_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+                **extra,
+            )
+
+    async def get(self, key: str) -> bytes:
+        s3 = await self._s3()
+        with _mapped_errors(self.url, key):
+            response = await s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            # The body holds a pooled connection until it is read to the end or closed: the
+            # context manager closes it on every way out, errors and cancellation included.
+            async with response["Body"] as body:
+                pieces = [piece async for piece in body.iter_chunks(READ_PIECE)]
+        return b"".join(pieces)
+
+    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+        s3 = await self._s3()
+        paginator = s3.get_paginator("list_objects_v2")
+        # One page per call, resumed from the paginator's token, so a failure retries one page
+        # instead of restarting a listing of a million chunks.
+        size = self.page_size
+        pagination: PaginatorConfigTypeDef = {"PageSize": size, "MaxItems": size}
+        if token is not None:
+            pagination["StartingToken"] = token
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig=pagination
+        )
+        keys: list[str] = []
+        with _mapped_errors(self.url, prefix):
+            async for page in pages:
+                keys.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
+        next_token = pages.resume_token
+        return keys, next_token if isinstance(next_token, str) and next_token else None
+
+    async def delete(self, key: str) -> None:
+        s3 = await self._s3()
+        with _mapped_errors(self.url, key):
+            await s3.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    async def aclose(self) -> None:
+        self._client = None
+        await self._exit_stack.aclose()
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def _mapped_errors(url: str, key: str) -> Iterator[None]:
+    """Turn what aiobotocore and aiohttp raise into a transient or permanent ``StorageError``."""
+    where = url + key
+    try:
+        yield
+    except StorageError:
+        raise
+    except botocore.exceptions.ClientError as exc:
+        raise _from_client_error(exc, where) from exc
+    except botocore.exceptions.NoCredentialsError as exc:
+        raise PermanentStorageError(
+            f"{url}: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, or run where an instance role is available"
+        ) from exc
+    except botocore.exceptions.PartialCredentialsError as exc:
+        raise PermanentStorageError(f"{url}: incomplete AWS credentials: {exc}") from exc
+    except (
+        botocore.exceptions.ConnectionError,  # connect and read timeouts, resets, refused
+        botocore.exceptions.HTTPClientError,
+        botocore.exceptions.IncompleteReadError,
+        botocore.exceptions.ResponseStreamingError,
+        botocore.exceptions.FlexibleChecksumError,
+        aiohttp.ClientError,  # a body cut mid-read arrives from aiohttp itself
+        TimeoutError,
+        ConnectionError,
+    ) as exc:
+        raise TransientStorageError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    except botocore.exceptions.ParamValidationError as exc:
+        raise PermanentStorageError(f"{where}: invalid request: {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PermanentStorageError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _from_client_error(exc: botocore.exceptions.ClientError, where: str) -> StorageError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    said = error.get("Message") or code or f"HTTP {status}"
+    if code in ("NoSuchKey", "NotFound") or (status == 404 and code != "NoSuchBucket"):
+        return ObjectNotFoundError(f"{where}: no such object")
+    if code == "PreconditionFailed" or status == 412:
+        return ObjectExistsError(f"{where} exists already")
+    if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
+        return TransientStorageError(f"{where}: {code or status}: {said}")
+    fix = _WHAT_TO_FIX.get(code)
+    if fix is None and status in (401, 403):
+        fix = "the server refused the credentials: check them and the bucket's policy"
+    return PermanentStorageError(f"{where}: {code or status}: {fix or said}")

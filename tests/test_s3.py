@@ -1,0 +1,398 @@
+"""The S3 store against a real S3 server (moto, started by the fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from asyncbackup import (
+    BackupEngine,
+    ConfigError,
+    FaultyStorage,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentStorageError,
+    StoreOptions,
+    TransientStorageError,
+    open_storage,
+)
+from asyncbackup.storage.s3 import S3Storage, _from_client_error
+from tests.conftest import SMALL_CHUNK, AuthS3, assert_same_tree, fast_config
+from tests.servers import Server, free_port, http
+from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in, small_files
+
+
+def s3_store(bucket: str, prefix: str = "p/", **options: Any) -> S3Storage:
+    return S3Storage(bucket, prefix, StoreOptions(**options))
+
+
+def bucket_keys(server: Server, bucket: str) -> list[str]:
+    """Every key in the bucket, read past our code with a plain HTTP request."""
+    return re.findall(r"<Key>([^<]*)</Key>", http("GET", f"{server.url}/{bucket}").decode())
+
+
+# The store itself
+
+
+async def test_put_get_list_delete_round_trip(s3_bucket: str) -> None:
+    async with s3_store(s3_bucket) as store:
+        payload = bytes(range(256)) * 1000
+        await store.put("chunks/aa", payload)
+        await store.put("chunks/empty", b"")
+        await store.put("chunks/aa", payload)  # overwriting with the same bytes is fine
+        assert await store.get("chunks/aa") == payload
+        assert await store.get("chunks/empty") == b""
+        assert await store.list_page("chunks/") == (["chunks/aa", "chunks/empty"], None)
+        assert await store.list_page("backups/") == ([], None)
+        await store.delete("chunks/aa")
+        await store.delete("chunks/aa")  # deleting what is gone is not an error
+        with pytest.raises(ObjectNotFoundError, match="chunks/aa"):
+            await store.get("chunks/aa")
+
+
+async def test_create_only_put_keeps_the_first(s3_bucket: str) -> None:
+    async with s3_store(s3_bucket) as store:
+        await store.put("backups/x/MANIFEST", b"first", overwrite=False)
+        with pytest.raises(ObjectExistsError, match="exists already"):
+            await store.put("backups/x/MANIFEST", b"second", overwrite=False)
+        assert await store.get("backups/x/MANIFEST") == b"first"
+
+
+async def test_listing_walks_every_page_and_stays_inside_the_prefix(s3_bucket: str) -> None:
+    async with s3_store(s3_bucket, "other/") as other:
+        await other.put("chunks/zz", b"not ours")
+    store = S3Storage(s3_bucket, "mine/", page_size=7)
+    async with store:
+        keys = [f"chunks/{i:03d}" for i in range(30)]
+        await asyncio.gather(*(store.put(k, k.encode()) for k in keys))
+        seen: list[str] = []
+        token: str | None = None
+        pages = 0
+        while True:
+            page, token = await store.list_page("chunks/", token)
+            seen += page
+            pages += 1
+            if token is None:
+                break
+    assert seen == keys
+    assert pages == 5  # 7 + 7 + 7 + 7 + 2
+
+
+async def test_each_put_sends_the_sha256_and_the_server_keeps_it(s3_bucket: str) -> None:
+    data = b"checked by the server"
+    sha256 = hashlib.sha256(data)
+    async with s3_store(s3_bucket) as store:
+        await store.put("chunks/given", data, digest=sha256.hexdigest())
+        await store.put("backups/b/MANIFEST", data)  # no digest given: the store computes it
+        client: Any = await store._s3()
+        for key in ("p/chunks/given", "p/backups/b/MANIFEST"):
+            head = await client.head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED")
+            assert head["ChecksumSHA256"] == base64.b64encode(sha256.digest()).decode()
+
+
+async def test_a_missing_bucket_is_a_permanent_error_that_says_so(s3_env: Server) -> None:
+    async with s3_store("no-such-bucket") as store:
+        with pytest.raises(PermanentStorageError, match="bucket does not exist"):
+            await store.list_page("chunks/")
+        with pytest.raises(PermanentStorageError, match="bucket does not exist"):
+            await store.put("chunks/a", b"x")
+
+
+async def test_no_credentials_at_all_is_a_permanent_error_that_says_so(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask for here
+    async with s3_store(s3_bucket) as store:
+        with pytest.raises(PermanentStorageError, match="no AWS credentials found"):
+            await store.list_page("chunks/")
+
+
+async def test_a_server_that_is_not_there_is_transient(s3_env: Server) -> None:
+    port = free_port()  # nothing listens here
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "region": "us-east-1"}
+    async with s3_store("bucket", connect_timeout=2, **options) as store:
+        with pytest.raises(TransientStorageError, match=r"127\.0\.0\.1"):
+            await store.get("chunks/a")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "transient", "says"),
+    [
+        ("SlowDown", 503, True, "SlowDown"),
+        ("InternalError", 500, True, "InternalError"),
+        ("RequestTimeout", 400, True, "RequestTimeout"),
+        ("Throttling", 400, True, "Throttling"),
+        ("ThrottlingException", 400, True, "ThrottlingException"),
+        ("", 429, True, "429"),
+        ("", 408, True, "408"),
+        ("", 502, True, "502"),
+        ("AccessDenied", 403, False, "s3:PutObject"),
+        ("InvalidAccessKeyId", 403, False, "AWS_ACCESS_KEY_ID"),
+        ("SignatureDoesNotMatch", 403, False, "AWS_SECRET_ACCESS_KEY"),
+        ("NoSuchBucket", 404, False, "create it"),
+        ("InvalidArgument", 400, False, "InvalidArgument"),
+    ],
+)
+def test_error_mapping(code: str, status: int, transient: bool, says: str) -> None:
+    response: Any = {
+        "Error": {"Code": code, "Message": "server words"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    error = _from_client_error(botocore.exceptions.ClientError(response, "PutObject"), "s3://b/k")
+    assert isinstance(error, TransientStorageError if transient else PermanentStorageError)
+    assert says in str(error) and "s3://b/k" in str(error)
+
+
+async def test_the_engine_refuses_more_transfers_than_connections(s3_bucket: str) -> None:
+    async with s3_store(s3_bucket, max_connections=4) as store:
+        with pytest.raises(ConfigError, match="fewer than concurrency 8"):
+            BackupEngine(store, fast_config(concurrency=8))
+
+
+def test_open_storage_reads_bucket_prefix_and_options() -> None:
+    options = StoreOptions(endpoint_url="http://127.0.0.1:1", addressing_style="path")
+    store = open_storage("s3://bucket/a/b", options)
+    assert isinstance(store, S3Storage)
+    assert (store.bucket, store.prefix, store.url) == ("bucket", "a/b/", "s3://bucket/a/b/")
+    assert store.options is options
+    root = open_storage("s3://bucket")
+    assert isinstance(root, S3Storage) and root.prefix == ""
+
+
+# Connections go back to the pool, whatever happens to a transfer
+
+
+def connections_in_use(store: S3Storage) -> int:
+    """Connections taken from aiobotocore's pool and not given back (its internals: test only)."""
+    client: Any = store._client
+    sessions = client._endpoint.http_session._sessions.values()
+    return sum(len(session.connector._acquired) for session in sessions)
+
+
+async def test_no_connection_leaks_under_faults_and_cancellation(
+    s3_bucket: str, tmp_path: Path, sleep: Any
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(60):  # 240 chunks, 60 times the pool's 4 connections
+        (source / f"f{i}").write_bytes(os.urandom(4 * SMALL_CHUNK - i))
+    config = fast_config(concurrency=4, attempt_timeout=5.0, budget=1000)
+    store = s3_store(s3_bucket, max_connections=4)
+    async with store:
+        await BackupEngine(store, config, sleep=sleep).backup(source, name="b")
+        # Downloads fail before and after the body was read, and some hang until the
+        # attempt timeout cancels them mid-request: each must hand its connection back.
+        faulty = FaultyStorage(store, rate=0.3, hang_rate=0.05, seed=3)
+        hung = fast_config(concurrency=4, attempt_timeout=0.5, budget=1000)
+        await BackupEngine(faulty, hung, sleep=sleep).restore("b", tmp_path / "restored")
+        assert sum(faulty.injected.values()) > 50
+        assert connections_in_use(store) == 0
+
+        # Cancel downloads of a 4 MiB object at random points, some in the middle of the body.
+        await store.put("chunks/big", os.urandom(4 * 1024 * 1024))
+        for delay in (0.0, 0.005, 0.01, 0.02, 0.05):
+            tasks = [asyncio.create_task(store.get("chunks/big")) for _ in range(4)]
+            await asyncio.sleep(delay)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert connections_in_use(store) == 0
+        # The pool still has its 4 connections: 8 concurrent downloads complete.
+        sizes = await asyncio.gather(*(store.get("chunks/big") for _ in range(8)))
+        assert {len(s) for s in sizes} == {4 * 1024 * 1024}
+        assert connections_in_use(store) == 0
+    assert_same_tree(source, tmp_path / "restored")
+
+
+# The command line, as a user runs it
+
+
+def test_backup_restore_list_verify_delete_through_the_cli(
+    s3_bucket: str, s3_env: Server, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the flag, not the environment, says where
+    url = f"s3://{s3_bucket}/team/db"
+    where = ("--endpoint-url", s3_env.url)
+
+    backup = cli("backup", tree, url, *where, "--name", "b1", "--chunk-size", "64KiB")
+    assert backup.returncode == EXIT_OK, backup.stderr
+    assert backup.stdout.strip() == "b1"
+    keys = bucket_keys(s3_env, s3_bucket)
+    assert "team/db/backups/b1/MANIFEST" in keys
+    assert all(k.startswith("team/db/") for k in keys)
+    assert sum(k.startswith("team/db/chunks/") for k in keys) > 5  # several multi-chunk files
+
+    listing = cli("list", url, *where, "--json")
+    assert listing.returncode == EXIT_OK, listing.stderr
+    assert '"name": "b1"' in listing.stdout
+
+    verify = cli("verify", url, "b1", "--deep", *where)
+    assert verify.returncode == EXIT_OK, verify.stderr
+
+    restore = cli("restore", url, "b1", tmp_path / "restored", *where)
+    assert restore.returncode == EXIT_OK, restore.stderr
+    assert_same_tree(tree, tmp_path / "restored")
+
+    again = cli("backup", tree, url, *where, "--name", "b1")
+    assert again.returncode == EXIT_USAGE
+    assert "exists already" in again.stderr
+
+    delete = cli("delete", url, "b1", *where)
+    assert delete.returncode == EXIT_OK, delete.stderr
+    assert "team/db/backups/b1/MANIFEST" not in bucket_keys(s3_env, s3_bucket)
+    assert cli("list", url, *where, "--json").stdout.strip() == "[]"
+
+
+def test_more_than_1000_chunks_are_all_found_again(
+    s3_bucket: str, tmp_path: Path, s3_env: Server
+) -> None:
+    source = small_files(tmp_path / "source", 1100)
+    url = f"s3://{s3_bucket}/many"
+    metrics = tmp_path / "second.prom"
+    first = cli("backup", source, url, "--name", "one", "--concurrency", "32")
+    assert first.returncode == EXIT_OK, first.stderr
+    stored = sum(k.startswith("many/chunks/") for k in bucket_keys_all(s3_env, s3_bucket))
+    assert stored > 1000
+
+    # A second backup learns from the listing, past its first page, that every chunk is there.
+    second = cli("backup", source, url, "--name", "two", "--metrics-file", metrics)
+    assert second.returncode == EXIT_OK, second.stderr
+    text = metrics.read_text()
+    assert f'backup_chunks_total{{operation="backup",outcome="skipped"}} {stored}.0' in text
+    assert 'outcome="transferred"} 0.0' in text or 'outcome="transferred"' not in text
+
+    assert cli("verify", url, "two").returncode == EXIT_OK
+    restore = cli("restore", url, "two", tmp_path / "restored")
+    assert restore.returncode == EXIT_OK, restore.stderr
+    assert_same_tree(source, tmp_path / "restored")
+
+
+def bucket_keys_all(server: Server, bucket: str) -> list[str]:
+    """Every key, page by page (a plain listing stops at 1,000)."""
+    keys: list[str] = []
+    after = ""
+    while True:
+        page = http("GET", f"{server.url}/{bucket}?list-type=2&start-after={after}").decode()
+        found = re.findall(r"<Key>([^<]*)</Key>", page)
+        keys += found
+        if "<IsTruncated>true</IsTruncated>" not in page:
+            return keys
+        after = found[-1]
+
+
+def test_injected_faults_still_give_an_identical_restore(s3_bucket: str, tmp_path: Path) -> None:
+    source = small_files(tmp_path / "source", 300)
+    url = f"s3://{s3_bucket}/faulty"
+    faults = ("--inject-faults", "0.2", "--retry-delay", "0.01", "--fault-seed", "7")
+    metrics = tmp_path / "m.prom"
+    backup = cli("backup", source, url, "--name", "b", *faults, "--metrics-file", metrics)
+    assert backup.returncode == EXIT_OK, backup.stderr[-3000:]
+    assert retries_in(metrics, "backup") > 0
+    restore = cli("restore", url, "b", tmp_path / "restored", *faults, "--metrics-file", metrics)
+    assert restore.returncode == EXIT_OK, restore.stderr[-3000:]
+    assert retries_in(metrics, "restore") > 0
+    assert_same_tree(source, tmp_path / "restored")
+
+
+def test_a_missing_bucket_fails_clearly_and_creates_nothing(
+    tree: Path, tmp_path: Path, s3_env: Server
+) -> None:
+    url = "s3://no-such-bucket/x"
+    for args in (
+        ("backup", tree, url),
+        ("list", url),
+        ("restore", url, "b", tmp_path / "restored"),
+        ("verify", url, "b"),
+    ):
+        result = cli(*args)
+        assert result.returncode == EXIT_FAILED, (args, result.stderr)
+        assert "NoSuchBucket: the bucket does not exist" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        http("GET", f"{s3_env.url}/no-such-bucket")
+    assert not (tmp_path / "restored").exists()
+
+
+# Credentials, on a moto server that checks them
+
+
+def as_user(keys: tuple[str, str], server: Server) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": keys[0],
+        "AWS_SECRET_ACCESS_KEY": keys[1],
+        "AWS_ENDPOINT_URL": server.url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+@pytest.mark.parametrize(
+    ("who", "says"),
+    [
+        ("wrong_secret", "SignatureDoesNotMatch: the request signature does not match: check "
+         "AWS_SECRET_ACCESS_KEY"),
+        ("unknown_key", "InvalidAccessKeyId: the server does not know this access key"),
+        ("reader", "AccessDenied: access denied: the credentials need s3:PutObject"),
+    ],
+)  # fmt: skip
+def test_refused_credentials_fail_clearly_and_write_nothing(
+    moto_auth: AuthS3, tree: Path, who: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = {
+        "wrong_secret": moto_auth.wrong_secret,
+        "unknown_key": ("AKIAUNKNOWNKEY000000", "secret"),
+        "reader": moto_auth.reader,
+    }[who]
+    for name, value in as_user(keys, moto_auth.server).items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{moto_auth.bucket}/{who}"
+    before = keys_as_writer(moto_auth)
+    result = cli("backup", tree, url, "--name", "b", "--max-retries", "2")
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert says in result.stderr
+    assert "retry:" not in result.stderr  # refused credentials are never retried
+    assert keys_as_writer(moto_auth) == before
+
+
+def test_read_only_credentials_can_restore(
+    moto_auth: AuthS3, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"s3://{moto_auth.bucket}/shared"
+    for name, value in as_user(moto_auth.writer, moto_auth.server).items():
+        monkeypatch.setenv(name, value)
+    assert cli("backup", tree, url, "--name", "b").returncode == EXIT_OK
+    for name, value in as_user(moto_auth.reader, moto_auth.server).items():
+        monkeypatch.setenv(name, value)
+    restore = cli("restore", url, "b", tmp_path / "restored")
+    assert restore.returncode == EXIT_OK, restore.stderr
+    assert_same_tree(tree, tmp_path / "restored")
+    delete = cli("delete", url, "b")
+    assert delete.returncode == EXIT_FAILED
+    assert "AccessDenied" in delete.stderr
+
+
+def keys_as_writer(auth: AuthS3) -> list[str]:
+    """What the bucket holds, listed with the writer's keys (boto3: the checker, not the code)."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=auth.server.url,
+        region_name="us-east-1",
+        aws_access_key_id=auth.writer[0],
+        aws_secret_access_key=auth.writer[1],
+    )
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=auth.bucket).get("Contents", [])]
