@@ -267,6 +267,12 @@ USAGE_ERRORS = {
         "--inject-latency must not be negative, not -5.0",
     ),
     "store-is-a-file": (["list", "{src}/empty"], "the store path exists and is not a directory"),
+    "s3-without-bucket": (["list", "s3:///prefix"], "no bucket; write s3://BUCKET/optional/prefix"),
+    "gs-prefix-with-dots": (["list", "gs://bucket/a/../b"], "the prefix has an empty, '.' or '..'"),
+    "endpoint-not-http": (
+        ["list", "s3://bucket/x", "--endpoint-url", "127.0.0.1:9000"],
+        "endpoint URL '127.0.0.1:9000' must start with http:// or https://",
+    ),
 }
 
 

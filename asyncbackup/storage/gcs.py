@@ -146,6 +146,11 @@ class GCSStorage(Storage):
             sock_read=self.options.read_timeout,
         )
 
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The aiohttp session in use: the caller's, or ours once the first request made it."""
+        return self._given_session if self._given_session is not None else self._own_session
+
     async def put(
         self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
     ) -> None:
