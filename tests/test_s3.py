@@ -223,7 +223,7 @@ def test_backup_restore_list_verify_delete_through_the_cli(
 ) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # the flag, not the environment, says where
     url = f"s3://{s3_bucket}/team/db"
-    where = ("--endpoint-url", s3_env.url)
+    where = ("--endpoint-url", s3_env.url, "--region", "us-east-1", "--addressing-style", "path")
 
     backup = cli("backup", tree, url, *where, "--name", "b1", "--chunk-size", "64KiB")
     assert backup.returncode == EXIT_OK, backup.stderr
