@@ -217,15 +217,17 @@ async def test_cancelled_downloads_release_their_connections(gcs_bucket: str) ->
         data = random.Random(3).randbytes(8 * MiB)
         await store.put("chunks/big", data)
         gets = [asyncio.create_task(store.get("chunks/big")) for _ in range(12)]
-        await asyncio.sleep(0.02)  # some mid-body, some waiting for a connection
+        await asyncio.sleep(0.02)
+        assert store.session is not None and store.session.connector is not None
+        pool = store.session.connector
+        assert len(pool._acquired) == 4  # four in flight, eight waiting for a connection
         for task in gets:
             task.cancel()
         await asyncio.gather(*gets, return_exceptions=True)
         missing = [asyncio.create_task(store.get(f"chunks/none-{i}")) for i in range(8)]
         for outcome in await asyncio.gather(*missing, return_exceptions=True):
             assert isinstance(outcome, ObjectNotFoundError)  # error paths release as well
-        assert store.session is not None
-        assert not store.session.connector._acquired  # type: ignore[union-attr]
+        assert not pool._acquired  # every connection is back in the pool
         async with asyncio.timeout(10):  # a leaked connection would leave the pool short
             results = await asyncio.gather(*(store.get("chunks/big") for _ in range(4)))
         assert all(r == data for r in results)

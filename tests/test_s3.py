@@ -99,6 +99,19 @@ async def test_each_put_sends_the_sha256_and_the_server_keeps_it(s3_bucket: str)
             assert head["ChecksumSHA256"] == base64.b64encode(sha256.digest()).decode()
 
 
+async def test_puts_are_not_hashed_on_the_event_loop_to_sign_them(s3_bucket: str) -> None:
+    sent: list[bytes] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append(request.headers["X-Amz-Content-SHA256"])
+
+    async with s3_store(s3_bucket) as store:  # moto's endpoint is plain http
+        client: Any = await store._s3()
+        client.meta.events.register("before-send.s3.PutObject", capture)
+        await store.put("chunks/a", os.urandom(SMALL_CHUNK), digest="00" * 32)
+    assert sent == [b"UNSIGNED-PAYLOAD"]
+
+
 async def test_a_missing_bucket_is_a_permanent_error_that_says_so(s3_env: Server) -> None:
     async with s3_store("no-such-bucket") as store:
         with pytest.raises(PermanentStorageError, match="bucket does not exist"):

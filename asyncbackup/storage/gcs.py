@@ -6,12 +6,14 @@ the stack would otherwise retry on their own, and are turned off here:
 
 - gcloud-aio-storage switches uploads above 5 MB to its resumable protocol, whose PUT it retries
   5 times with unjittered 1, 2, 4, 8 s sleeps: every put here is a single request (forced simple).
-- gcloud-aio-auth fetches access tokens under tenacity (5 tries, sleeps of up to 60 s), so a
-  machine without credentials would hang minutes on the metadata server: ``_Token`` tries once.
+- gcloud-aio-auth fetches access tokens under tenacity (5 tries, random sleeps of up to 60 s),
+  so a machine without credentials waits on the metadata server before it fails: ``_Token``
+  tries once, and a missing metadata server is reported as "no credentials" at once.
 - aiohttp resends a GET or DELETE once when a kept-alive connection drops: off on our session.
 
-Memory: a put sends the caller's bytes as they are (no copy); a get reads the body in pieces of
-``READ_PIECE`` and briefly holds two copies of one object. ``upload_from_filename``, ``download``
+Memory: a chunk's put sends the caller's bytes as they are (no copy; the create-only MANIFEST
+put copies it once into a multipart body); a get reads the body in pieces of ``READ_PIECE`` and
+briefly holds two copies of one object. ``upload_from_filename``, ``download``
 and ``download_to_filename`` are never used: they hold whole objects.
 
 gcloud-aio's ``timeout=`` is a total for the request *and* its body, and replaces the session's
@@ -100,8 +102,8 @@ class GCSStorage(Storage):
 
     The session and client are created on first use, inside the running loop, and closed by
     ``aclose``. A ``session`` passed in (an embedding service's) is used as it is and left open;
-    its connector's limit caps ``max_connections``. ``options.endpoint_url``, ``region`` and
-    ``addressing_style`` are S3 settings and are refused here.
+    its connector's limit caps ``max_connections``. ``options.endpoint_url`` and ``region`` are
+    S3 settings and are refused here (``addressing_style`` is ignored).
 
     Raises:
         ConfigError: S3-only options are set.

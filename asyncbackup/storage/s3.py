@@ -119,7 +119,9 @@ class S3Storage(Storage):
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
             retries={"total_max_attempts": 1},  # our backoff is the only retry layer
-            s3={"addressing_style": options.addressing_style},
+            # Over plain http, botocore would sign each body by hashing it on the event loop;
+            # the ChecksumSHA256 sent with every put already covers the bytes, off the loop.
+            s3={"addressing_style": options.addressing_style, "payload_signing_enabled": False},
             # Servers that do not echo checksums (rclone, some S3-compatibles) must still work;
             # restore checks every chunk's SHA-256 itself.
             response_checksum_validation="when_required",
