@@ -269,6 +269,10 @@ USAGE_ERRORS = {
     "store-is-a-file": (["list", "{src}/empty"], "the store path exists and is not a directory"),
     "s3-without-bucket": (["list", "s3:///prefix"], "no bucket; write s3://BUCKET/optional/prefix"),
     "gs-prefix-with-dots": (["list", "gs://bucket/a/../b"], "the prefix has an empty, '.' or '..'"),
+    "s3-option-on-gcs": (
+        ["list", "gs://bucket/x", "--region", "us-east-1"],
+        "an endpoint URL or region applies to S3 only",
+    ),
     "endpoint-not-http": (
         ["list", "s3://bucket/x", "--endpoint-url", "127.0.0.1:9000"],
         "endpoint URL '127.0.0.1:9000' must start with http:// or https://",
