@@ -32,6 +32,7 @@ test: lint pytest
 bench: install
 	$(BIN)/python -m benchmarks.latency
 	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.remote
 
 clean:
 	rm -rf $(VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache

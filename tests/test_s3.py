@@ -67,6 +67,19 @@ async def test_create_only_put_keeps_the_first(s3_bucket: str) -> None:
         assert await store.get("backups/x/MANIFEST") == b"first"
 
 
+async def test_create_only_holds_on_servers_that_ignore_if_none_match(s3_bucket: str) -> None:
+    def drop_the_condition(request: Any, **_: Any) -> None:
+        request.headers.pop("If-None-Match", None)  # as rclone serve s3 does with it
+
+    async with s3_store(s3_bucket) as store:
+        client: Any = await store._s3()
+        client.meta.events.register("before-send.s3.PutObject", drop_the_condition)
+        await store.put("backups/x/MANIFEST", b"first", overwrite=False)
+        with pytest.raises(ObjectExistsError, match="exists already"):
+            await store.put("backups/x/MANIFEST", b"second", overwrite=False)
+        assert await store.get("backups/x/MANIFEST") == b"first"
+
+
 async def test_listing_walks_every_page_and_stays_inside_the_prefix(s3_bucket: str) -> None:
     async with s3_store(s3_bucket, "other/") as other:
         await other.put("chunks/zz", b"not ours")

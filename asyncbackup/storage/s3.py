@@ -143,7 +143,13 @@ class S3Storage(Storage):
         s3 = await self._s3()
         if digest is None:
             digest = await asyncio.to_thread(_sha256_hex, data)
-        extra: dict[str, Any] = {} if overwrite else {"IfNoneMatch": "*"}
+        extra: dict[str, Any] = {}
+        if not overwrite:
+            # AWS, MinIO and moto refuse the put itself (If-None-Match); some S3-compatible
+            # servers ignore that header (rclone serve s3 1.75 does), so look first as well.
+            if await self._exists(key):
+                raise ObjectExistsError(f"{self.url}{key} exists already")
+            extra["IfNoneMatch"] = "*"
         with _mapped_errors(self.url, key):
             await s3.put_object(
                 Bucket=self.bucket,
@@ -153,6 +159,15 @@ class S3Storage(Storage):
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
                 **extra,
             )
+
+    async def _exists(self, key: str) -> bool:
+        s3 = await self._s3()
+        try:
+            with _mapped_errors(self.url, key):
+                await s3.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ObjectNotFoundError:
+            return False
+        return True
 
     async def get(self, key: str) -> bytes:
         s3 = await self._s3()
