@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import os
-import platform
 import random
-import shlex
-import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asyncbackup import BackupEngine, EngineConfig, FaultyStorage, LocalStorage, MemoryStorage
 from asyncbackup.config import DEFAULT_CHUNK_SIZE
 from asyncbackup.storage import Storage
+from benchmarks.report import RESULTS, command, machine, save, side_by_side
 
 CONCURRENCY = (1, 64)  # of each contender; the first is the sequential baseline
 STORES = ("memory", "local")
@@ -77,23 +72,12 @@ def floor_seconds(op: str, chunks: int, concurrency: int, latency: float) -> flo
 
 def summarize(runs: list[dict[str, Any]], args: argparse.Namespace, chunks: int) -> dict[str, Any]:
     mib = args.files * args.size / MiB
-    medians: dict[str, dict[str, float]] = {}
-    speedups: dict[str, float] = {}
-    for op in ("backup", "restore"):
-        for kind in STORES:
-            for c in CONCURRENCY:
-                mine = [r for r in runs if (r["op"], r["store"], r["concurrency"]) == (op, kind, c)]
-                wall = statistics.median(r["wall_s"] for r in mine)
-                medians[f"{op} {kind} c={c}"] = {
-                    "wall_s": wall,
-                    "cpu_s": statistics.median(r["cpu_s"] for r in mine),
-                    "files_per_s": args.files / wall,
-                    "mib_per_s": mib / wall,
-                    "floor_s": floor_seconds(op, chunks, c, args.latency_ms / 1000),
-                }
-            base, fast = (medians[f"{op} {kind} c={c}"]["wall_s"] for c in CONCURRENCY)
-            speedups[f"{op} {kind}"] = base / fast
-    return {"medians": medians, "speedup": speedups}
+
+    def extra(match: dict[str, Any], wall: float) -> dict[str, float]:
+        floor = floor_seconds(match["op"], chunks, match["concurrency"], args.latency_ms / 1000)
+        return {"files_per_s": args.files / wall, "mib_per_s": mib / wall, "floor_s": floor}
+
+    return side_by_side(runs, STORES, CONCURRENCY, extra)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -157,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=65536, help="bytes per file")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added per store operation")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each contender")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.files < 1 or args.size < 1 or args.rounds < 1 or args.latency_ms < 0:
@@ -166,21 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     runs = run_rounds(args, chunks)
     result = {
         "params": {k: v for k, v in vars(args).items() if k != "out"},
-        "command": shlex.join(["python", "-m", "benchmarks.latency", *argv]),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "command": command("benchmarks.latency", argv),
+        "machine": machine(),
         "runs": runs,
         **summarize(runs, args, chunks),
     }
     table = markdown(result)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "latency.md").write_text(f"{table}\n\nCommand: `{result['command']}`\n")
+    save(args.out, "latency", result, table)
 
 
 if __name__ == "__main__":

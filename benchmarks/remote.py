@@ -16,20 +16,17 @@ import asyncio
 import filecmp
 import json
 import os
-import platform
-import shlex
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asyncbackup import BackupEngine, EngineConfig, StoreOptions, open_storage
 from benchmarks.latency import make_tree
+from benchmarks.report import RESULTS, command, machine, median_of, save, side_by_side
 from tests.servers import Server, http, start_fake_gcs, start_moto
 
 CONCURRENCY = (1, 16)
@@ -115,22 +112,11 @@ def run_rounds(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    medians: dict[str, dict[str, float]] = {}
-    speedups: dict[str, float] = {}
-    for op in ("backup", "restore"):
-        for kind in STORES:
-            for c in CONCURRENCY:
-                mine = [r for r in runs if (r["op"], r["store"], r["concurrency"]) == (op, kind, c)]
-                wall = statistics.median(r["wall_s"] for r in mine)
-                medians[f"{op} {kind} c={c}"] = {
-                    "wall_s": wall,
-                    "cpu_s": statistics.median(r["cpu_s"] for r in mine),
-                    "mib_per_s": mine[0]["bytes"] / MiB / wall,
-                    "chunks": mine[0]["chunks"],
-                }
-            base, fast = (medians[f"{op} {kind} c={c}"]["wall_s"] for c in CONCURRENCY)
-            speedups[f"{op} {kind}"] = base / fast
-    return {"medians": medians, "speedup": speedups}
+    def extra(match: dict[str, Any], wall: float) -> dict[str, float]:
+        mib = median_of(runs, "bytes", **match) / MiB
+        return {"mib_per_s": mib / wall, "chunks": median_of(runs, "chunks", **match)}
+
+    return side_by_side(runs, STORES, CONCURRENCY, extra)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -161,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=65536, help="bytes per small file")
     parser.add_argument("--large-mib", type=int, default=64, help="size of the large file")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each contender")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.files < 1 or args.size < 1 or args.large_mib < 1 or args.rounds < 1:
@@ -169,20 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     runs = run_rounds(args)
     result = {
         "params": {k: v for k, v in vars(args).items() if k != "out"},
-        "command": shlex.join(["python", "-m", "benchmarks.remote", *argv]),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "command": command("benchmarks.remote", argv),
+        "machine": machine(),
         "runs": runs,
         **summarize(runs),
     }
     table = markdown(result)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "remote.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "remote.md").write_text(f"{table}\n\nCommand: `{result['command']}`\n")
+    save(args.out, "remote", result, table)
 
 
 if __name__ == "__main__":
