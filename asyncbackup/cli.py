@@ -216,6 +216,12 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> Storage:
+    s3_only = args.endpoint_url or args.region or args.addressing_style != "auto"
+    if s3_only and not args.store.lower().startswith("s3://"):
+        raise ConfigError(
+            f"{args.store}: --endpoint-url, --region and --addressing-style apply to s3:// stores "
+            "only (a gs:// store finds an emulator through STORAGE_EMULATOR_HOST)"
+        )
     options = StoreOptions(
         endpoint_url=args.endpoint_url,
         region=args.region,

@@ -271,7 +271,11 @@ USAGE_ERRORS = {
     "gs-prefix-with-dots": (["list", "gs://bucket/a/../b"], "the prefix has an empty, '.' or '..'"),
     "s3-option-on-gcs": (
         ["list", "gs://bucket/x", "--region", "us-east-1"],
-        "an endpoint URL or region applies to S3 only",
+        "--endpoint-url, --region and --addressing-style apply to s3:// stores only",
+    ),
+    "s3-option-on-a-path": (
+        ["list", "{store}", "--endpoint-url", "http://127.0.0.1:9000"],
+        "--endpoint-url, --region and --addressing-style apply to s3:// stores only",
     ),
     "endpoint-not-http": (
         ["list", "s3://bucket/x", "--endpoint-url", "127.0.0.1:9000"],
