@@ -38,7 +38,7 @@ from tests.conftest import (
     fresh_bucket_name,
 )
 from tests.servers import Server, free_port, http
-from tests.test_cli import EXIT_FAILED, EXIT_OK, cli
+from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in
 
 MiB = 1024 * 1024
 
@@ -305,7 +305,7 @@ def test_cli_backup_list_verify_restore_delete(gcs_bucket: str, tree: Path, tmp_
     assert_same_tree(tree, tmp_path / "restored")
 
     again = cli("backup", tree, url, "--name", "b1", "--chunk-size", "64K")
-    assert again.returncode != EXIT_OK
+    assert again.returncode == EXIT_USAGE
     assert "b1" in again.stderr and "exists already" in again.stderr
     second = cli("restore", url, "b1", tmp_path / "restored-again")
     assert second.returncode == EXIT_OK, second.stderr
@@ -320,14 +320,17 @@ def test_cli_backup_with_injected_faults_restores_identically(
     gcs_bucket: str, tree: Path, tmp_path: Path
 ) -> None:
     url = f"gs://{gcs_bucket}/faulty"
+    faults = ("--inject-faults", "0.2", "--retry-delay", "0.01", "--fault-seed", "3")
+    metrics = tmp_path / "m.prom"
     backup = cli(
-        "backup", tree, url, "--name", "f", "--chunk-size", "64K", "--inject-faults", "0.2",
-        "--retry-delay", "0.01",
+        "backup", tree, url, "--name", "f", "--chunk-size", "64K", *faults,
+        "--metrics-file", metrics,
     )  # fmt: skip
     assert backup.returncode == EXIT_OK, backup.stderr
-    assert "retry" in backup.stderr.lower()  # the faults were met and retried
-    restore = cli("restore", url, "f", tmp_path / "restored", "--inject-faults", "0.2")
+    assert retries_in(metrics, "backup") > 0  # the faults were met and retried
+    restore = cli("restore", url, "f", tmp_path / "restored", *faults, "--metrics-file", metrics)
     assert restore.returncode == EXIT_OK, restore.stderr
+    assert retries_in(metrics, "restore") > 0
     assert_same_tree(tree, tmp_path / "restored")
 
 
