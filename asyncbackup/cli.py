@@ -29,7 +29,11 @@ from asyncbackup.metrics import Metrics
 from asyncbackup.progress import BarProgress, LogProgress
 from asyncbackup.restore import RestoreSummary
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
-from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
+from asyncbackup.storage.options import (
+    DEFAULT_MAX_CONNECTIONS,
+    READABLE_STORAGE_CLASSES,
+    SERVER_SIDE_ENCRYPTION,
+)
 
 log = logging.getLogger("asyncbackup")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -131,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CHUNK_SIZE,
         help="split files into chunks of this size (default 8M)",
     )
+    backup.add_argument(
+        "--storage-class",
+        metavar="CLASS",
+        help="S3 storage class of the chunks: " + ", ".join(READABLE_STORAGE_CLASSES),
+    )
+    backup.add_argument(
+        "--sse", choices=SERVER_SIDE_ENCRYPTION, help="S3 server-side encryption of every object"
+    )
+    backup.add_argument("--sse-kms-key-id", metavar="KEY", help="the KMS key for --sse aws:kms")
     restore = commands.add_parser("restore", parents=[common], help="restore a backup")
     restore.add_argument("store", metavar="STORE")
     restore.add_argument("name", metavar="NAME")
@@ -216,18 +229,22 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> Storage:
-    s3_only = args.endpoint_url or args.region or args.addressing_style != "auto"
-    if s3_only and not args.store.lower().startswith("s3://"):
-        raise ConfigError(
-            f"{args.store}: --endpoint-url, --region and --addressing-style apply to s3:// stores "
-            "only (a gs:// store finds an emulator through STORAGE_EMULATOR_HOST)"
-        )
     options = StoreOptions(
         endpoint_url=args.endpoint_url,
         region=args.region,
         addressing_style=args.addressing_style,
         max_connections=max(args.concurrency, DEFAULT_MAX_CONNECTIONS),
+        storage_class=getattr(args, "storage_class", None),
+        server_side_encryption=getattr(args, "sse", None),
+        kms_key_id=getattr(args, "sse_kms_key_id", None),
     )
+    s3_only = options.s3_only or args.addressing_style != "auto"
+    if s3_only and not args.store.lower().startswith("s3://"):
+        raise ConfigError(
+            f"{args.store}: --endpoint-url, --region, --addressing-style, --storage-class and "
+            "--sse apply to s3:// stores only (a gs:// store finds an emulator through "
+            "STORAGE_EMULATOR_HOST)"
+        )
     store = open_storage(args.store, options)
     if args.inject_faults or args.inject_latency:
         if args.inject_latency < 0:

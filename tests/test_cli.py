@@ -271,11 +271,23 @@ USAGE_ERRORS = {
     "gs-prefix-with-dots": (["list", "gs://bucket/a/../b"], "the prefix has an empty, '.' or '..'"),
     "s3-option-on-gcs": (
         ["list", "gs://bucket/x", "--region", "us-east-1"],
-        "--endpoint-url, --region and --addressing-style apply to s3:// stores only",
+        "--addressing-style, --storage-class and --sse apply to s3:// stores only",
     ),
     "s3-option-on-a-path": (
         ["list", "{store}", "--endpoint-url", "http://127.0.0.1:9000"],
-        "--endpoint-url, --region and --addressing-style apply to s3:// stores only",
+        "--addressing-style, --storage-class and --sse apply to s3:// stores only",
+    ),
+    "s3-storage-class-on-a-path": (
+        ["backup", "{src}", "{store}", "--name", "other", "--storage-class", "STANDARD_IA"],
+        "--addressing-style, --storage-class and --sse apply to s3:// stores only",
+    ),
+    "glacier-storage-class": (
+        ["backup", "{src}", "s3://bucket/x", "--storage-class", "DEEP_ARCHIVE"],
+        "storage class 'DEEP_ARCHIVE' is not one a restore can read at once",
+    ),
+    "kms-key-without-kms": (
+        ["backup", "{src}", "s3://bucket/x", "--sse", "AES256", "--sse-kms-key-id", "k"],
+        "a KMS key id needs server-side encryption aws:kms",
     ),
     "endpoint-not-http": (
         ["list", "s3://bucket/x", "--endpoint-url", "127.0.0.1:9000"],

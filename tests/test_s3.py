@@ -280,6 +280,32 @@ def test_backup_restore_list_verify_delete_through_the_cli(
     assert cli("list", url, *where, "--json").stdout.strip() == "[]"
 
 
+def test_storage_class_and_encryption_as_asked(s3_bucket: str, tree: Path, tmp_path: Path) -> None:
+    url = f"s3://{s3_bucket}/cold"
+    backup = cli("backup", tree, url, "--name", "b", "--storage-class", "STANDARD_IA",
+                 "--sse", "aws:kms", "--sse-kms-key-id", "alias/backups")  # fmt: skip
+    assert backup.returncode == EXIT_OK, backup.stderr
+
+    async def heads() -> dict[str, dict[str, Any]]:
+        async with s3_store(s3_bucket, "cold/") as store:
+            client: Any = await store._s3()
+            keys, _ = await store.list_page("")
+            return {k: await client.head_object(Bucket=s3_bucket, Key="cold/" + k) for k in keys}
+
+    found = asyncio.run(heads())
+    chunks = {k: h for k, h in found.items() if k.startswith("chunks/")}
+    assert chunks and "backups/b/MANIFEST" in found
+    for head in found.values():
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"].endswith("alias/backups")
+    assert {h.get("StorageClass") for h in chunks.values()} == {"STANDARD_IA"}
+    assert found["backups/b/MANIFEST"].get("StorageClass", "STANDARD") == "STANDARD"
+
+    restore = cli("restore", url, "b", tmp_path / "restored")  # no flag needed to read them
+    assert restore.returncode == EXIT_OK, restore.stderr
+    assert_same_tree(tree, tmp_path / "restored")
+
+
 def test_more_than_1000_chunks_are_all_found_again(
     s3_bucket: str, tmp_path: Path, s3_env: Server
 ) -> None:

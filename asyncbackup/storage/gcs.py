@@ -102,8 +102,8 @@ class GCSStorage(Storage):
 
     The session and client are created on first use, inside the running loop, and closed by
     ``aclose``. A ``session`` passed in (an embedding service's) is used as it is and left open;
-    its connector's limit caps ``max_connections``. ``options.endpoint_url`` and ``region`` are
-    S3 settings and are refused here (``addressing_style`` is ignored).
+    its connector's limit caps ``max_connections``. S3-only options (endpoint, region, storage
+    class, encryption) are refused here; ``addressing_style`` is ignored.
 
     Raises:
         ConfigError: S3-only options are set.
@@ -119,10 +119,10 @@ class GCSStorage(Storage):
         page_size: int = PAGE_SIZE,
     ) -> None:
         self.options = options if options is not None else StoreOptions()
-        if self.options.endpoint_url is not None or self.options.region is not None:
+        if self.options.s3_only:
             raise ConfigError(
-                f"gs://{bucket}: an endpoint URL or region applies to S3 only; point a gs:// "
-                "store at an emulator with STORAGE_EMULATOR_HOST=http://HOST:PORT"
+                f"gs://{bucket}: {', '.join(self.options.s3_only)} apply to S3 only; point a "
+                "gs:// store at an emulator with STORAGE_EMULATOR_HOST=http://HOST:PORT"
             )
         self.bucket = bucket
         self.prefix = prefix

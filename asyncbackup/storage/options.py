@@ -11,6 +11,19 @@ AddressingStyle = Literal["auto", "path", "virtual"]
 
 DEFAULT_MAX_CONNECTIONS = 64
 
+READABLE_STORAGE_CLASSES = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+)
+"""S3 storage classes whose objects can be read at once. GLACIER and DEEP_ARCHIVE need a thaw
+request, hours ahead, before each chunk can be downloaded: a backup there could not be restored
+by this tool, so they are refused."""
+
+SERVER_SIDE_ENCRYPTION = ("AES256", "aws:kms")
+
 
 @dataclass(frozen=True)
 class StoreOptions:
@@ -29,6 +42,25 @@ class StoreOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    storage_class: str | None = None
+    """S3 only: the storage class of chunks; the MANIFEST, small and read by every ``list``,
+    stays in the bucket's default class."""
+    server_side_encryption: str | None = None
+    """S3 only: ``AES256`` or ``aws:kms``, for every object."""
+    kms_key_id: str | None = None
+    """S3 only, with ``aws:kms``: the KMS key; the bucket's or AWS's default key without it."""
+
+    @property
+    def s3_only(self) -> list[str]:
+        """The S3-only settings that are set, by name."""
+        fields = {
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "storage_class": self.storage_class,
+            "server_side_encryption": self.server_side_encryption,
+            "kms_key_id": self.kms_key_id,
+        }
+        return [name for name, value in fields.items() if value is not None]
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -39,6 +71,22 @@ class StoreOptions:
             raise ConfigError(
                 f"addressing style must be auto, path or virtual, not {self.addressing_style!r}"
             )
+        if self.storage_class is not None and self.storage_class not in READABLE_STORAGE_CLASSES:
+            raise ConfigError(
+                f"storage class {self.storage_class!r} is not one a restore can read at once; "
+                f"use one of {', '.join(READABLE_STORAGE_CLASSES)} (GLACIER and DEEP_ARCHIVE "
+                "need a thaw before every download)"
+            )
+        if (
+            self.server_side_encryption is not None
+            and self.server_side_encryption not in SERVER_SIDE_ENCRYPTION
+        ):
+            raise ConfigError(
+                f"server-side encryption must be AES256 or aws:kms, "
+                f"not {self.server_side_encryption!r}"
+            )
+        if self.kms_key_id is not None and self.server_side_encryption != "aws:kms":
+            raise ConfigError("a KMS key id needs server-side encryption aws:kms")
         if self.endpoint_url is not None and not self.endpoint_url.startswith(
             ("http://", "https://")
         ):

@@ -104,6 +104,11 @@ class S3Storage(Storage):
         self._client: S3Client | None = None
         self._client_lock = asyncio.Lock()
         self._exit_stack = AsyncExitStack()
+        self._encryption: dict[str, Any] = {}
+        if self.options.server_side_encryption is not None:
+            self._encryption["ServerSideEncryption"] = self.options.server_side_encryption
+        if self.options.kms_key_id is not None:
+            self._encryption["SSEKMSKeyId"] = self.options.kms_key_id
 
     async def _s3(self) -> S3Client:
         if self._client is None:
@@ -143,7 +148,9 @@ class S3Storage(Storage):
         s3 = await self._s3()
         if digest is None:
             digest = await asyncio.to_thread(_sha256_hex, data)
-        extra: dict[str, Any] = {}
+        extra = dict(self._encryption)
+        if overwrite and self.options.storage_class is not None:
+            extra["StorageClass"] = self.options.storage_class  # chunks; the MANIFEST stays
         if not overwrite:
             # AWS, MinIO and moto refuse the put itself (If-None-Match); some S3-compatible
             # servers ignore that header (rclone serve s3 1.75 does), so look first as well.
