@@ -85,4 +85,7 @@ class BackupFailed(BackupError):
         shown = "; ".join(f"{f.path}: {f.error}" for f in self.failures[:5])
         more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
         message = f"{operation} failed, nothing was committed: {shown}{more}"
-        super().__init__(f"{message}. {hint}" if hint else message)
+        # A rerun cannot fix what the store refuses (credentials, a missing bucket or chunk):
+        # the hint to run again is left out, and each message says what to fix instead.
+        refused = all(isinstance(f.error, PermanentStorageError) for f in self.failures)
+        super().__init__(f"{message}. {hint}" if hint and not refused else message)

@@ -416,6 +416,7 @@ def test_refused_credentials_fail_clearly_and_write_nothing(
     assert result.returncode == EXIT_FAILED, result.stderr
     assert says in result.stderr
     assert "retry:" not in result.stderr  # refused credentials are never retried
+    assert "Run the same command again" not in result.stderr  # it would fail the same way
     assert keys_as_writer(moto_auth) == before
 
 
