@@ -217,10 +217,13 @@ async def test_cancelled_downloads_release_their_connections(gcs_bucket: str) ->
         data = random.Random(3).randbytes(8 * MiB)
         await store.put("chunks/big", data)
         gets = [asyncio.create_task(store.get("chunks/big")) for _ in range(12)]
-        await asyncio.sleep(0.02)
-        assert store.session is not None and store.session.connector is not None
+        while store.session is None or store.session.connector is None:
+            await asyncio.sleep(0.001)
         pool = store.session.connector
-        assert len(pool._acquired) == 4  # four in flight, eight waiting for a connection
+        async with asyncio.timeout(5):
+            while len(pool._acquired) < 4:  # four in flight, eight waiting for a connection
+                await asyncio.sleep(0.001)
+        assert len(pool._acquired) == 4
         for task in gets:
             task.cancel()
         await asyncio.gather(*gets, return_exceptions=True)
