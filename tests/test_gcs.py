@@ -211,19 +211,23 @@ async def test_the_emulator_needs_no_credentials(
         assert await store.get("chunks/a") == b"a"
 
 
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds (5 s at most): aiohttp's pool has no event to wait on."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
 async def test_cancelled_downloads_release_their_connections(gcs_bucket: str) -> None:
     options = StoreOptions(max_connections=4)
     async with GCSStorage(gcs_bucket, "", options) as store:
         data = random.Random(3).randbytes(8 * MiB)
         await store.put("chunks/big", data)
         gets = [asyncio.create_task(store.get("chunks/big")) for _ in range(12)]
-        while store.session is None or store.session.connector is None:
-            await asyncio.sleep(0.001)
+        await eventually(lambda: store.session is not None)
+        assert store.session is not None and store.session.connector is not None
         pool = store.session.connector
-        async with asyncio.timeout(5):
-            while len(pool._acquired) < 4:  # four in flight, eight waiting for a connection
-                await asyncio.sleep(0.001)
-        assert len(pool._acquired) == 4
+        await eventually(lambda: len(pool._acquired) == 4)  # 4 in flight, 8 waiting for one
         for task in gets:
             task.cancel()
         await asyncio.gather(*gets, return_exceptions=True)
