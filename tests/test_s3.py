@@ -237,11 +237,11 @@ async def test_no_connection_leaks_under_faults_and_cancellation(
         # And uploads cancelled in flight.
         for delay in (0.0, 0.005, 0.01, 0.02, 0.05):
             body = os.urandom(4 * 1024 * 1024)
-            tasks = [asyncio.create_task(store.put(f"chunks/up{i}", body)) for i in range(4)]
+            uploads = [asyncio.create_task(store.put(f"chunks/up{i}", body)) for i in range(4)]
             await asyncio.sleep(delay)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
         assert connections_in_use(store) == 0
         # The pool still has its 4 connections: 8 concurrent downloads complete.
         sizes = await asyncio.gather(*(store.get("chunks/big") for _ in range(8)))
