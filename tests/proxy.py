@@ -1,0 +1,198 @@
+"""A fault-injecting HTTP proxy between a client and a real server, all on 127.0.0.1.
+
+It forwards each request on its own upstream connection and relays the answer with a
+Content-Length, so it can cut, delay or replace any answer exactly. ``rule(n, method, path)``
+picks a fault (or ``None``) for the n-th request, from 1; ``injected`` counts what it did.
+Faults are those of a real network and a throttled store:
+
+    status      answer ``status`` with ``body``, never forwarding (503 SlowDown, 500, 429...)
+    reset       reset the connection before the request reaches the server
+    reset_late  forward the request, then reset instead of answering: the server acted
+    cut_body    forward, then send the headers and half the body, and close
+    hang        forward nothing and never answer (until the proxy stops)
+    latency     wait ``seconds`` before forwarding
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    status: int = 503
+    body: bytes = SLOW_DOWN
+    seconds: float = 0.0
+
+
+Rule = Callable[[int, str, str], Fault | None]
+
+
+class FaultProxy:
+    """Listens on 127.0.0.1 (``url``) and forwards to ``upstream_port`` on 127.0.0.1."""
+
+    def __init__(self, upstream_port: int, rule: Rule) -> None:
+        self.upstream_port = upstream_port
+        self.rule = rule
+        self.requests: list[tuple[str, str]] = []
+        self.injected: Counter[str] = Counter()
+        self._server: asyncio.Server | None = None
+        self._stopping = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.url = ""
+
+    async def __aenter__(self) -> FaultProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while request := await _read_message(reader, is_request=True, client=writer):
+                head, body = request
+                method, path = head.split(b" ", 2)[:2]
+                self.requests.append((method.decode(), path.decode()))
+                fault = self.rule(len(self.requests), method.decode(), path.decode())
+                if fault is not None:
+                    self.injected[fault.kind] += 1
+                if not await self._answer(fault, head, body, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: nothing to answer
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer(
+        self, fault: Fault | None, head: bytes, body: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one request; False when the client connection is done with."""
+        kind = fault.kind if fault is not None else None
+        if kind == "reset":
+            _reset(writer)
+            return False
+        if kind == "hang":
+            await self._stopping.wait()
+            return False
+        if kind == "status" and fault is not None:
+            writer.write(_response(fault.status, fault.body))
+            await writer.drain()
+            return True
+        if kind == "latency" and fault is not None:
+            await asyncio.sleep(fault.seconds)
+        status_head, answer = await self._forward(head, body)
+        if kind == "reset_late":
+            _reset(writer)
+            return False
+        if kind == "cut_body":
+            writer.write(status_head + answer[: len(answer) // 2])
+            await writer.drain()
+            return False
+        writer.write(status_head + answer)
+        await writer.drain()
+        return True
+
+    async def _forward(self, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+        """Send one request upstream on a fresh connection; its answer, re-framed."""
+        is_head = head.startswith(b"HEAD ")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            writer.write(_with_length(head, len(body), close=True) + body)
+            await writer.drain()
+            message = await _read_message(reader, is_request=False, no_body=is_head)
+            if message is None:
+                raise ConnectionError("the upstream server closed without answering")
+        finally:
+            writer.close()
+        response_head, answer = message
+        length = _declared_length(response_head) if is_head else len(answer)
+        return _with_length(response_head, length, close=False), answer
+
+
+async def _read_message(
+    reader: asyncio.StreamReader,
+    *,
+    is_request: bool,
+    no_body: bool = False,
+    client: asyncio.StreamWriter | None = None,
+) -> tuple[bytes, bytes] | None:
+    """One HTTP/1.1 message: its head (start line and headers, without the blank line) and body;
+    None at a clean end of the connection. ``no_body``: the answer to a HEAD."""
+    try:
+        head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        return None
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    }
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = bytearray()
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readuntil(b"\r\n")  # the blank line after the last chunk (no trailers)
+        return head, bytes(body)
+    if no_body:
+        return head, b""
+    if client is not None and headers.get(b"expect", b"").lower() == b"100-continue":
+        client.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # aiohttp waits for it to send a body
+        await client.drain()
+    if b"content-length" in headers:
+        return head, await reader.readexactly(int(headers[b"content-length"]))
+    if is_request or head.split(b" ", 2)[1] in (b"204", b"304"):
+        return head, b""
+    return head, await reader.read()  # an answer framed by closing the connection
+
+
+def _declared_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def _with_length(head: bytes, length: int, *, close: bool) -> bytes:
+    """``head`` with its framing headers replaced by a Content-Length (and ``Connection: close``).
+    ``Expect: 100-continue`` goes too: the whole body is sent at once."""
+    drop = {b"content-length", b"transfer-encoding", b"connection", b"expect"}
+    lines = head.split(b"\r\n")
+    kept = [line for line in lines[1:] if line.partition(b":")[0].strip().lower() not in drop]
+    framing = [b"Content-Length: %d" % length] + ([b"Connection: close"] if close else [])
+    return b"\r\n".join([lines[0], *kept, *framing]) + b"\r\n\r\n"
+
+
+def _response(status: int, body: bytes) -> bytes:
+    head = b"HTTP/1.1 %d Injected\r\nContent-Type: application/xml" % status
+    return _with_length(head, len(body), close=False) + body
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset, as a crashed peer or a middlebox does, not a clean FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
