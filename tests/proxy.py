@@ -39,6 +39,20 @@ class Fault:
 Rule = Callable[[int, str, str], Fault | None]
 
 
+def mixed_faults(n: int, method: str, path: str) -> Fault | None:
+    """A fixed mix, by request number: a throttle, resets before and after the server acted,
+    and bodies cut in the middle."""
+    if method == "GET" and n % 5 == 2:
+        return Fault("cut_body")
+    if n % 7 == 3:
+        return Fault("status")  # 503 SlowDown
+    if n % 11 == 5:
+        return Fault("reset")
+    if n % 13 == 6:
+        return Fault("reset_late")
+    return None
+
+
 class FaultProxy:
     """Listens on 127.0.0.1 (``url``) and forwards to ``upstream_port`` on 127.0.0.1."""
 

@@ -27,7 +27,7 @@ from asyncbackup import (
 )
 from asyncbackup.storage.s3 import S3Storage, _from_client_error
 from tests.conftest import SMALL_CHUNK, AuthS3, assert_same_tree, fast_config
-from tests.proxy import Fault, FaultProxy
+from tests.proxy import Fault, FaultProxy, mixed_faults
 from tests.servers import Server, free_port, http
 from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in, small_files
 
@@ -464,20 +464,6 @@ def keys_as_writer(auth: AuthS3) -> list[str]:
 # Faults on the wire, between aiobotocore and moto (tests/proxy.py)
 
 
-def wire_faults(n: int, method: str, path: str) -> Fault | None:
-    """A fixed mix, by request number: a throttle, resets before and after the server acted,
-    and bodies cut in the middle."""
-    if method == "GET" and n % 5 == 2:
-        return Fault("cut_body")
-    if n % 7 == 3:
-        return Fault("status")  # 503 SlowDown
-    if n % 11 == 5:
-        return Fault("reset")
-    if n % 13 == 6:
-        return Fault("reset_late")
-    return None
-
-
 async def test_each_wire_fault_is_one_counted_retry(
     s3_bucket: str, s3_env: Server, tmp_path: Path, sleep: Any
 ) -> None:
@@ -487,7 +473,7 @@ async def test_each_wire_fault_is_one_counted_retry(
         (source / f"f{i}").write_bytes(os.urandom(1000 + i))
     (source / "large").write_bytes(os.urandom(6 * SMALL_CHUNK))
     config = fast_config(concurrency=4, budget=1000)
-    async with FaultProxy(s3_env.port, wire_faults) as proxy:
+    async with FaultProxy(s3_env.port, mixed_faults) as proxy:
         store = s3_store(s3_bucket, endpoint_url=proxy.url, max_connections=4)
         async with store:
             engine = BackupEngine(store, config, sleep=sleep)
