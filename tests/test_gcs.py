@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import tracemalloc
 import urllib.error
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -154,6 +155,21 @@ async def test_missing_bucket_is_a_clear_permanent_error(gcs_env: Server) -> Non
             assert not isinstance(caught.value, ObjectNotFoundError)
             assert f"the bucket {bucket!r} does not exist: create it" in str(caught.value)
     assert not bucket_exists(gcs_env, bucket)
+
+
+async def test_a_put_never_copies_its_chunk(store: GCSStorage) -> None:
+    """gcloud-aio and aiohttp would copy a chunk's bytes once per upload (see UncopiedBody):
+    tracemalloc sees every Python allocation, so a copy of 8 MiB cannot hide."""
+    data = random.Random(7).randbytes(8 * MiB)
+    await store.put("chunks/warm-up", b"x")  # the session and its connection exist
+    tracemalloc.start()
+    try:
+        await store.put("chunks/big", data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert await store.get("chunks/big") == data
+    assert peak < 2 * MiB, f"{peak / MiB:.1f} MiB allocated to send 8 MiB"
 
 
 async def test_large_put_is_one_simple_upload_through_a_given_session(gcs_bucket: str) -> None:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import re
+import tracemalloc
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,23 @@ async def test_each_put_sends_the_sha256_and_the_server_keeps_it(s3_bucket: str)
         for key in ("p/chunks/given", "p/backups/b/MANIFEST"):
             head = await client.head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED")
             assert head["ChecksumSHA256"] == base64.b64encode(sha256.digest()).decode()
+
+
+async def test_a_put_never_copies_its_chunk(s3_bucket: str) -> None:
+    """botocore and aiohttp would copy a chunk's bytes once per upload (see ``_UncopiedBody``):
+    tracemalloc sees every Python allocation, so a copy of 8 MiB cannot hide."""
+    data = os.urandom(8 * 1024 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    async with s3_store(s3_bucket) as store:
+        await store.put("chunks/warm-up", b"x")  # the client and its connection exist
+        tracemalloc.start()
+        try:
+            await store.put("chunks/big", data, digest=digest)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert await store.get("chunks/big") == data
+    assert peak < 2 * 1024 * 1024, f"{peak / 2**20:.1f} MiB allocated to send 8 MiB"
 
 
 async def test_puts_are_not_hashed_on_the_event_loop_to_sign_them(s3_bucket: str) -> None:

@@ -11,9 +11,9 @@ the stack would otherwise retry on their own, and are turned off here:
   tries once, and a missing metadata server is reported as "no credentials" at once.
 - aiohttp resends a GET or DELETE once when a kept-alive connection drops: off on our session.
 
-Memory: a chunk's put sends the caller's bytes as they are (no copy; the create-only MANIFEST
-put copies it once into a multipart body); a get reads the body in pieces of ``READ_PIECE`` and
-briefly holds two copies of one object. ``upload_from_filename``, ``download``
+Memory: a chunk's put sends the caller's bytes without a copy (``UncopiedBody``; the
+create-only MANIFEST put copies it once into a multipart body); a get reads the body in pieces
+of ``READ_PIECE`` and briefly holds two copies of one object. ``upload_from_filename``, ``download``
 and ``download_to_filename`` are never used: they hold whole objects.
 
 gcloud-aio's ``timeout=`` is a total for the request *and* its body, and replaces the session's
@@ -52,6 +52,7 @@ from asyncbackup.errors import (
 )
 from asyncbackup.storage.base import ListPage, Storage
 from asyncbackup.storage.options import StoreOptions
+from asyncbackup.storage.uncopied import UncopiedBody
 
 READ_PIECE = 1024 * 1024
 """Bodies are read in pieces of this size: a stalled body is noticed between pieces."""
@@ -165,7 +166,7 @@ class GCSStorage(Storage):
                 await client.upload(
                     self.bucket,
                     self.prefix + key,
-                    data,
+                    UncopiedBody(data),
                     content_type=CONTENT_TYPE,
                     force_resumable_upload=False,
                     timeout=self._timeout,

@@ -31,6 +31,7 @@ from asyncbackup.errors import (
 )
 from asyncbackup.storage.base import ListPage, Storage
 from asyncbackup.storage.options import StoreOptions
+from asyncbackup.storage.uncopied import UncopiedBody
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -163,7 +164,7 @@ class S3Storage(Storage):
             await s3.put_object(
                 Bucket=self.bucket,
                 Key=self.prefix + key,
-                Body=data,
+                Body=UncopiedBody(data),
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
                 **extra,
