@@ -1,10 +1,13 @@
 """A store in an S3 bucket (or any S3-compatible server), on aiobotocore.
 
-One client per store, with a connection pool as large as the engine's concurrency and the SDK's own
-retries off: the engine's backoff is the only retry layer, so a throttled store sees jittered
-retries and every retry is counted. Each chunk is one ``put_object`` carrying its SHA-256, so the
-server refuses bytes damaged on the way. Every SDK exception becomes a ``StorageError`` in
-``_mapped_errors``, the one place that decides what a retry can fix.
+One client per store, with a connection pool as large as the engine's concurrency and no retry
+below ours: botocore's retries are off, and so is aiohttp's silent resend of a request whose
+connection was reset (``_NoResendSession``). The engine's backoff is the only retry layer, so a
+throttled store sees jittered retries and every retry is counted. Each chunk is one
+``put_object`` carrying its SHA-256, so the server refuses bytes damaged on the way, sent
+without a copy (``UncopiedBody``) and without hashing it again on the event loop to sign it.
+Every SDK exception becomes a ``StorageError`` in ``_mapped_errors``, the one place that decides
+what a retry can fix.
 """
 
 from __future__ import annotations
