@@ -9,6 +9,7 @@ import os
 import re
 import tracemalloc
 import urllib.error
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,18 @@ def connections_in_use(store: S3Storage) -> int:
     return sum(len(session.connector._acquired) for session in sessions)
 
 
+CANCEL_AFTER = (0.0, 0.005, 0.01, 0.02, 0.05)  # seconds: before, during and after requests
+
+
+async def cancelled_after(delay: float, calls: list[Coroutine[Any, Any, object]]) -> None:
+    """Start ``calls`` at once, and cancel whichever are still running ``delay`` later."""
+    tasks = [asyncio.create_task(call) for call in calls]
+    await asyncio.sleep(delay)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_no_connection_leaks_under_faults_and_cancellation(
     s3_bucket: str, tmp_path: Path, sleep: Any
 ) -> None:
@@ -246,21 +259,13 @@ async def test_no_connection_leaks_under_faults_and_cancellation(
 
         # Cancel downloads of a 4 MiB object at random points, some in the middle of the body.
         await store.put("chunks/big", os.urandom(4 * 1024 * 1024))
-        for delay in (0.0, 0.005, 0.01, 0.02, 0.05):
-            tasks = [asyncio.create_task(store.get("chunks/big")) for _ in range(4)]
-            await asyncio.sleep(delay)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for delay in CANCEL_AFTER:
+            await cancelled_after(delay, [store.get("chunks/big") for _ in range(4)])
         assert connections_in_use(store) == 0
         # And uploads cancelled in flight.
-        for delay in (0.0, 0.005, 0.01, 0.02, 0.05):
-            body = os.urandom(4 * 1024 * 1024)
-            uploads = [asyncio.create_task(store.put(f"chunks/up{i}", body)) for i in range(4)]
-            await asyncio.sleep(delay)
-            for upload in uploads:
-                upload.cancel()
-            await asyncio.gather(*uploads, return_exceptions=True)
+        body = os.urandom(4 * 1024 * 1024)
+        for delay in CANCEL_AFTER:
+            await cancelled_after(delay, [store.put(f"chunks/up{i}", body) for i in range(4)])
         assert connections_in_use(store) == 0
         # The pool still has its 4 connections: 8 concurrent downloads complete.
         sizes = await asyncio.gather(*(store.get("chunks/big") for _ in range(8)))
