@@ -9,6 +9,7 @@ Faults are those of a real network and a throttled store:
     reset       reset the connection before the request reaches the server
     reset_late  forward the request, then reset instead of answering: the server acted
     cut_body    forward, then send the headers and half the body, and close
+    stall_body  forward, then send the headers and half the body, and nothing more
     hang        forward nothing and never answer (until the proxy stops)
     latency     wait ``seconds`` before forwarding
 """
@@ -33,6 +34,7 @@ class Fault:
     kind: str
     status: int = 503
     body: bytes = SLOW_DOWN
+    content_type: str = "application/xml"
     seconds: float = 0.0
 
 
@@ -109,7 +111,7 @@ class FaultProxy:
             await self._stopping.wait()
             return False
         if kind == "status" and fault is not None:
-            writer.write(_response(fault.status, fault.body))
+            writer.write(_response(fault.status, fault.body, fault.content_type))
             await writer.drain()
             return True
         if kind == "latency" and fault is not None:
@@ -118,9 +120,11 @@ class FaultProxy:
         if kind == "reset_late":
             _reset(writer)
             return False
-        if kind == "cut_body":
+        if kind in ("cut_body", "stall_body"):
             writer.write(status_head + answer[: len(answer) // 2])
             await writer.drain()
+            if kind == "stall_body":
+                await self._stopping.wait()
             return False
         writer.write(status_head + answer)
         await writer.drain()
@@ -199,8 +203,8 @@ def _with_length(head: bytes, length: int, *, close: bool) -> bytes:
     return b"\r\n".join([lines[0], *kept, *framing]) + b"\r\n\r\n"
 
 
-def _response(status: int, body: bytes) -> bytes:
-    head = b"HTTP/1.1 %d Injected\r\nContent-Type: application/xml" % status
+def _response(status: int, body: bytes, content_type: str) -> bytes:
+    head = b"HTTP/1.1 %d Injected\r\nContent-Type: %s" % (status, content_type.encode())
     return _with_length(head, len(body), close=False) + body
 
 

@@ -1,8 +1,8 @@
 """GCSStorage against a real fake-gcs-server, and through the CLI end to end.
 
-The failures fake-gcs-server never produces (5xx, 429, 401/403, hung or dropped connections, a
-token server that refuses the key) come from ``ScriptedServer``: a bare HTTP/1.1 server on
-127.0.0.1 that answers each request as a test tells it to. Nothing is mocked inside the process.
+The failures fake-gcs-server never produces (5xx, 429, 401/403, hung, reset or cut connections,
+a token server that refuses the key) come from the fault-injecting proxy of ``tests/proxy.py``
+in front of it, on 127.0.0.1. Nothing is mocked inside the process.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tests.conftest import (
     fast_config,
     fresh_bucket_name,
 )
-from tests.proxy import FaultProxy, mixed_faults
+from tests.proxy import Fault, FaultProxy, mixed_faults
 from tests.servers import Server, free_port, http
 from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in
 
@@ -368,85 +368,26 @@ def test_cli_backup_to_a_missing_bucket_fails_clearly(gcs_env: Server, tree: Pat
     assert not bucket_exists(gcs_env, bucket)  # nothing written, nothing created
 
 
-# Failures fake-gcs-server cannot produce.
+# Failures fake-gcs-server never produces, from the proxy of tests/proxy.py in front of it.
 
 
-class Closing(bytes):
-    """Response bytes after which the server closes the connection."""
-
-
-Answer = bytes | str
-"""Raw response bytes (``Closing`` ones), or DROP (close unanswered) or HANG (never answer)."""
-DROP, HANG = "drop", "hang"
-
-
-def reply(status: int, body: bytes = b"", *, content_length: int | None = None) -> bytes:
-    length = len(body) if content_length is None else content_length
-    head = f"HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\n"
-    return f"{head}Content-Length: {length}\r\n\r\n".encode() + body
-
-
-def google_error(status: int, message: str) -> bytes:
-    return reply(status, json.dumps({"error": {"code": status, "message": message}}).encode())
-
-
-class ScriptedServer:
-    """HTTP/1.1 on 127.0.0.1: ``script(n, request_line)`` answers the n-th request (from 1)."""
-
-    def __init__(self, script: Callable[[int, str], Answer]) -> None:
-        self.script = script
-        self.requests: list[str] = []
-        self._release = asyncio.Event()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def close(self) -> None:
-        self._release.set()
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-        await asyncio.sleep(0.01)  # let the handlers finish
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        try:
-            while line := await reader.readline():
-                headers: dict[str, str] = {}
-                while (header := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = header.decode().partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                await reader.readexactly(int(headers.get("content-length", "0")))
-                self.requests.append(line.decode().strip())
-                answer = self.script(len(self.requests), line.decode())
-                if answer == HANG:
-                    await self._release.wait()
-                if isinstance(answer, str):
-                    break
-                writer.write(answer)
-                await writer.drain()
-                if isinstance(answer, Closing):
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+def google_error(status: int, message: str) -> Fault:
+    """A Google API error answer, as GCS sends it."""
+    body = json.dumps({"error": {"code": status, "message": message}}).encode()
+    return Fault("status", status, body, "application/json")
 
 
 @pytest.fixture
-async def scripted(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedServer]:
-    server = ScriptedServer(lambda n, line: google_error(500, "unscripted"))
-    await server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
-    yield server
-    await server.close()
+async def proxy(
+    gcs_bucket: str, gcs_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of fake-gcs-server with ``chunks/a`` (b"abc") in ``gcs_bucket``; each
+    test sets its ``rule``; STORAGE_EMULATOR_HOST points at the proxy."""
+    async with GCSStorage(gcs_bucket, "") as direct:
+        await direct.put("chunks/a", b"abc")
+    async with FaultProxy(gcs_server.port, lambda n, method, path: None) as running:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
+        yield running
 
 
 @pytest.mark.parametrize(
@@ -463,45 +404,46 @@ async def scripted(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedSer
     ],
 )
 async def test_http_errors_map_to_storage_errors_without_retries(
-    scripted: ScriptedServer, status: int, error: type[StorageError], says: str
+    proxy: FaultProxy, gcs_bucket: str, status: int, error: type[StorageError], says: str
 ) -> None:
-    scripted.script = lambda n, line: google_error(status, "Backend Error")
-    async with GCSStorage("bk", "x/") as store:
+    proxy.rule = lambda n, method, path: google_error(status, "Backend Error")
+    async with GCSStorage(gcs_bucket, "x/") as store:
         with pytest.raises(error, match=says) as caught:
             await store.put("chunks/big", b"\0" * (6 * MiB))  # above gcloud-aio's 5 MB
         assert type(caught.value) is error
         assert isinstance(caught.value.__cause__, aiohttp.ClientResponseError)
-        assert len(scripted.requests) == 1  # no resumable upload, no retry of its own
-        assert "uploadType=media" in scripted.requests[0]
+        assert len(proxy.requests) == 1  # no resumable upload, no retry of its own
+        assert "uploadType=media" in proxy.requests[0][1]
         with pytest.raises(error if status != 412 else PermanentStorageError):
             await store.list_page("chunks/")
-        assert len(scripted.requests) == 2
+        assert len(proxy.requests) == 2
 
 
-async def test_a_dropped_keep_alive_connection_is_not_retried_silently(
-    scripted: ScriptedServer,
+async def test_a_reset_connection_is_not_retried_silently(
+    proxy: FaultProxy, gcs_bucket: str
 ) -> None:
-    scripted.script = lambda n, line: reply(200, b"abc") if n == 1 else DROP
-    async with GCSStorage("bk", "") as store:
+    proxy.rule = lambda n, method, path: None if n == 1 else Fault("reset")
+    async with GCSStorage(gcs_bucket, "") as store:
         assert await store.get("chunks/a") == b"abc"
-        with pytest.raises(TransientStorageError, match="ServerDisconnectedError"):
-            await store.get("chunks/a")  # on the kept-alive connection, which drops
-    assert len(scripted.requests) == 2  # aiohttp on its own would have sent a third
+        with pytest.raises(TransientStorageError):
+            await store.get("chunks/a")  # on the kept-alive connection, which is reset
+    assert len(proxy.requests) == 2  # aiohttp on its own would have sent a third
 
 
-@pytest.mark.parametrize("where", ["headers", "body"])
-async def test_a_hung_response_times_out_as_transient(scripted: ScriptedServer, where: str) -> None:
-    cut = reply(200, b"0123456789", content_length=100)
-    scripted.script = lambda n, line: HANG if where == "headers" else cut
-    async with GCSStorage("bk", "", StoreOptions(read_timeout=0.3)) as store:
+@pytest.mark.parametrize("where", ["hang", "stall_body"])
+async def test_a_hung_response_times_out_as_transient(
+    proxy: FaultProxy, gcs_bucket: str, where: str
+) -> None:
+    proxy.rule = lambda n, method, path: Fault(where)
+    async with GCSStorage(gcs_bucket, "", StoreOptions(read_timeout=0.3)) as store:
         async with asyncio.timeout(5):
             with pytest.raises(TransientStorageError, match="Timeout"):
                 await store.get("chunks/a")
 
 
-async def test_a_body_cut_short_is_transient(scripted: ScriptedServer) -> None:
-    scripted.script = lambda n, line: Closing(reply(200, b"0123456789", content_length=100))
-    async with GCSStorage("bk", "") as store:
+async def test_a_body_cut_short_is_transient(proxy: FaultProxy, gcs_bucket: str) -> None:
+    proxy.rule = lambda n, method, path: Fault("cut_body")
+    async with GCSStorage(gcs_bucket, "") as store:
         with pytest.raises(TransientStorageError, match="ClientPayloadError"):
             await store.get("chunks/a")
 
@@ -531,19 +473,20 @@ def service_account(path: Path, token_uri: str) -> Path:
 
 
 async def test_a_refused_service_account_fails_once_and_clearly(
-    scripted: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """gcloud-aio-auth would try five times, up to a minute apart."""
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
-    key_file = service_account(tmp_path / "key.json", f"{scripted.url}/token")
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")  # real GCS, with the proxy as token server
+    key_file = service_account(tmp_path / "key.json", f"{proxy.url}/token")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
-    scripted.script = lambda n, line: reply(401, b'{"error": "invalid_grant"}')
+    refused = Fault("status", 401, b'{"error": "invalid_grant"}', "application/json")
+    proxy.rule = lambda n, method, path: refused
     async with GCSStorage("bk", "") as store:
         async with asyncio.timeout(5):
             with pytest.raises(PermanentStorageError, match="token server refused") as caught:
                 await store.get("chunks/a")
     assert "GOOGLE_APPLICATION_CREDENTIALS" in str(caught.value)
-    assert scripted.requests == ["POST /token HTTP/1.1"]
+    assert proxy.requests == [("POST", "/token")]
 
 
 async def test_a_missing_credentials_file_is_a_clear_permanent_error(
