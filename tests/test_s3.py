@@ -538,7 +538,7 @@ async def test_a_hung_request_is_cut_by_the_attempt_timeout(
             return Fault("hang")
         return None
 
-    config = fast_config(concurrency=4, attempt_timeout=0.5)
+    config = fast_config(concurrency=4, attempt_timeout=2.0)  # 100 times a normal request
     async with FaultProxy(s3_env.port, hang_first_chunk_get) as proxy:
         store = s3_store(s3_bucket, endpoint_url=proxy.url, max_connections=4)
         async with store:
