@@ -150,7 +150,7 @@ def s3_bucket(s3_env: Server) -> str:
 
 @dataclass(frozen=True)
 class AuthS3:
-    """A moto server that checks credentials, a bucket on it, and three users' keys."""
+    """A moto server that checks credentials, a bucket on it, two users' keys and a wrong one."""
 
     server: Server
     bucket: str
