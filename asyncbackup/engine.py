@@ -210,9 +210,6 @@ class BackupEngine:
         return result
 
 
-__all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]
-
-
 def _chunk_users(manifest: Manifest) -> dict[str, list[str]]:
     """Each chunk's digest, and the paths of the files that hold it."""
     users: dict[str, list[str]] = {}
@@ -220,3 +217,6 @@ def _chunk_users(manifest: Manifest) -> dict[str, list[str]]:
         for digest in entry.chunks:
             users.setdefault(digest, []).append(entry.path)
     return users
+
+
+__all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]
