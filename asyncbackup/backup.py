@@ -9,12 +9,13 @@ import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from asyncbackup.chunking import ChunkReader
+from asyncbackup.chunking import ChunkReader, reread_chunk
+from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import (
     BackupFailed,
@@ -36,6 +37,8 @@ log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
 Upload = Callable[[str, bytes, str], Awaitable[None]]
 """Stores one chunk: (digest, data, label)."""
+Clock = Callable[[], datetime]
+"""The time now, as an aware UTC datetime: a backup's started and finished times."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,8 @@ class BackupSummary:
     seconds: float
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+def utc_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 def default_name() -> str:
@@ -68,14 +71,23 @@ class BackupJob:
     """Backs up one directory. Holds at most ``config.buffered_chunks`` chunks at once."""
 
     def __init__(
-        self, repo: Repository, config: EngineConfig, metrics: Metrics, progress: Progress
+        self,
+        repo: Repository,
+        config: EngineConfig,
+        metrics: Metrics,
+        progress: Progress,
+        *,
+        clock: Clock = utc_clock,
     ) -> None:
         self.repo = repo
         self.config = config
         self.metrics = metrics
         self.progress = progress
+        self.clock = clock
+        # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
-        self.stored: set[str] = set()  # confirmed in the store: listed, or uploaded by this job
+        # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
+        self.stored: dict[str, str] = {}
         self.scheduled: set[str] = set()  # stored, or on its way
         self.skipped = 0
         self.uploaded = 0
@@ -88,7 +100,7 @@ class BackupJob:
             ConfigError: the source is not a directory, or the name is taken.
             BackupFailed: a file or chunk failed; each is named, and no MANIFEST was written.
         """
-        started_clock, started = time.monotonic(), utc_now()
+        started_clock, started = time.monotonic(), self._now()
         source = await asyncio.to_thread(source.absolute)
         if not await asyncio.to_thread(source.is_dir):
             raise ConfigError(f"source {source} does not exist or is not a directory")
@@ -103,20 +115,39 @@ class BackupJob:
                     f"a backup named {name!r} exists already in {self.repo.store.url}: "
                     "choose another --name, or delete that backup first"
                 )
-            self.stored = await self.repo.stored_digests()
+            listed = await self.repo.stored_refs()
         except PermanentStorageError:
             raise  # a missing bucket or refused credentials: the message says what to fix
         except StorageError as exc:
             failure = FailedItem(self.repo.store.url, exc)
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
+        self.stored = preferred_refs(listed, self.config.compression.codec)
         self.scheduled = set(self.stored)
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             async for entry in walk(source):
                 await self._add(pool, source, entry)
-        finished = utc_now()
+        try:
+            await self._recheck(source, hint)
+        except PermanentStorageError:
+            raise
+        except StorageError as exc:
+            failure = FailedItem(self.repo.store.url, exc)
+            raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
+        finished = self._now()
+        stored = dict(self.stored)
 
         def build_manifest() -> Manifest:  # sorting 100,000 entries would stall the event loop
+            unconfirmed = {d for e in self.entries for d in e.chunks if d not in stored}
+            if unconfirmed:  # never commit what cannot be restored, whatever the tasks said
+                raise IntegrityError(
+                    f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
+                    "so nothing was committed; run the backup again"
+                )
+            entries = (
+                replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
+                for e in self.entries
+            )
             return Manifest(
                 name=name,
                 job_id=uuid.uuid4().hex,
@@ -125,16 +156,11 @@ class BackupJob:
                 host=socket.gethostname(),
                 source=str(source),
                 chunk_size=self.config.chunk_size,
-                entries=tuple(sorted(self.entries, key=lambda e: e.path)),
+                entries=tuple(sorted(entries, key=lambda e: e.path)),
+                compression=self.config.compression.codec,
             )
 
         manifest = await asyncio.to_thread(build_manifest)
-        unconfirmed = manifest.digests() - self.stored
-        if unconfirmed:  # never commit what cannot be restored, whatever the tasks said
-            raise IntegrityError(
-                f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
-                "so nothing was committed; run the backup again"
-            )
         await self.repo.commit(manifest)
         totals = manifest.totals
         self.metrics.files.labels(OPERATION, "done").inc(totals.files)
@@ -146,11 +172,60 @@ class BackupJob:
             skipped=self.skipped,
             bytes=totals.bytes,
             chunks_uploaded=self.uploaded,
-            chunks_skipped=totals.chunks - self.uploaded,
+            chunks_skipped=max(0, totals.chunks - self.uploaded),
             bytes_uploaded=self.bytes_uploaded,
             retries=budget.spent,
             seconds=time.monotonic() - started_clock,
         )
+
+    def _now(self) -> str:
+        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
+
+    async def _recheck(self, source: Path, hint: Callable[[], str]) -> None:
+        """Just before the commit, list the chunks again and upload once more any this backup
+        needs that are gone (read again from the source, and checked against their hash).
+
+        A chunk the first listing showed was not uploaded; a prune that ran since may have
+        removed it, as nothing referenced it then. Without this, the MANIFEST would name a chunk
+        that is not there. Prune's side of the contract is in ``asyncbackup/prune.py``.
+        """
+        listed = await self.repo.stored_refs()
+        fresh = preferred_refs(listed, self.config.compression.codec)
+        stored = self.stored
+
+        def find_gone() -> dict[str, tuple[str, int]]:
+            gone: dict[str, tuple[str, int]] = {}
+            for entry in self.entries:
+                for index, digest in enumerate(entry.chunks):
+                    if stored.get(digest) in listed or digest in gone:
+                        continue
+                    if digest in fresh:  # stored meanwhile under another codec: use that
+                        stored[digest] = fresh[digest]
+                        continue
+                    gone[digest] = (entry.path, index)
+            return gone
+
+        gone = await asyncio.to_thread(find_gone)
+        if not gone:
+            return
+        log.warning(
+            "%d chunks this backup needs left the store while it ran (a prune?): "
+            "reading them from the source again and uploading them",
+            len(gone),
+        )
+        async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
+            for digest, (path, index) in gone.items():
+                await pool.spawn(path, partial(self._upload_again, source, path, index, digest))
+
+    async def _upload_again(self, source: Path, path: str, index: int, digest: str) -> None:
+        data, read = await reread_chunk(source / path, index, self.config.chunk_size)
+        if read != digest:
+            raise SourceError(
+                f"{source / path} changed while it was being backed up (chunk {index + 1} "
+                "no longer matches): back it up again once it is quiet"
+            )
+        self.stored.pop(digest, None)
+        await self._upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
 
     async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
         st = entry.stat
@@ -212,9 +287,16 @@ class BackupJob:
         self.progress.advance(files=1)
 
     async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
-        await self.repo.put_chunk(digest, data, path=path, label=label)
-        self.stored.add(digest)
+        compression = self.config.compression
+        if compression.codec == "none":
+            stored, ref, stored_sha256 = data, digest, digest
+        else:  # each chunk on its own, in a worker thread: the loop never compresses
+            stored, ref, stored_sha256 = await asyncio.to_thread(
+                encode_chunk, data, digest, compression
+            )
+        await self.repo.put_chunk(ref, stored, data_sha256=stored_sha256, path=path, label=label)
+        self.stored[digest] = ref
         self.uploaded += 1
-        self.bytes_uploaded += len(data)
+        self.bytes_uploaded += len(stored)  # what went over the wire: compressed, if it was
         self.metrics.chunks.labels(OPERATION, "transferred").inc()
-        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(stored))

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from asyncbackup.backup import BackupSummary
+from asyncbackup.compression import CODECS, Compression
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine, VerifyReport
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
@@ -144,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--sse", choices=SERVER_SIDE_ENCRYPTION, help="S3 server-side encryption of every object"
     )
     backup.add_argument("--sse-kms-key-id", metavar="KEY", help="the KMS key for --sse aws:kms")
+    backup.add_argument(
+        "--compression",
+        choices=CODECS,
+        default="none",
+        help="compress each chunk on its own (default %(default)s); a restore needs no flag",
+    )
+    backup.add_argument(
+        "--compression-level",
+        type=int,
+        metavar="N",
+        help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
+    )
     restore = commands.add_parser("restore", parents=[common], help="restore a backup")
     restore.add_argument("store", metavar="STORE")
     restore.add_argument("name", metavar="NAME")
@@ -203,6 +216,9 @@ async def _run(args: argparse.Namespace) -> int:
         config = EngineConfig(
             concurrency=args.concurrency,
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+            compression=Compression(
+                getattr(args, "compression", "none"), getattr(args, "compression_level", None)
+            ),
             retry=RetryPolicy(
                 max_attempts=args.max_retries + 1,
                 base_delay=args.retry_delay,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from asyncbackup.compression import Compression
 from asyncbackup.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -60,11 +61,19 @@ class EngineConfig:
     file data in memory stays under ``(2 * concurrency + 1) * chunk_size`` (264 MiB with the
     defaults; small files hold only their own size). Half of those buffers can be in transfer while
     the other half wait for a retry, so a retrying chunk never takes a transfer slot from others.
+
+    With ``compression``, a buffered chunk being uploaded also holds its encoded copy (never
+    larger than the chunk: one that does not shrink is stored raw), and a chunk being restored
+    holds its stored copy beside the decoded one, so the worst case is
+    ``(4 * concurrency + 1) * chunk_size`` (520 MiB with the defaults), plus one codec context
+    per worker thread (zstd level 3: about 1.3 MiB; level 19: tens of MiB). In practice the
+    encoded copies are what compression saves, so the figure sits near the uncompressed bound.
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
     chunk_size: int = DEFAULT_CHUNK_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    compression: Compression = field(default_factory=Compression)
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 1024:

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from asyncbackup.backup import BackupJob, BackupSummary, default_name
+from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import (
     BackupError,
@@ -69,7 +69,9 @@ class BackupEngine:
 
     No global state: each engine has its own metrics (on ``metrics.registry``) and each job its own
     retry budget. Every method may be cancelled: the transfers stop and nothing is committed.
-    ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds.
+    ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds; ``clock`` gives
+    a backup's started and finished times (and prune's "now"), injectable so tests of retention
+    can make backups days apart in a second.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class BackupEngine:
         metrics: Metrics | None = None,
         progress: Progress | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Clock = utc_clock,
     ) -> None:
         self.store = store
         self.config = config if config is not None else EngineConfig()
@@ -93,6 +96,7 @@ class BackupEngine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.progress: Progress = progress if progress is not None else NoProgress()
         self._sleep = sleep
+        self._clock = clock
 
     def _repository(self, operation: str) -> Repository:
         self.metrics.start(operation)
@@ -112,7 +116,8 @@ class BackupEngine:
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
-        job = BackupJob(self._repository("backup"), self.config, self.metrics, self.progress)
+        repo = self._repository("backup")
+        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
         return await self._timed("backup", job.run(Path(source), name))
 
     async def restore(
@@ -149,14 +154,16 @@ class BackupEngine:
         repo = self._repository("verify")
         manifest = await repo.load_manifest(check_backup_name(name))
         users = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: not on the loop
-        stored = await repo.stored_digests()
+        stored = await repo.stored_refs()
         missing = {d: paths for d, paths in users.items() if d not in stored}
         corrupt: dict[str, list[str]] = {}
         if deep:
+            limit = manifest.chunk_size
 
             async def check(digest: str) -> None:
+                path, label = users[digest][0], digest[:12]
                 try:
-                    await repo.get_chunk(digest, path=users[digest][0], label=digest[:12])
+                    await repo.get_chunk(digest, limit=limit, path=path, label=label)
                 except IntegrityError:
                     corrupt[digest] = users[digest]
                 except ObjectNotFoundError:
@@ -211,7 +218,7 @@ class BackupEngine:
 
 
 def _chunk_users(manifest: Manifest) -> dict[str, list[str]]:
-    """Each chunk's digest, and the paths of the files that hold it."""
+    """Each chunk's ref, and the paths of the files that hold it."""
     users: dict[str, list[str]] = {}
     for entry in manifest.entries:
         for digest in entry.chunks:

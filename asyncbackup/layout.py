@@ -1,6 +1,7 @@
 """Where things live in a store: the one place that knows the key layout.
 
 chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however often used
+chunks/<sha256 of the raw chunk>.zst the same chunk compressed (.gz for gzip): see compression.py
 backups/<name>/MANIFEST              the commit record of one backup, written last
 """
 
@@ -16,22 +17,33 @@ MANIFEST = "MANIFEST"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_REF = re.compile(r"([0-9a-f]{64})(\.zst|\.gz)?")
 
 
-def chunk_key(digest: str) -> str:
-    """The key of the chunk whose sha256 is ``digest``."""
-    return CHUNKS + digest
+def chunk_key(ref: str) -> str:
+    """The key of the chunk ``ref`` names: its raw sha256, plus its codec's suffix if any."""
+    return CHUNKS + ref
+
+
+def is_chunk_ref(text: str) -> bool:
+    """Whether ``text`` names a chunk: a lowercase hex sha256, optionally ``.zst`` or ``.gz``."""
+    return _REF.fullmatch(text) is not None
+
+
+def digest_of_ref(ref: str) -> str:
+    """The raw sha256 a chunk ref names (the ref without its codec suffix)."""
+    return ref[:64]
+
+
+def ref_of_chunk_key(key: str) -> str | None:
+    """The chunk ref a key under ``chunks/`` names, or None for anything else (a stray file)."""
+    ref = key.removeprefix(CHUNKS)
+    return ref if key.startswith(CHUNKS) and is_chunk_ref(ref) else None
 
 
 def manifest_key(name: str) -> str:
     """The key of backup ``name``'s MANIFEST."""
     return f"{BACKUPS}{name}/{MANIFEST}"
-
-
-def digest_of_chunk_key(key: str) -> str | None:
-    """The digest a key under ``chunks/`` names, or None for anything else (a stray file)."""
-    digest = key.removeprefix(CHUNKS)
-    return digest if key.startswith(CHUNKS) and is_digest(digest) else None
 
 
 def name_of_manifest_key(key: str) -> str | None:

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from asyncbackup.errors import ManifestError
-from asyncbackup.layout import is_digest
+from asyncbackup.layout import is_chunk_ref, is_digest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``); it is written only
+when a backup holds such a chunk, so a backup without any stays readable by version 1 readers."""
+READABLE_VERSIONS = (1, 2)
 EntryType = Literal["file", "dir", "symlink"]
 
 
@@ -24,7 +27,7 @@ class FileEntry:
     mtime_ns: int
     size: int = 0
     sha256: str = ""
-    chunks: tuple[str, ...] = ()
+    chunks: tuple[str, ...] = ()  # chunk refs: the raw sha256, plus a codec suffix if compressed
     target: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +68,7 @@ class Manifest:
     source: str
     chunk_size: int
     entries: tuple[FileEntry, ...]
-    format_version: int = FORMAT_VERSION
+    compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -81,9 +84,15 @@ class Manifest:
         )
         object.__setattr__(self, "totals", totals)
 
-    def digests(self) -> set[str]:
-        """Every chunk this backup needs."""
+    def refs(self) -> set[str]:
+        """Every chunk this backup needs, by ref (the name of its key under ``chunks/``)."""
         return {c for e in self.entries for c in e.chunks}
+
+    @property
+    def format_version(self) -> int:
+        """1 while every chunk is stored raw (older readers can restore it), else 2."""
+        raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
+        return 1 if raw else FORMAT_VERSION
 
     def to_json(self) -> bytes:
         """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
@@ -98,6 +107,7 @@ class Manifest:
             "host": self.host,
             "source": self.source,
             "chunk_size": self.chunk_size,
+            "compression": self.compression,
             "totals": self.totals.__dict__,
         }
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
@@ -145,15 +155,19 @@ def _parse(doc: Any) -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError("the MANIFEST is not a JSON object")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ManifestError(
-            f"format_version {version!r} is not {FORMAT_VERSION}: "
+            f"format_version {version!r} is not one this version reads "
+            f"({', '.join(map(str, READABLE_VERSIONS))}): "
             "it was written by another version of asyncbackup"
         )
     chunk_size = _int(doc["chunk_size"], "chunk_size")
     if chunk_size <= 0:
         raise ManifestError(f"chunk_size {chunk_size} is not positive")
-    entries = tuple(_parse_entry(e, chunk_size) for e in doc["entries"])
+    compression = doc.get("compression", "none")
+    if not isinstance(compression, str):
+        raise ManifestError(f"compression {compression!r} is not a codec name")
+    entries = tuple(_parse_entry(e, chunk_size, version) for e in doc["entries"])
     _check_tree(entries)
     return Manifest(
         name=str(doc["name"]),
@@ -164,10 +178,11 @@ def _parse(doc: Any) -> Manifest:
         source=str(doc["source"]),
         chunk_size=chunk_size,
         entries=entries,
+        compression=compression,
     )
 
 
-def _parse_entry(raw: dict[str, Any], chunk_size: int) -> FileEntry:
+def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
     path = check_relative_path(raw["path"])
     kind = raw["type"]
     mode = _int(raw["mode"], "mode")
@@ -188,8 +203,10 @@ def _parse_entry(raw: dict[str, Any], chunk_size: int) -> FileEntry:
     chunks = tuple(raw["chunks"])
     if size < 0 or not isinstance(sha256, str) or not is_digest(sha256):
         raise ManifestError(f"{path!r}: bad size or sha256")
-    if not all(isinstance(c, str) and is_digest(c) for c in chunks):
-        raise ManifestError(f"{path!r}: a chunk hash is not a sha256")
+    # Version 1 knew raw chunks only: a suffix there is damage, not a codec.
+    valid = is_digest if version == 1 else is_chunk_ref
+    if not all(isinstance(c, str) and valid(c) for c in chunks):
+        raise ManifestError(f"{path!r}: a chunk hash is not a sha256 (with a codec suffix)")
     if len(chunks) != math.ceil(size / chunk_size):
         raise ManifestError(f"{path!r}: {len(chunks)} chunks cannot hold {size} bytes")
     return FileEntry(path, "file", mode, mtime_ns, size=size, sha256=sha256, chunks=chunks)

@@ -6,28 +6,28 @@ import asyncio
 from functools import partial
 
 from asyncbackup.chunking import sha256_hex
+from asyncbackup.compression import Codec, codec_of_ref, decode
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, ObjectExistsError
 from asyncbackup.errors import ObjectNotFoundError as NotFound
 from asyncbackup.layout import (
     BACKUPS,
     CHUNKS,
     chunk_key,
-    digest_of_chunk_key,
+    digest_of_ref,
     manifest_key,
     name_of_manifest_key,
+    ref_of_chunk_key,
 )
 from asyncbackup.manifest import Manifest
 from asyncbackup.retry import Retrier, Transfer
-from asyncbackup.storage.base import Storage
+from asyncbackup.storage.base import ObjectInfo, Storage
 
 _HASH_INLINE_LIMIT = 64 * 1024  # below this, a thread hop costs more than hashing on the loop
 
 
-async def digest_of(data: bytes) -> str:
-    """sha256 of ``data``, in a worker thread unless it is small."""
-    if len(data) <= _HASH_INLINE_LIMIT:
-        return sha256_hex(data)
-    return await asyncio.to_thread(sha256_hex, data)
+def _decode_and_hash(stored: bytes, codec: Codec, limit: int, where: str) -> tuple[bytes, str]:
+    data = decode(stored, codec, limit=limit, where=where)
+    return data, sha256_hex(data)
 
 
 class Repository:
@@ -53,10 +53,26 @@ class Repository:
                 return keys
             page += 1
 
-    async def stored_digests(self) -> set[str]:
-        """The chunks the store holds: one listing, never a request per chunk."""
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix``, with its size and age; one retried request a page."""
+        objects: list[ObjectInfo] = []
+        token: str | None = None
+        page = 1
+        while True:
+            what = Transfer(self.operation, "list", prefix, f"page {page}")
+            batch, token = await self.retrier.run(
+                what, partial(self.store.list_objects, prefix, token)
+            )
+            objects.extend(batch)
+            if token is None:
+                return objects
+            page += 1
+
+    async def stored_refs(self) -> set[str]:
+        """The chunks the store holds, by ref (codec suffix included): one listing, never a
+        request per chunk."""
         keys = await self.list_keys(CHUNKS)
-        return {d for d in map(digest_of_chunk_key, keys) if d is not None}
+        return {r for r in map(ref_of_chunk_key, keys) if r is not None}
 
     async def backup_names(self) -> list[str]:
         """The names of every committed backup, sorted."""
@@ -67,25 +83,38 @@ class Repository:
         key = manifest_key(name)
         return key in await self.list_keys(key)
 
-    async def put_chunk(self, digest: str, data: bytes, *, path: str, label: str) -> None:
-        """Store one chunk; retried, and harmless to repeat (same key, same bytes)."""
-        what = Transfer(self.operation, "upload", path, label)
-        await self.retrier.run(what, lambda: self.store.put(chunk_key(digest), data, digest=digest))
+    async def put_chunk(
+        self, ref: str, data: bytes, *, data_sha256: str, path: str, label: str
+    ) -> None:
+        """Store one chunk, as encoded, under ``ref``; retried, and harmless to repeat.
 
-    async def get_chunk(self, digest: str, *, path: str, label: str) -> bytes:
-        """Fetch one chunk and check its hash.
+        ``data_sha256`` is the hash of ``data`` as stored (for a compressed chunk, not the raw
+        chunk's): S3 sends it as the object's checksum, and refuses bytes that do not match.
+        """
+        what = Transfer(self.operation, "upload", path, label)
+        key = chunk_key(ref)
+        await self.retrier.run(what, lambda: self.store.put(key, data, digest=data_sha256))
+
+    async def get_chunk(self, ref: str, *, limit: int, path: str, label: str) -> bytes:
+        """Fetch one chunk, decode it (to at most ``limit`` bytes) and check its raw hash.
 
         Raises:
-            IntegrityError: the stored bytes do not hash to ``digest``.
+            IntegrityError: the stored bytes do not decode, or do not hash to the ref's digest.
             ObjectNotFoundError: the chunk is missing from the store.
         """
         what = Transfer(self.operation, "download", path, label)
-        key = chunk_key(digest)
-        data = await self.retrier.run(what, lambda: self.store.get(key))
-        if await digest_of(data) != digest:
+        key = chunk_key(ref)
+        stored = await self.retrier.run(what, lambda: self.store.get(key))
+        where = f"chunk {key} of {path}"
+        codec = codec_of_ref(ref)
+        if codec == "none" and len(stored) <= _HASH_INLINE_LIMIT:
+            data, digest = stored, sha256_hex(stored)
+        else:  # decoding and hashing in one trip to a worker thread
+            data, digest = await asyncio.to_thread(_decode_and_hash, stored, codec, limit, where)
+        if digest != digest_of_ref(ref):
             raise IntegrityError(
-                f"chunk {key} of {path} is corrupt in {self.store.url}: its bytes do not match "
-                "its hash; restore an older backup, or back up the source again"
+                f"{where} is corrupt in {self.store.url}: its bytes do not match its hash; "
+                "restore an older backup, or back up the source again"
             )
         return data
 

@@ -16,6 +16,7 @@ from typing import ParamSpec, TypeVar
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
+from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
@@ -116,7 +117,7 @@ class RestoreJob:
     async def _restore_whole(self, entry: FileEntry, final: Path, chunk_size: int) -> None:
         # The one chunk's hash was checked on fetching: it is the file's hash, so no second pass.
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
-        digest = entry.chunks[0] if entry.chunks else EMPTY_SHA256
+        digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
         await settled(_write_whole, entry, final, data, digest)
         self.progress.advance(files=1)
 
@@ -140,11 +141,12 @@ class RestoreJob:
             await pool.spawn(entry.path, partial(fetch, index))
 
     async def _fetch(self, entry: FileEntry, index: int, chunk_size: int) -> bytes:
-        """Chunk ``index`` of ``entry``, its hash and length checked."""
-        digest = entry.chunks[index]
-        label = f"chunk {index + 1}/{len(entry.chunks)} {digest[:12]}"
-        data = await self.repo.get_chunk(digest, path=entry.path, label=label)
+        """Chunk ``index`` of ``entry``, decoded, its hash and length checked."""
+        ref = entry.chunks[index]
+        label = f"chunk {index + 1}/{len(entry.chunks)} {ref[:12]}"
         expected = min(chunk_size, entry.size - index * chunk_size)
+        # Decoding stops past ``expected`` bytes: a corrupt chunk cannot balloon in memory.
+        data = await self.repo.get_chunk(ref, limit=expected, path=entry.path, label=label)
         if len(data) != expected:
             raise IntegrityError(f"{entry.path}: {label} holds {len(data)} bytes, not {expected}")
         self.downloaded += 1

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from asyncbackup.errors import PermanentStorageError
-from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.base import ObjectPage, Storage
 from asyncbackup.storage.faulty import Fault, Rule
 
 
@@ -46,9 +46,9 @@ class WatchedStorage(Storage):
         self.calls["get", key] += 1
         return await self.inner.get(key)
 
-    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         self.calls["list", prefix] += 1
-        return await self.inner.list_page(prefix, token)
+        return await self.inner.list_objects(prefix, token)
 
     async def delete(self, key: str) -> None:
         self.calls["delete", key] += 1

@@ -266,6 +266,18 @@ USAGE_ERRORS = {
         ["backup", "{src}", "{store}", "--name", "other", "--inject-latency", "-5"],
         "--inject-latency must not be negative, not -5.0",
     ),
+    "unknown-compression": (
+        ["backup", "{src}", "{store}", "--name", "other", "--compression", "lz4"],
+        "argument --compression: invalid choice: 'lz4'",
+    ),
+    "zstd-level-too-high": (
+        ["backup", "{src}", "{store}", "--compression", "zstd", "--compression-level", "23"],
+        "zstd compression level must be between 1 and 22, not 23",
+    ),
+    "level-without-codec": (
+        ["backup", "{src}", "{store}", "--name", "other", "--compression-level", "5"],
+        "a compression level needs a codec: add --compression zstd or gzip",
+    ),
     "store-is-a-file": (["list", "{src}/empty"], "the store path exists and is not a directory"),
     "s3-without-bucket": (["list", "s3:///prefix"], "no bucket; write s3://BUCKET/optional/prefix"),
     "gs-prefix-with-dots": (["list", "gs://bucket/a/../b"], "the prefix has an empty, '.' or '..'"),

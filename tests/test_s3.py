@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 import tracemalloc
 import urllib.error
 from collections.abc import Coroutine
@@ -60,6 +61,19 @@ async def test_put_get_list_delete_round_trip(s3_bucket: str) -> None:
         await store.delete("chunks/aa")  # deleting what is gone is not an error
         with pytest.raises(ObjectNotFoundError, match="chunks/aa"):
             await store.get("chunks/aa")
+
+
+async def test_listing_gives_each_objects_size_and_time(s3_bucket: str) -> None:
+    async with s3_store(s3_bucket) as store:
+        before = time.time()
+        await store.put("chunks/three", b"abc")
+        await store.put("chunks/empty", b"")
+        after = time.time()
+        objects, token = await store.list_objects("chunks/")
+    assert token is None
+    assert [(o.key, o.size) for o in objects] == [("chunks/empty", 0), ("chunks/three", 3)]
+    for o in objects:  # LastModified has whole seconds; the server's clock is this machine's
+        assert before - 2 <= o.modified <= after + 2
 
 
 async def test_create_only_put_keeps_the_first(s3_bucket: str) -> None:
@@ -311,6 +325,47 @@ def test_backup_restore_list_verify_delete_through_the_cli(
     assert delete.returncode == EXIT_OK, delete.stderr
     assert "team/db/backups/b1/MANIFEST" not in bucket_keys(s3_env, s3_bucket)
     assert cli("list", url, *where, "--json").stdout.strip() == "[]"
+
+
+def test_a_zstd_backup_through_the_cli_is_smaller_and_restores_identically(
+    s3_bucket: str, s3_env: Server, tree: Path, tmp_path: Path
+) -> None:
+    log = b"".join(b"line %06d of a log, which repeats itself\n" % i for i in range(16_000))
+    (tree / "log.txt").write_bytes(log)  # 672 KB: eleven distinct chunks
+    url = f"s3://{s3_bucket}/z"
+    backup = cli("backup", tree, url, "--name", "z", "--chunk-size", "64K", "--compression", "zstd")
+    assert backup.returncode == EXIT_OK, backup.stderr
+
+    async def stored() -> tuple[dict[str, int], list[str]]:
+        async with s3_store(s3_bucket, "z/") as store:
+            client: Any = await store._s3()
+            keys, _ = await store.list_page("chunks/")
+            sizes = {}
+            for key in keys:  # S3 kept the checksum of the bytes stored, and checked it
+                head = await client.head_object(
+                    Bucket=s3_bucket, Key="z/" + key, ChecksumMode="ENABLED"
+                )
+                data = await store.get(key)
+                assert (
+                    head["ChecksumSHA256"]
+                    == base64.b64encode(hashlib.sha256(data).digest()).decode()
+                )
+                sizes[key] = len(data)
+            return sizes, keys
+
+    sizes, keys = asyncio.run(stored())
+    assert sum(k.endswith(".zst") for k in keys) >= 10  # the log's ten chunks, compressed
+    assert (
+        sum(sizes.values())
+        < sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+        - 500_000
+    )
+
+    verify = cli("verify", url, "z", "--deep")
+    assert verify.returncode == EXIT_OK, verify.stderr
+    restore = cli("restore", url, "z", tmp_path / "restored")
+    assert restore.returncode == EXIT_OK, restore.stderr
+    assert_same_tree(tree, tmp_path / "restored")
 
 
 def test_storage_class_and_encryption_as_asked(s3_bucket: str, tree: Path, tmp_path: Path) -> None:

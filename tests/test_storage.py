@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,35 @@ async def test_local_put_get_list_delete(tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "backups" / "x").exists()  # no empty directories left
     with pytest.raises(ObjectNotFoundError, match="chunks/bb"):
         await store.get("chunks/bb")
+
+
+async def test_local_listing_gives_each_objects_size_and_mtime(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    await store.put("chunks/three", b"abc")
+    await store.put("chunks/empty", b"")
+    os.utime(tmp_path / "chunks" / "three", (1_000_000_000, 1_000_000_000))
+    objects, token = await store.list_objects("chunks/")
+    assert token is None
+    assert [(o.key, o.size) for o in objects] == [("chunks/empty", 0), ("chunks/three", 3)]
+    assert objects[1].modified == 1_000_000_000
+    assert abs(objects[0].modified - time.time()) < 60
+
+
+async def test_memory_listing_stamps_each_put_with_its_clock() -> None:
+    now = [100.0]
+    store = MemoryStorage(clock=lambda: now[0], page_size=1)
+    await store.put("a", b"12")
+    now[0] = 200.0
+    await store.put("b", b"")
+    first, token = await store.list_objects("")
+    second, last = await store.list_objects("", token)
+    assert [(o.key, o.size, o.modified) for o in first + second] == [
+        ("a", 2, 100.0),
+        ("b", 0, 200.0),
+    ]
+    assert last is None
+    await store.put("a", b"1")  # a put again makes it young again
+    assert (await store.list_objects("a"))[0][0].modified == 200.0
 
 
 async def test_local_create_only_put_keeps_the_first(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from asyncbackup.errors import ConfigError
-from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.base import ListPage, ObjectInfo, ObjectPage, Storage
 from asyncbackup.storage.faulty import FaultyStorage
 from asyncbackup.storage.local import LocalStorage
 from asyncbackup.storage.memory import MemoryStorage
@@ -23,6 +23,8 @@ __all__ = [
     "ListPage",
     "LocalStorage",
     "MemoryStorage",
+    "ObjectInfo",
+    "ObjectPage",
     "Storage",
     "StoreOptions",
     "open_storage",

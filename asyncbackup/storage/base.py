@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object as a listing sees it."""
+
+    key: str
+    size: int
+    modified: float
+    """When the object was last written, in POSIX seconds (UTC), by the store's own clock:
+    the file's mtime, S3's LastModified, GCS's ``updated``. Prune's grace period reads it."""
+
+
 ListPage = tuple[list[str], str | None]
 """Keys of one listing page, and the token of the next page (None on the last)."""
+
+ObjectPage = tuple[list[ObjectInfo], str | None]
+"""Objects of one listing page, and the token of the next page (None on the last)."""
 
 
 class Storage(ABC):
@@ -47,8 +63,14 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
+        """Return one page of the objects whose keys start with ``prefix`` (sorted by key), with
+        their sizes and modification times, and the next page's token."""
+
     async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
         """Return one page of the keys that start with ``prefix``, and the next page's token."""
+        objects, next_token = await self.list_objects(prefix, token)
+        return [o.key for o in objects], next_token
 
     @abstractmethod
     async def delete(self, key: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 from asyncbackup.errors import ConfigError, TransientStorageError
-from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.base import ObjectPage, Storage
 
 T = TypeVar("T")
 Fault = Literal["fail_before", "fail_after", "hang"]
@@ -73,8 +73,8 @@ class FaultyStorage(Storage):
     async def get(self, key: str) -> bytes:
         return await self._call("get", key, lambda: self.inner.get(key))
 
-    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
-        return await self._call("list", prefix, lambda: self.inner.list_page(prefix, token))
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
+        return await self._call("list", prefix, lambda: self.inner.list_objects(prefix, token))
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, lambda: self.inner.delete(key))

@@ -34,6 +34,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -50,7 +51,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
 
@@ -206,25 +207,37 @@ class GCSStorage(Storage):
             raise
         return bytes(body)
 
-    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         client = await self._gcs()
         # One page per call, resumed from GCS's pageToken, so a failure retries one page
         # instead of restarting a listing of a million chunks.
         params = {
             "prefix": self.prefix + prefix,
             "maxResults": str(self.page_size),
-            "fields": "items(name),nextPageToken",
+            "fields": "items(name,size,updated),nextPageToken",
         }
         if token is not None:
             params["pageToken"] = token
         async with self._mapped(prefix, about="bucket"):
             page = await client.list_objects(self.bucket, params=params, timeout=self._timeout)
-            names = [str(item["name"]) for item in page.get("items", [])]
+            items = page.get("items", [])
             next_token = page.get("nextPageToken")
         start = len(self.prefix)
-        # Skip the "folder" placeholders the console creates (names ending in '/').
-        keys = [n[start:] for n in names if n.startswith(self.prefix) and not n.endswith("/")]
-        return keys, str(next_token) if next_token else None
+        objects: list[ObjectInfo] = []
+        for item in items:
+            name = str(item["name"])
+            # Skip the "folder" placeholders the console creates (names ending in '/').
+            if not name.startswith(self.prefix) or name.endswith("/"):
+                continue
+            try:
+                size = int(item["size"])  # GCS sends a 64-bit size as a string
+                modified = datetime.fromisoformat(str(item["updated"])).timestamp()
+            except (KeyError, ValueError) as exc:
+                raise TransientStorageError(
+                    f"{self.url}{name}: the listing gave no usable size or time ({exc!r})"
+                ) from exc
+            objects.append(ObjectInfo(name[start:], size, modified))
+        return objects, str(next_token) if next_token else None
 
     async def delete(self, key: str) -> None:
         client = await self._gcs()

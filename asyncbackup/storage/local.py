@@ -20,7 +20,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
 from asyncbackup.threads import settled
 
 TEMP_PREFIX = ".tmp-"
@@ -80,10 +80,10 @@ class LocalStorage(Storage):
         with _mapped_errors(self.url, key):
             return await asyncio.to_thread(path.read_bytes)  # one call: no fd left open on cancel
 
-    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         with _mapped_errors(self.url, prefix):
-            keys = await asyncio.to_thread(self._list, prefix)
-        return keys, None
+            objects = await asyncio.to_thread(self._list, prefix)
+        return objects, None
 
     async def delete(self, key: str) -> None:
         path = self.path_of(key)
@@ -104,19 +104,24 @@ class LocalStorage(Storage):
         with _mapped_errors(self.url, "(directory sync)"):
             await asyncio.to_thread(_fsync_dirs, dirs)
 
-    def _list(self, prefix: str) -> list[str]:
+    def _list(self, prefix: str) -> list[ObjectInfo]:
         head, _, _ = prefix.rpartition("/")
         base = self.root.joinpath(*head.split("/")) if head else self.root
-        keys: list[str] = []
+        objects: list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
                 key = name if rel == "." else f"{rel}/{name}"
-                if not name.startswith(".") and key.startswith(prefix):
-                    keys.append(key)
-        keys.sort()
-        return keys
+                if name.startswith(".") or not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the directory was read: not there any more
+                objects.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        objects.sort(key=lambda o: o.key)
+        return objects
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:

@@ -32,7 +32,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.storage.base import ListPage, Storage
+from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
 
@@ -192,7 +192,7 @@ class S3Storage(Storage):
                 pieces = [piece async for piece in body.iter_chunks(READ_PIECE)]
         return b"".join(pieces)
 
-    async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         s3 = await self._s3()
         paginator = s3.get_paginator("list_objects_v2")
         # One page per call, resumed from the paginator's token, so a failure retries one page
@@ -204,12 +204,16 @@ class S3Storage(Storage):
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig=pagination
         )
-        keys: list[str] = []
+        objects: list[ObjectInfo] = []
+        start = len(self.prefix)
         with _mapped_errors(self.url, prefix):
             async for page in pages:
-                keys.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
+                objects.extend(
+                    ObjectInfo(item["Key"][start:], item["Size"], item["LastModified"].timestamp())
+                    for item in page.get("Contents", [])
+                )
         next_token = pages.resume_token
-        return keys, next_token if isinstance(next_token, str) and next_token else None
+        return objects, next_token if isinstance(next_token, str) and next_token else None
 
     async def delete(self, key: str) -> None:
         s3 = await self._s3()
