@@ -26,7 +26,9 @@ from asyncbackup.errors import (
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import Progress
+from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
+from asyncbackup.retention import Decision, RetentionPolicy
 from asyncbackup.storage import (
     FaultyStorage,
     LocalStorage,
@@ -44,6 +46,7 @@ __all__ = [
     "BackupSummary",
     "Compression",
     "ConfigError",
+    "Decision",
     "EngineConfig",
     "FailedItem",
     "FaultyStorage",
@@ -58,7 +61,9 @@ __all__ = [
     "ObjectNotFoundError",
     "PermanentStorageError",
     "Progress",
+    "PruneReport",
     "RestoreSummary",
+    "RetentionPolicy",
     "RetryPolicy",
     "SourceError",
     "Storage",

@@ -1,4 +1,4 @@
-"""The command line: ``asyncbackup backup|restore|list|verify|delete``.
+"""The command line: ``asyncbackup backup|restore|list|verify|delete|prune``.
 
 Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify found damage);
 2 bad usage or configuration; 130 interrupted.
@@ -28,7 +28,9 @@ from asyncbackup.engine import BackupEngine, VerifyReport
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.prune import DEFAULT_GRACE, PruneReport
 from asyncbackup.restore import RestoreSummary
+from asyncbackup.retention import RetentionPolicy
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
 from asyncbackup.storage.options import (
     DEFAULT_MAX_CONNECTIONS,
@@ -48,6 +50,20 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 65536, 512K or 8M")
     unit = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2).upper()]
     return int(match.group(1)) * unit
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '24h' or '7d' as a number of seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 0, 90s, 30m, 24h or 7d"
+        )
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+    return float(match.group(1)) * unit
 
 
 def _rate(text: str) -> float:
@@ -176,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", parents=[common], help="delete a backup")
     delete.add_argument("store", metavar="STORE")
     delete.add_argument("name", metavar="NAME")
+    prune = commands.add_parser(
+        "prune", parents=[common], help="remove old backups, then the chunks no backup needs"
+    )
+    prune.add_argument("store", metavar="STORE")
+    for rule, what in (
+        ("last", "the N newest backups"),
+        ("daily", "the newest backup of each of the last N days (UTC) that have one"),
+        ("weekly", "the newest backup of each of the last N ISO weeks that have one"),
+    ):
+        prune.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {what}")
+    prune.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=DEFAULT_GRACE,
+        metavar="DURATION",
+        help="never remove a chunk written this recently: it may belong to a backup still "
+        "running (default 24h)",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be removed, and remove nothing"
+    )
     return parser
 
 
@@ -299,6 +336,11 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         return await engine.list_backups()
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
+    if args.command == "prune":
+        policy = RetentionPolicy(
+            keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly
+        )
+        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
     await engine.delete(args.name)
     return None
 
@@ -324,6 +366,10 @@ def _report(args: argparse.Namespace, result: object) -> int:
         )  # fmt: skip
     elif isinstance(result, VerifyReport):
         return _report_verify(result)
+    elif isinstance(result, PruneReport):
+        for line in result.decision_lines():  # stdout: what a script needs
+            print(line)
+        log.info("%s", result.summary())
     elif isinstance(result, list) and args.json:
         print(json.dumps([asdict(i) for i in result], indent=1))
     elif isinstance(result, list):

@@ -1,4 +1,4 @@
-"""BackupEngine: the public face of asyncbackup: backup, restore, verify, list and delete."""
+"""BackupEngine: the public face of asyncbackup: backup, restore, verify, list, delete, prune."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress
+from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
 from asyncbackup.repository import Repository
 from asyncbackup.restore import RestoreJob, RestoreSummary
+from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
 
@@ -203,6 +205,31 @@ class BackupEngine:
             ManifestError: there is no such backup.
         """
         await self._repository("verify").delete_manifest(check_backup_name(name))
+
+    async def prune(
+        self, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
+    ) -> PruneReport:
+        """Remove the backups ``policy`` lets go, then every chunk no remaining backup names
+        and that is older than ``grace`` seconds (see ``asyncbackup/prune.py`` for why it is
+        safe beside a running backup). With ``dry_run``, delete nothing and report.
+
+        Raises:
+            ConfigError: ``grace`` is negative.
+            ManifestError: a MANIFEST cannot be read: prune stops rather than guess.
+            IntegrityError: a backup committed during the prune names a chunk it removed.
+            BackupFailed: the store failed.
+        """
+        if grace < 0:
+            raise ConfigError(f"the grace period must not be negative, not {grace} s")
+        job = PruneJob(
+            self._repository("prune"),
+            self.config,
+            policy=policy,
+            grace=grace,
+            dry_run=dry_run,
+            clock=self._clock,
+        )
+        return await self._timed("prune", job.run())
 
     async def _timed(self, operation: str, job: Awaitable[T]) -> T:
         started = time.monotonic()

@@ -1,7 +1,7 @@
 """Every Prometheus metric asyncbackup exports, on a registry the caller owns.
 
-Label values are a small fixed set: ``operation`` is backup, restore or verify; ``outcome`` is
-named at each metric.
+Label values are a small fixed set: ``operation`` is backup, restore, verify or prune; ``outcome``
+is named at each metric.
 """
 
 from __future__ import annotations

@@ -156,6 +156,12 @@ class Repository:
                     "run again with another --name (the chunks uploaded will be reused)"
                 ) from None
 
+    async def delete_object(self, key: str) -> None:
+        """Remove ``key``, retried; a key already gone is not an error."""
+        await self.retrier.run(
+            Transfer(self.operation, "delete", key), lambda: self.store.delete(key)
+        )
+
     async def delete_manifest(self, name: str) -> None:
         """Remove backup ``name``'s MANIFEST: the backup is gone, its chunks stay for others.
 

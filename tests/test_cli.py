@@ -278,6 +278,18 @@ USAGE_ERRORS = {
         ["backup", "{src}", "{store}", "--name", "other", "--compression-level", "5"],
         "a compression level needs a codec: add --compression zstd or gzip",
     ),
+    "prune-keeps-nothing": (
+        ["prune", "{store}"],
+        "prune needs at least one of --keep-last, --keep-daily or --keep-weekly above 0",
+    ),
+    "prune-negative-keep": (
+        ["prune", "{store}", "--keep-last", "-1"],
+        "--keep-last must not be negative, not -1",
+    ),
+    "prune-bad-grace": (
+        ["prune", "{store}", "--keep-last", "1", "--grace", "5x"],
+        "invalid duration '5x': use e.g. 0, 90s, 30m, 24h or 7d",
+    ),
     "store-is-a-file": (["list", "{src}/empty"], "the store path exists and is not a directory"),
     "s3-without-bucket": (["list", "s3:///prefix"], "no bucket; write s3://BUCKET/optional/prefix"),
     "gs-prefix-with-dots": (["list", "gs://bucket/a/../b"], "the prefix has an empty, '.' or '..'"),
