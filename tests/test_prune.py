@@ -12,7 +12,9 @@ import pytest
 
 from asyncbackup import (
     BackupEngine,
+    BackupFailed,
     ConfigError,
+    FaultyStorage,
     IntegrityError,
     ManifestError,
     MemoryStorage,
@@ -352,3 +354,30 @@ async def test_a_backup_that_commits_during_the_deletes_is_reported(tmp_path: Pa
     assert not report.ok
     await BackupEngine(memory, fast_config(), clock=clock).backup(sources["a"], name="again")
     assert (await BackupEngine(memory).verify("late", deep=True)).ok
+
+
+async def test_prune_deletes_are_retried_transfers(tmp_path: Path, sleep: RecordingSleep) -> None:
+    clock = Clock(T0)
+    memory = MemoryStorage(clock=clock.posix)
+    await make_backups(
+        memory, tmp_path, clock, [(n, T0 + timedelta(days=i)) for i, n in enumerate("abcd")]
+    )
+    clock.now = T0 + timedelta(days=5)
+    chunks = chunk_keys(memory)
+    # Every delete fails (after it took effect), every time: each is retried, then prune gives
+    # up before its sweep, so no chunk is gone.
+    always = FaultyStorage(memory, rule=lambda op, key: "fail_after" if op == "delete" else None)
+    engine = BackupEngine(always, fast_config(max_attempts=3), clock=clock, sleep=sleep)
+    with pytest.raises(BackupFailed, match="delete backups/"):
+        await engine.prune(RetentionPolicy(keep_last=1), grace=0)
+    assert len(sleep.calls) >= 2 and always.injected["fail_after"] >= 3
+    assert chunk_keys(memory) == chunks
+
+    # Half of the calls fail, before or after taking effect: the retries finish the job.
+    flaky = FaultyStorage(memory, rate=0.5, seed=3)
+    await BackupEngine(flaky, fast_config(), clock=clock, sleep=sleep).prune(
+        RetentionPolicy(keep_last=1), grace=0
+    )
+    assert sum(flaky.injected.values()) > 5
+    assert sorted(b.name for b in await BackupEngine(memory).list_backups()) == ["d"]
+    assert chunk_keys(memory) == await refs_of(memory, ["d"])
