@@ -41,7 +41,11 @@ _DECODE_PIECE = 1024 * 1024
 
 @dataclass(frozen=True)
 class Compression:
-    """How chunks are compressed: a codec and its level (validated when built)."""
+    """How chunks are compressed: a codec and its level (None: the codec's default).
+
+    Raises:
+        ConfigError: an unknown codec, a level out of the codec's range, or a level with "none".
+    """
 
     codec: Codec = "none"
     level: int | None = None

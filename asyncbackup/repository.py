@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import TypeVar
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.compression import Codec, codec_of_ref, decode
@@ -22,6 +24,7 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
 
+T = TypeVar("T")
 _HASH_INLINE_LIMIT = 64 * 1024  # below this, a thread hop costs more than hashing on the loop
 
 
@@ -40,32 +43,24 @@ class Repository:
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, one retried request per listing page."""
-        keys: list[str] = []
-        token: str | None = None
-        page = 1
-        while True:
-            what = Transfer(self.operation, "list", prefix, f"page {page}")
-            batch, token = await self.retrier.run(
-                what, partial(self.store.list_page, prefix, token)
-            )
-            keys.extend(batch)
-            if token is None:
-                return keys
-            page += 1
+        return await self._all_pages(prefix, self.store.list_page)
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under ``prefix``, with its size and age; one retried request a page."""
-        objects: list[ObjectInfo] = []
+        return await self._all_pages(prefix, self.store.list_objects)
+
+    async def _all_pages(
+        self, prefix: str, fetch: Callable[[str, str | None], Awaitable[tuple[list[T], str | None]]]
+    ) -> list[T]:
+        items: list[T] = []
         token: str | None = None
         page = 1
         while True:
             what = Transfer(self.operation, "list", prefix, f"page {page}")
-            batch, token = await self.retrier.run(
-                what, partial(self.store.list_objects, prefix, token)
-            )
-            objects.extend(batch)
+            batch, token = await self.retrier.run(what, partial(fetch, prefix, token))
+            items.extend(batch)
             if token is None:
-                return objects
+                return items
             page += 1
 
     async def stored_refs(self) -> set[str]:
