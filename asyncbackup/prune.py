@@ -94,15 +94,18 @@ class PruneReport:
 
     def summary(self) -> str:
         """What was kept, removed and freed, in one line."""
-        kept, removed = len(self.kept), len(self.removed)
-        chunks = f"{self.chunks_deleted} unused chunks ({self.bytes_freed / 2**20:.1f} MiB)"
+        kept = _count(len(self.kept), "backup")
+        removed = len(self.removed)
+        chunks = (
+            f"{_count(self.chunks_deleted, 'unused chunk')} ({self.bytes_freed / 2**20:.1f} MiB)"
+        )
         if self.dry_run:
             head = (
-                f"prune (dry run, nothing deleted): would keep {kept} backups and remove "
-                f"{removed}; would delete {chunks}"
+                f"prune (dry run, nothing deleted): would keep {kept} and remove {removed}; "
+                f"would delete {chunks}"
             )
         else:
-            head = f"prune: kept {kept} backups, removed {removed}; deleted {chunks}"
+            head = f"prune: kept {kept}, removed {removed}; deleted {chunks}"
         tail = f"; {self.chunks_in_use} chunks in use"
         if self.chunks_young:
             tail += (
@@ -264,6 +267,10 @@ class PruneJob:
                 await pool.spawn(key, partial(self.repo.delete_object, key))
         if keys:
             log.debug("prune: deleted %d %ss", len(keys), label)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _refs_of(manifests: list[Manifest]) -> set[str]:

@@ -1,4 +1,4 @@
-"""``asyncbackup prune`` as a user runs it, on a local store and on S3 (moto).
+"""``asyncbackup prune`` as a user runs it, on a local store, S3 (moto) and GCS (fake-gcs-server).
 
 The backups are made through the engine with a chosen clock, so they are days apart; everything
 after that goes through the command line.
@@ -63,12 +63,12 @@ async def store_state(url: str) -> tuple[set[str], set[str]]:
         return set(keys), named
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gcs"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
-    bucket: str = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/prune"
+    bucket: str = request.getfixturevalue(f"{request.param}_bucket")
+    return f"{'s3' if request.param == 's3' else 'gs'}://{bucket}/prune"
 
 
 def test_prune_keeps_what_it_promises_and_every_kept_backup_restores(
