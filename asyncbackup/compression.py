@@ -36,8 +36,6 @@ SUFFIXES: dict[Codec, str] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 DEFAULT_LEVELS: dict[Codec, int] = {"none": 0, "gzip": 6, "zstd": 3}
 LEVEL_RANGES: dict[Codec, tuple[int, int]] = {"gzip": (1, 9), "zstd": (1, 22)}
 
-_DECODE_PIECE = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class Compression:
@@ -119,26 +117,17 @@ def decode(data: bytes, codec: Codec, *, limit: int, where: str) -> bytes:
 
 
 def _zstd_bounded(data: bytes, limit: int) -> bytes | None:
-    # Every chunk we write declares its size in the frame header (write_content_size): that
-    # size must be within the limit, and exactly what comes out, or the object is damaged (a
-    # stream cut short decodes "fine" up to the cut, and a second frame would add bytes).
+    # Every chunk we write declares its size in the frame header (write_content_size): within
+    # the limit, it is the one buffer decompress() allocates, and zstd refuses a frame that does
+    # not fill it exactly; allow_extra_data=False refuses a second frame or trailing bytes.
     declared = zstandard.frame_content_size(data)
     if declared < 0:
         raise zstandard.ZstdError("the frame does not declare its size, as every chunk does")
     if declared > limit:
         return None
-    reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
-    with reader:
-        pieces: list[bytes] = []
-        total = 0
-        while piece := reader.read(min(_DECODE_PIECE, limit + 1 - total)):
-            pieces.append(piece)
-            total += len(piece)
-            if total > limit:
-                return None
-    if total != declared:
-        raise zstandard.ZstdError(f"it holds {total} bytes, but its frame declares {declared}")
-    return b"".join(pieces)
+    return zstandard.ZstdDecompressor().decompress(
+        data, max_output_size=limit, allow_extra_data=False
+    )
 
 
 def _gzip_bounded(data: bytes, limit: int) -> bytes | None:

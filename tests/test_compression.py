@@ -129,7 +129,7 @@ def test_a_zstd_frame_must_declare_its_size_and_hold_exactly_that() -> None:
     with pytest.raises(IntegrityError, match="does not declare its size"):
         decode(undeclared, "zstd", limit=SMALL_CHUNK, where="chunk x")
     two_frames = zstd_bomb(1000, declare=True) * 2
-    with pytest.raises(IntegrityError, match="holds 2000 bytes, but its frame declares 1000"):
+    with pytest.raises(IntegrityError, match="unused data"):
         decode(two_frames, "zstd", limit=SMALL_CHUNK, where="chunk x")
 
 
