@@ -193,19 +193,21 @@ class BackupJob:
         fresh = preferred_refs(listed, self.config.compression.codec)
         stored = self.stored
 
-        def find_gone() -> dict[str, tuple[str, int]]:
-            gone: dict[str, tuple[str, int]] = {}
+        def find_gone() -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+            gone: dict[str, tuple[str, int]] = {}  # digest -> (path, index): where to read it
+            moved: dict[str, str] = {}  # gone, but stored meanwhile under another codec
             for entry in self.entries:
                 for index, digest in enumerate(entry.chunks):
-                    if stored.get(digest) in listed or digest in gone:
+                    if stored.get(digest) in listed or digest in gone or digest in moved:
                         continue
-                    if digest in fresh:  # stored meanwhile under another codec: use that
-                        stored[digest] = fresh[digest]
-                        continue
-                    gone[digest] = (entry.path, index)
-            return gone
+                    if digest in fresh:
+                        moved[digest] = fresh[digest]
+                    else:
+                        gone[digest] = (entry.path, index)
+            return gone, moved
 
-        gone = await asyncio.to_thread(find_gone)
+        gone, moved = await asyncio.to_thread(find_gone)
+        self.stored.update(moved)
         if not gone:
             return
         log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from asyncbackup import (
     BackupEngine,
     BackupFailed,
+    Compression,
     ConfigError,
     FaultyStorage,
     IntegrityError,
@@ -381,3 +383,36 @@ async def test_prune_deletes_are_retried_transfers(tmp_path: Path, sleep: Record
     assert sum(flaky.injected.values()) > 5
     assert sorted(b.name for b in await BackupEngine(memory).list_backups()) == ["d"]
     assert chunk_keys(memory) == await refs_of(memory, ["d"])
+
+
+async def test_a_chunk_pruned_but_stored_again_under_another_codec_is_used_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """The backup found ``old``'s raw chunk and skipped it; a prune removed it, and another
+    backup stored it again compressed: the MANIFEST names the compressed copy, no upload."""
+    clock = Clock(T0)
+    memory = MemoryStorage(clock=clock.posix)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "log.txt").write_bytes(b"compressible line\n" * 2000)
+    await BackupEngine(memory, fast_config(), clock=clock).backup(tmp_path / "src", name="old")
+    [raw] = await refs_of(memory, ["old"])
+    await BackupEngine(memory).delete("old")
+    clock.now = T0 + timedelta(days=3)
+    (tmp_path / "src" / "new.txt").write_text("new\n")
+    zstd = replace(fast_config(), compression=Compression("zstd"))
+    events: list[str] = []
+
+    async def prune_and_restore_compressed(key: str) -> None:
+        if key.startswith("chunks/") and not events:
+            events.append("pruned")
+            await BackupEngine(memory, clock=clock).prune(RetentionPolicy(keep_last=1), grace=0)
+            assert raw not in memory.objects
+            await BackupEngine(memory, zstd, clock=clock).backup(tmp_path / "src", name="other")
+
+    watched = WatchedStorage(memory, on_put=prune_and_restore_compressed)
+    await BackupEngine(watched, zstd, clock=clock).backup(tmp_path / "src", name="new")
+    refs = await refs_of(memory, ["new"])
+    assert raw + ".zst" in refs and raw not in memory.objects
+    assert watched.calls["put", raw + ".zst"] == 0 and watched.calls["put", raw] == 0
+    await BackupEngine(memory).restore("new", tmp_path / "out")
+    assert_same_tree(tmp_path / "src", tmp_path / "out")
