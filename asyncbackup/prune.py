@@ -162,22 +162,22 @@ class PruneJob:
         marked = await asyncio.to_thread(_union, [backups[n].refs for n in kept])
         del backups
 
-        objects = await self.repo.list_objects(CHUNKS)
         cutoff = began - self.grace
-        sweep: dict[str, int] = {}
+        sweep: dict[str, int] = {}  # ref -> size: only the candidates are held, page by page
         in_use = young = bytes_young = 0
-        for obj in objects:
-            ref = ref_of_chunk_key(obj.key)
-            if ref is None:
-                continue  # not a chunk: never ours to remove
-            if ref in marked:
-                in_use += 1
-            elif obj.modified >= cutoff:
-                young += 1
-                bytes_young += obj.size
-            else:
-                sweep[ref] = obj.size
-        del objects, marked
+        async for page in self.repo.object_pages(CHUNKS):
+            for obj in page:
+                ref = ref_of_chunk_key(obj.key)
+                if ref is None:
+                    continue  # not a chunk: never ours to remove
+                if ref in marked:
+                    in_use += 1
+                elif obj.modified >= cutoff:
+                    young += 1
+                    bytes_young += obj.size
+                else:
+                    sweep[ref] = obj.size
+        del marked
 
         deleted: dict[str, int] = {}
         protected: set[str] = set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
@@ -25,6 +25,8 @@ from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
 
 T = TypeVar("T")
+Fetch = Callable[[str, str | None], Awaitable[tuple[list[T], str | None]]]
+"""One page of a listing: (prefix, token) -> (items, next token)."""
 _HASH_INLINE_LIMIT = 64 * 1024  # below this, a thread hop costs more than hashing on the loop
 
 
@@ -45,22 +47,23 @@ class Repository:
         """Every key under ``prefix``, one retried request per listing page."""
         return await self._all_pages(prefix, self.store.list_page)
 
-    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix``, with its size and age; one retried request a page."""
-        return await self._all_pages(prefix, self.store.list_objects)
+    def object_pages(self, prefix: str) -> AsyncIterator[list[ObjectInfo]]:
+        """The objects under ``prefix``, with their sizes and ages, a page at a time (each page
+        one retried request), so a caller need not hold a listing of a million chunks."""
+        return self._pages(prefix, self.store.list_objects)
 
-    async def _all_pages(
-        self, prefix: str, fetch: Callable[[str, str | None], Awaitable[tuple[list[T], str | None]]]
-    ) -> list[T]:
-        items: list[T] = []
+    async def _all_pages(self, prefix: str, fetch: Fetch[T]) -> list[T]:
+        return [item async for page in self._pages(prefix, fetch) for item in page]
+
+    async def _pages(self, prefix: str, fetch: Fetch[T]) -> AsyncIterator[list[T]]:
         token: str | None = None
         page = 1
         while True:
             what = Transfer(self.operation, "list", prefix, f"page {page}")
             batch, token = await self.retrier.run(what, partial(fetch, prefix, token))
-            items.extend(batch)
+            yield batch
             if token is None:
-                return items
+                return
             page += 1
 
     async def stored_refs(self) -> set[str]:
