@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import EngineConfig, RetryPolicy
+from tests.remote import StoreUnderTest
 from tests.servers import Server, http, start_fake_gcs, start_moto
 
 SMALL_CHUNK = 64 * 1024  # the smallest chunk size allowed: makes multi-chunk files cheap
@@ -219,3 +220,23 @@ def gcs_bucket(gcs_env: Server) -> str:
     body = json.dumps({"name": name}).encode()
     http("POST", f"{gcs_env.url}/storage/v1/b?project=test", body)
     return name
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def remote(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> StoreUnderTest:
+    """A fresh bucket on moto, then on fake-gcs-server: tests that take it run on both."""
+    bucket: str = request.getfixturevalue(f"{request.param}_bucket")
+    server: Server = request.getfixturevalue(f"{request.param}_env")
+    return StoreUnderTest(request.param, bucket, monkeypatch, server)
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def any_store(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> StoreUnderTest:
+    """A local directory, then a bucket on moto, then one on fake-gcs-server."""
+    if request.param == "local":
+        return StoreUnderTest("local", str(tmp_path / "store-root"), monkeypatch)
+    bucket: str = request.getfixturevalue(f"{request.param}_bucket")
+    server: Server = request.getfixturevalue(f"{request.param}_env")
+    return StoreUnderTest(request.param, bucket, monkeypatch, server)

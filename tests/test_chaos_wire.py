@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import random
 import re
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +26,12 @@ from asyncbackup import (
     EngineConfig,
     RetryPolicy,
     Storage,
-    StoreOptions,
     TransientStorageError,
 )
 from asyncbackup.storage.gcs import GCSStorage
 from asyncbackup.storage.s3 import S3Storage
 from tests.conftest import SMALL_CHUNK, RecordingSleep, assert_same_tree, fast_config
 from tests.proxy import (
-    GCS_THROTTLES,
-    S3_THROTTLES,
     WIRE_FAULTS,
     Fault,
     FaultProxy,
@@ -46,81 +41,16 @@ from tests.proxy import (
     first_times,
     random_faults,
 )
-from tests.servers import Server
+from tests.remote import StoreUnderTest
 from tests.test_s3 import connections_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class Remote:
-    """One real server and a fresh bucket on it, reachable directly or through a proxy."""
-
-    kind: str  # "s3" or "gcs"
-    server: Server
-    bucket: str
-    monkeypatch: pytest.MonkeyPatch
-
-    @property
-    def throttles(self) -> tuple[Fault, ...]:
-        """The store's own 503, 500 and 429 answers, with its own error bodies."""
-        return S3_THROTTLES if self.kind == "s3" else GCS_THROTTLES
-
-    @property
-    def upload_method(self) -> str:
-        return "PUT" if self.kind == "s3" else "POST"
-
-    def upload_of(self, key: str) -> str:
-        """What the path of an upload of ``key`` contains. GCS names a chunk in the query,
-        and the MANIFEST (a multipart upload, for its precondition) only in the body."""
-        if self.kind == "gcs" and key.endswith("MANIFEST"):
-            return "uploadType=multipart"
-        return key
-
-    def download_of(self, key: str) -> str:
-        """What the path of a download of ``key`` contains: GCS quotes the name whole."""
-        return key if self.kind == "s3" else key.replace("/", "%2F")
-
-    def url(self, prefix: str) -> str:
-        return f"{'s3' if self.kind == 's3' else 'gs'}://{self.bucket}/{prefix}"
-
-    def store(self, proxy: FaultProxy | None, prefix: str = "c/", connections: int = 8) -> Storage:
-        """A store on the bucket, through ``proxy`` when one is given."""
-        endpoint = proxy.url if proxy is not None else self.server.url
-        if self.kind == "s3":
-            options = StoreOptions(endpoint_url=endpoint, max_connections=connections)
-            return S3Storage(self.bucket, prefix, options)
-        with self.monkeypatch.context() as env:  # the store reads the emulator's address once
-            env.setenv("STORAGE_EMULATOR_HOST", endpoint)
-            return GCSStorage(self.bucket, prefix, StoreOptions(max_connections=connections))
-
-    def cli_env(self, proxy: FaultProxy) -> dict[str, str]:
-        """The environment of a CLI run that reaches the server through ``proxy``."""
-        name = "AWS_ENDPOINT_URL" if self.kind == "s3" else "STORAGE_EMULATOR_HOST"
-        return {**os.environ, name: proxy.url}
-
-    async def keys(self, prefix: str) -> list[str]:
-        """Every key under ``prefix``, read straight from the server."""
-        keys: list[str] = []
-        token: str | None = None
-        async with self.store(None, prefix="") as direct:
-            while True:
-                page, token = await direct.list_page(prefix, token)
-                keys.extend(page)
-                if token is None:
-                    return sorted(keys)
-
-
-@pytest.fixture(params=["s3", "gcs"])
-def remote(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Remote:
-    bucket: str = request.getfixturevalue(f"{request.param}_bucket")
-    server: Server = request.getfixturevalue(f"{request.param}_env")
-    return Remote(request.param, server, bucket, monkeypatch)
-
-
 @pytest.fixture
-async def proxy(remote: Remote) -> AsyncIterator[FaultProxy]:
+async def proxy(remote: StoreUnderTest) -> AsyncIterator[FaultProxy]:
     """A proxy in front of the server that injects nothing until a test sets its ``rule``."""
+    assert remote.server is not None
     async with FaultProxy(remote.server.port, lambda n, method, path: None) as running:
         yield running
 
@@ -156,7 +86,7 @@ def retries_counted(engine: BackupEngine, operation: str) -> float:
 
 
 async def test_five_percent_of_requests_failing_every_way(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     source = source_tree(tmp_path / "source", files=150, big_chunks=12, seed=5)
     faults = (*remote.throttles, *WIRE_FAULTS, Fault("stall_body"))
@@ -177,7 +107,7 @@ async def test_five_percent_of_requests_failing_every_way(
 
 
 async def test_each_throttle_answer_is_a_named_transient_error(
-    remote: Remote, proxy: FaultProxy
+    remote: StoreUnderTest, proxy: FaultProxy
 ) -> None:
     async with remote.store(proxy) as store:
         for fault in remote.throttles:
@@ -229,7 +159,7 @@ async def fixed_sleep(seconds: float) -> None:
 
 
 async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     source = source_tree(tmp_path / "source", files=60, big_chunks=1, seed=8)
     (source / "a-first.bin").write_bytes(b"the chunk that fails three times")
@@ -270,7 +200,7 @@ async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
 
 
 async def test_hung_uploads_and_downloads_are_cut_and_retried(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     source = source_tree(tmp_path / "source", files=12, big_chunks=3, seed=11)
     upload, download = remote.upload_of("c/chunks/"), remote.download_of("c/chunks/")
@@ -304,7 +234,7 @@ async def run_cli(*args: str | Path, env: dict[str, str]) -> tuple[int, str]:
     return process.returncode, err.decode(errors="replace")
 
 
-def down_from_the_first_upload(remote: Remote, fault: Fault) -> Rule:
+def down_from_the_first_upload(remote: StoreUnderTest, fault: Fault) -> Rule:
     """The store answers the job's first listings, then goes down: every request fails."""
     down = False
 
@@ -318,7 +248,7 @@ def down_from_the_first_upload(remote: Remote, fault: Fault) -> Rule:
 
 @pytest.mark.parametrize("down", ["throttled", "reset"])
 async def test_a_store_that_is_down_ends_the_job_within_its_budget(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path, down: str
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, down: str
 ) -> None:
     source = source_tree(tmp_path / "source", files=40, big_chunks=2, seed=3)
     async with remote.store(None) as direct:
@@ -350,7 +280,7 @@ async def test_a_store_that_is_down_ends_the_job_within_its_budget(
 
 
 async def test_a_reset_after_each_chunk_was_stored_is_harmless(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     source = source_tree(tmp_path / "source", files=20, big_chunks=4, seed=4)
     seen: set[str] = set()
@@ -376,7 +306,7 @@ async def test_a_reset_after_each_chunk_was_stored_is_harmless(
 # The commit: a fault on the MANIFEST write commits the backup exactly once, or not at all.
 
 
-def manifest_faults(remote: Remote, fault: Fault, times: int = 1) -> Rule:
+def manifest_faults(remote: StoreUnderTest, fault: Fault, times: int = 1) -> Rule:
     return first_times(
         times, fault, method=remote.upload_method, path=remote.upload_of("backups/b/MANIFEST")
     )
@@ -384,7 +314,7 @@ def manifest_faults(remote: Remote, fault: Fault, times: int = 1) -> Rule:
 
 @pytest.mark.parametrize("kind", ["reset", "reset_late", "cut_request", "cut_body", "status"])
 async def test_a_fault_on_the_manifest_write_commits_exactly_once(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep, kind: str
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep, kind: str
 ) -> None:
     source = source_tree(tmp_path / "source", files=10, big_chunks=2, seed=9)
     fault = remote.throttles[0] if kind == "status" else Fault(kind)
@@ -401,7 +331,7 @@ async def test_a_fault_on_the_manifest_write_commits_exactly_once(
 
 
 async def test_a_manifest_write_that_keeps_failing_commits_nothing(
-    remote: Remote, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     source = source_tree(tmp_path / "source", files=10, big_chunks=2, seed=10)
     proxy.rule = manifest_faults(remote, Fault("cut_request"), times=100)
