@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint pytest bench clean
+.PHONY: install run test lint pytest chaos bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: lint pytest
+
+# The chaos suite alone (also part of `make test`): faults on the wire through tests/proxy.py in
+# front of moto and fake-gcs-server, killed and interrupted jobs, hostile manifests and chunks.
+chaos: install
+	$(BIN)/pytest -q tests/test_chaos_wire.py tests/test_chaos_process.py tests/test_chaos_hostile.py
 
 bench: install
 	$(BIN)/python -m benchmarks.latency

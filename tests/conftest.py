@@ -7,7 +7,7 @@ import json
 import os
 import random
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,3 +240,24 @@ def any_store(
     bucket: str = request.getfixturevalue(f"{request.param}_bucket")
     server: Server = request.getfixturevalue(f"{request.param}_env")
     return StoreUnderTest(request.param, bucket, monkeypatch, server)
+
+
+# Figures the chaos tests report (faults injected, retries, bytes restored...), printed after
+# the run: `make chaos` shows them, and the README's "What we test against" quotes them.
+CHAOS_FIGURES: list[tuple[str, str]] = []
+Report = Callable[[str], None]
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    def add(text: str) -> None:
+        CHAOS_FIGURES.append((request.node.name, text))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if CHAOS_FIGURES:
+        terminalreporter.section("chaos figures")
+        for test, text in CHAOS_FIGURES:
+            terminalreporter.write_line(f"{test}: {text}")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from asyncbackup.storage.local import TEMP_PREFIX
-from tests.conftest import assert_same_tree
+from tests.conftest import Report, assert_same_tree
 from tests.remote import StoreUnderTest
 from tests.test_cli import EXIT_INTERRUPTED, EXIT_OK, ROOT, small_files
 
@@ -77,7 +77,7 @@ async def run_cli(store: StoreUnderTest, *args: str | Path) -> tuple[int, str, s
 
 
 async def test_sigkill_mid_backup_then_the_same_command_finishes_it(
-    any_store: StoreUnderTest, tmp_path: Path
+    any_store: StoreUnderTest, tmp_path: Path, report: Report
 ) -> None:
     source = small_files(tmp_path / "source", FILES)
     unique = sum(1 for p in source.rglob("*.txt") if p.stat().st_size)
@@ -105,10 +105,14 @@ async def test_sigkill_mid_backup_then_the_same_command_finishes_it(
     )
     assert code == EXIT_OK, err
     assert_same_tree(source, tmp_path / "restored")
+    report(
+        f"killed with {left_behind} of {unique} chunks stored; the rerun uploaded "
+        f"{unique - left_behind} and reused {left_behind}; restore identical"
+    )
 
 
 async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
-    any_store: StoreUnderTest, tmp_path: Path
+    any_store: StoreUnderTest, tmp_path: Path, report: Report
 ) -> None:
     source = small_files(tmp_path / "source", FILES)
     unique = sum(1 for p in source.rglob("*.txt") if p.stat().st_size)
@@ -126,7 +130,6 @@ async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
     assert process.returncode == EXIT_INTERRUPTED, err
     assert "interrupted: nothing was committed" in err
     assert out == ""
-    print(f"{any_store.kind}: stopped {stopped_after:.2f} s after SIGINT")
     assert stopped_after < 5  # "within seconds": a hang guard, far above the ~0.1 s it takes
     assert await any_store.keys("c/backups/") == []
     assert 10 <= len(await chunks_stored(any_store)) < unique
@@ -134,3 +137,4 @@ async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
         files = [name for _, _, names in os.walk(any_store.bucket) for name in names]
         assert len(files) >= 10
         assert not [name for name in files if name.startswith(TEMP_PREFIX)]
+    report(f"exit 130 {stopped_after:.2f} s after SIGINT, no MANIFEST")

@@ -30,7 +30,7 @@ from asyncbackup import (
 )
 from asyncbackup.storage.gcs import GCSStorage
 from asyncbackup.storage.s3 import S3Storage
-from tests.conftest import SMALL_CHUNK, RecordingSleep, assert_same_tree, fast_config
+from tests.conftest import SMALL_CHUNK, RecordingSleep, Report, assert_same_tree, fast_config
 from tests.proxy import (
     WIRE_FAULTS,
     Fault,
@@ -75,6 +75,10 @@ def source_tree(root: Path, *, files: int, big_chunks: int, seed: int) -> Path:
     return root
 
 
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
 def retries_counted(engine: BackupEngine, operation: str) -> float:
     value = engine.metrics.registry.get_sample_value(
         "backup_retry_attempts_total", {"operation": operation}
@@ -86,8 +90,9 @@ def retries_counted(engine: BackupEngine, operation: str) -> float:
 
 
 async def test_five_percent_of_requests_failing_every_way(
-    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
-) -> None:
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep,
+    report: Report,
+) -> None:  # fmt: skip
     source = source_tree(tmp_path / "source", files=150, big_chunks=12, seed=5)
     faults = (*remote.throttles, *WIRE_FAULTS, Fault("stall_body"))
     proxy.rule = random_faults(0.05, faults, seed=2026)
@@ -104,6 +109,12 @@ async def test_five_percent_of_requests_failing_every_way(
     assert retries_counted(engine, "backup") == backup.retries
     assert retries_counted(engine, "restore") == restore.retries
     assert_same_tree(source, tmp_path / "restored")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(proxy.injected.items()))
+    report(
+        f"{len(proxy.requests)} requests, {injected} faults ({kinds}), "
+        f"{backup.retries + restore.retries} retries counted, "
+        f"{tree_bytes(source)} bytes in {backup.files} files restored identical"
+    )
 
 
 async def test_each_throttle_answer_is_a_named_transient_error(
@@ -159,7 +170,7 @@ async def fixed_sleep(seconds: float) -> None:
 
 
 async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
-    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, report: Report
 ) -> None:
     source = source_tree(tmp_path / "source", files=60, big_chunks=1, seed=8)
     (source / "a-first.bin").write_bytes(b"the chunk that fails three times")
@@ -192,7 +203,10 @@ async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
     assert slow_seconds >= 3 * BACKOFF  # the failing chunk really waited out three backoffs
     # The others finished about as fast as in the clean run (a generous bound on a shared
     # machine), nowhere near the 4.5 s they would take if the backoffs held the only slot.
-    print(f"clean {clean_seconds:.2f} s; others {others_seconds:.2f} s; slow {slow_seconds:.2f} s")
+    report(
+        f"clean run {clean_seconds:.2f} s; with one chunk failing 3 times, the other "
+        f"{len(others)} chunks took {others_seconds:.2f} s and that chunk {slow_seconds:.2f} s"
+    )
     assert others_seconds <= 2 * clean_seconds + 1.0
 
 
@@ -248,7 +262,7 @@ def down_from_the_first_upload(remote: StoreUnderTest, fault: Fault) -> Rule:
 
 @pytest.mark.parametrize("down", ["throttled", "reset"])
 async def test_a_store_that_is_down_ends_the_job_within_its_budget(
-    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, down: str
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, down: str, report: Report
 ) -> None:
     source = source_tree(tmp_path / "source", files=40, big_chunks=2, seed=3)
     async with remote.store(None) as direct:
@@ -273,15 +287,16 @@ async def test_a_store_that_is_down_ends_the_job_within_its_budget(
     assert budget < failed <= budget + 1 + concurrency, proxy.requests
     assert await remote.keys("c/backups/") == []
     assert await remote.keys("c/chunks/") == ["c/chunks/earlier"]  # nothing lost either
-    print(f"{down}: gave up after {len(proxy.requests)} requests in {seconds:.1f} s")
+    report(f"gave up after {failed} failed requests in {seconds:.1f} s (budget {budget}), exit 1")
 
 
 # A fault after the server acted is harmless: the retry stores the same bytes again.
 
 
 async def test_a_reset_after_each_chunk_was_stored_is_harmless(
-    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
-) -> None:
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep,
+    report: Report,
+) -> None:  # fmt: skip
     source = source_tree(tmp_path / "source", files=20, big_chunks=4, seed=4)
     seen: set[str] = set()
 
@@ -301,6 +316,7 @@ async def test_a_reset_after_each_chunk_was_stored_is_harmless(
     assert len(chunk_uploads) == 2 * len(seen)  # the server got every chunk twice...
     assert len(await remote.keys("c/chunks/")) == len(seen)  # ...and holds each once
     assert_same_tree(source, tmp_path / "restored")
+    report(f"{len(seen)} chunks each stored twice, {backup.retries} retries, restore identical")
 
 
 # The commit: a fault on the MANIFEST write commits the backup exactly once, or not at all.
