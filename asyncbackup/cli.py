@@ -1,7 +1,7 @@
 """The command line: ``asyncbackup backup|restore|list|verify|delete``.
 
 Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify found damage);
-2 bad usage or configuration; 130 interrupted.
+2 bad usage or configuration; 130 interrupted (SIGINT or SIGTERM).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ctypes
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
@@ -198,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: asyncio
+    # cancels it, every transfer ends, nothing is committed, no temporary file is left.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, signal.raise_signal, signal.SIGINT
+    )
     metrics = Metrics()
     try:
         config = EngineConfig(

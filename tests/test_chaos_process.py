@@ -1,8 +1,8 @@
 """Chaos in the process: the CLI killed or interrupted mid-backup, on every kind of store.
 
 SIGKILL gives the job no chance to clean up; running the same command again must finish the
-backup, upload only what is missing, and restore identically. SIGINT must stop the job within
-seconds, exit 130 and commit nothing.
+backup, upload only what is missing, and restore identically. SIGINT, and SIGTERM as a service
+manager sends it, must stop the job within seconds, exit 130 and commit nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from asyncbackup.storage.local import TEMP_PREFIX
 from tests.conftest import Report, assert_same_tree
@@ -111,8 +113,9 @@ async def test_sigkill_mid_backup_then_the_same_command_finishes_it(
     )
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
-    any_store: StoreUnderTest, tmp_path: Path, report: Report
+    any_store: StoreUnderTest, tmp_path: Path, report: Report, stop: signal.Signals
 ) -> None:
     source = small_files(tmp_path / "source", FILES)
     unique = sum(1 for p in source.rglob("*.txt") if p.stat().st_size)
@@ -120,7 +123,7 @@ async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
     try:
         await wait_for_chunks(any_store, process, 10)
         signalled = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         out, err = await asyncio.to_thread(process.communicate, timeout=30)
         stopped_after = time.monotonic() - signalled
     finally:
@@ -137,4 +140,4 @@ async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
         files = [name for _, _, names in os.walk(any_store.bucket) for name in names]
         assert len(files) >= 10
         assert not [name for name in files if name.startswith(TEMP_PREFIX)]
-    report(f"exit 130 {stopped_after:.2f} s after SIGINT, no MANIFEST")
+    report(f"exit 130 {stopped_after:.2f} s after {stop.name}, no MANIFEST")
