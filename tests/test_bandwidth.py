@@ -192,3 +192,13 @@ async def test_a_long_wait_for_tokens_is_not_an_attempt_timeout(tree: Path) -> N
     )
     summary = await engine.backup(tree, name="one")
     assert summary.retries == 0  # 0.2 s waits under a 0.05 s attempt timeout, never cut
+
+
+async def test_a_deep_verify_pays_for_each_chunk_it_downloads(tree: Path) -> None:
+    memory = MemoryStorage()
+    await BackupEngine(memory, fast_config()).backup(tree, name="one")
+    bandwidth = Bandwidth(MiB, clock=lambda: 0.0, sleep=RecordingSleep())
+    report = await BackupEngine(memory, fast_config(), bandwidth=bandwidth).verify("one", deep=True)
+    assert report.ok
+    chunk_bytes = sum(len(v) for k, v in memory.objects.items() if k.startswith("chunks/"))
+    assert bandwidth.granted == chunk_bytes  # each distinct chunk once, at its own length
