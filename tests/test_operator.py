@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,16 @@ import pytest
 
 from tests.conftest import make_tree, snapshot
 from tests.pushgateway import PushReceiver, Samples, parse_samples, scrape, value
-from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ROOT, cli, list_json, small_files
+from tests.test_cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ROOT,
+    cli,
+    list_json,
+    small_files,
+)
 
 
 def file_bytes(root: Path) -> int:
@@ -313,3 +323,28 @@ def test_on_s3_the_push_and_show_agree_with_the_backup(s3_bucket: str, tmp_path:
     shown = json.loads(cli("show", url, "b", "--json").stdout)
     assert shown["totals"]["files"] == 200 and shown["totals"]["bytes"] == file_bytes(source)
     assert shown["source"] == str(source)
+
+
+def test_an_interrupted_job_still_pushes_and_closes_its_port(tmp_path: Path) -> None:
+    source = small_files(tmp_path / "source", 300)
+    with PushReceiver() as gateway:
+        job = Running(
+            "backup", source, tmp_path / "store", "--inject-latency", "200",
+            "--metrics-port", "0", "--pushgateway", gateway.url,
+        )  # fmt: skip
+        url = job.wait_for(r"serving metrics on (http://\S+/metrics)").group(1)
+        deadline = time.monotonic() + 20
+        while not value(scrape(url), "backup_files_total", operation="backup", outcome="done"):
+            assert time.monotonic() < deadline, "the backup never finished a file"
+            time.sleep(0.05)
+        job.proc.send_signal(signal.SIGINT)
+        code, out, err = job.finish()
+    assert code == EXIT_INTERRUPTED, err
+    assert out == ""
+    assert "interrupted: nothing was committed" in err
+    [pushed] = gateway.received
+    files = value(pushed.samples, "backup_files_total", operation="backup", outcome="done")
+    assert files is not None and 0 < files < 300
+    assert "backup_last_success_timestamp_seconds" not in pushed.body
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        scrape(url)
