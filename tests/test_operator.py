@@ -294,7 +294,7 @@ def test_show_of_a_missing_backup_exits_1_and_says_what_to_do(tmp_path: Path) ->
 
 
 def test_on_s3_the_push_and_show_agree_with_the_backup(s3_bucket: str, tmp_path: Path) -> None:
-    source = small_files(tmp_path / "source", 200)
+    source = small_files(tmp_path / "source", 100)
     url = f"s3://{s3_bucket}/ops"
     with PushReceiver() as gateway:
         backup = cli(
@@ -309,7 +309,7 @@ def test_on_s3_the_push_and_show_agree_with_the_backup(s3_bucket: str, tmp_path:
     pushed_backup, pushed_restore = gateway.received
     assert "/command/backup/" in pushed_backup.path and "/command/restore/" in pushed_restore.path
     b, r = pushed_backup.samples, pushed_restore.samples
-    assert value(b, "backup_files_total", operation="backup", outcome="done") == 200
+    assert value(b, "backup_files_total", operation="backup", outcome="done") == 100
     assert value(b, "backup_chunks_total", operation="backup", outcome="transferred") == int(
         summary["uploaded"]
     )
@@ -318,10 +318,10 @@ def test_on_s3_the_push_and_show_agree_with_the_backup(s3_bucket: str, tmp_path:
     assert value(r, "backup_bytes_total", operation="restore", outcome="transferred") == (
         file_bytes(source)
     )
-    assert value(r, "backup_files_total", operation="restore", outcome="done") == 200
+    assert value(r, "backup_files_total", operation="restore", outcome="done") == 100
 
     shown = json.loads(cli("show", url, "b", "--json").stdout)
-    assert shown["totals"]["files"] == 200 and shown["totals"]["bytes"] == file_bytes(source)
+    assert shown["totals"]["files"] == 100 and shown["totals"]["bytes"] == file_bytes(source)
     assert shown["source"] == str(source)
 
 
