@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python -m benchmarks.latency
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.remote
+	$(BIN)/python -m benchmarks.bwlimit
 
 clean:
 	rm -rf $(VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache

@@ -151,7 +151,6 @@ class BackupJob:
                 outcome="its commit was not confirmed",
             ) from exc
         totals = manifest.totals
-        self.metrics.files.labels(OPERATION, "done").inc(totals.files)
         return BackupSummary(
             name=name,
             files=totals.files,
@@ -224,6 +223,7 @@ class BackupJob:
             )
         )
         self.progress.advance(files=1)
+        self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
 
     async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         await self.repo.put_chunk(digest, data, path=path, label=label)

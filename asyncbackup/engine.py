@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, default_name
+from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import (
     BackupError,
@@ -69,7 +70,8 @@ class BackupEngine:
 
     No global state: each engine has its own metrics (on ``metrics.registry``) and each job its own
     retry budget. Every method may be cancelled: the transfers stop and nothing is committed.
-    ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds.
+    ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds. ``bandwidth``
+    caps the rate of chunk uploads and downloads; one ``Bandwidth`` may be shared by engines.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class BackupEngine:
         metrics: Metrics | None = None,
         progress: Progress | None = None,
         sleep: Sleep = asyncio.sleep,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.store = store
         self.config = config if config is not None else EngineConfig()
@@ -93,6 +96,7 @@ class BackupEngine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.progress: Progress = progress if progress is not None else NoProgress()
         self._sleep = sleep
+        self._bandwidth = bandwidth
 
     def _repository(self, operation: str) -> Repository:
         self.metrics.start(operation)
@@ -101,6 +105,7 @@ class BackupEngine:
             concurrency=self.config.concurrency,
             metrics=self.metrics,
             sleep=self._sleep,
+            bandwidth=self._bandwidth,
         )
         return Repository(self.store, retrier, operation=operation)
 
@@ -148,7 +153,7 @@ class BackupEngine:
         """
         repo = self._repository("verify")
         manifest = await repo.load_manifest(check_backup_name(name))
-        users = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: not on the loop
+        users, sizes = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: a thread
         stored = await repo.stored_digests()
         missing = {d: paths for d, paths in users.items() if d not in stored}
         corrupt: dict[str, list[str]] = {}
@@ -156,7 +161,8 @@ class BackupEngine:
 
             async def check(digest: str) -> None:
                 try:
-                    await repo.get_chunk(digest, path=users[digest][0], label=digest[:12])
+                    path, label = users[digest][0], digest[:12]
+                    await repo.get_chunk(digest, path=path, label=label, size=sizes[digest])
                 except IntegrityError:
                     corrupt[digest] = users[digest]
                 except ObjectNotFoundError:
@@ -210,13 +216,15 @@ class BackupEngine:
         return result
 
 
-def _chunk_users(manifest: Manifest) -> dict[str, list[str]]:
-    """Each chunk's digest, and the paths of the files that hold it."""
+def _chunk_users(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Each chunk's digest, the paths of the files that hold it, and its length."""
     users: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
     for entry in manifest.entries:
-        for digest in entry.chunks:
+        for index, digest in enumerate(entry.chunks):
             users.setdefault(digest, []).append(entry.path)
-    return users
+            sizes[digest] = min(manifest.chunk_size, entry.size - index * manifest.chunk_size)
+    return users, sizes
 
 
 __all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]

@@ -69,17 +69,18 @@ class Repository:
 
     async def put_chunk(self, digest: str, data: bytes, *, path: str, label: str) -> None:
         """Store one chunk; retried, and harmless to repeat (same key, same bytes)."""
-        what = Transfer(self.operation, "upload", path, label)
+        what = Transfer(self.operation, "upload", path, label, nbytes=len(data))
         await self.retrier.run(what, lambda: self.store.put(chunk_key(digest), data, digest=digest))
 
-    async def get_chunk(self, digest: str, *, path: str, label: str) -> bytes:
-        """Fetch one chunk and check its hash.
+    async def get_chunk(self, digest: str, *, path: str, label: str, size: int = 0) -> bytes:
+        """Fetch one chunk and check its hash. ``size``, the length the manifest expects, is what
+        each attempt pays to a bandwidth limit.
 
         Raises:
             IntegrityError: the stored bytes do not hash to ``digest``.
             ObjectNotFoundError: the chunk is missing from the store.
         """
-        what = Transfer(self.operation, "download", path, label)
+        what = Transfer(self.operation, "download", path, label, nbytes=size)
         key = chunk_key(digest)
         data = await self.retrier.run(what, lambda: self.store.get(key))
         if await digest_of(data) != digest:
@@ -114,7 +115,7 @@ class Repository:
         await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
         key = manifest_key(manifest.name)
         data = await asyncio.to_thread(manifest.to_json)
-        what = Transfer(self.operation, "commit", key)
+        what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
             await self.retrier.run(what, lambda: self.store.put(key, data, overwrite=False))
         except ObjectExistsError:

@@ -101,7 +101,6 @@ class RestoreJob:
                 await settled(_remove, [p.temp for p in self.unfinished])
         await settled(_finish_tree, real_target, manifest.entries)
         totals = manifest.totals
-        self.metrics.files.labels(OPERATION, "done").inc(totals.files)
         return RestoreSummary(
             name=manifest.name,
             files=totals.files,
@@ -118,7 +117,7 @@ class RestoreJob:
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
         digest = entry.chunks[0] if entry.chunks else EMPTY_SHA256
         await settled(_write_whole, entry, final, data, digest)
-        self.progress.advance(files=1)
+        self._file_done()
 
     async def _start_file(
         self, pool: TaskPool, entry: FileEntry, final: Path, chunk_size: int
@@ -143,8 +142,8 @@ class RestoreJob:
         """Chunk ``index`` of ``entry``, its hash and length checked."""
         digest = entry.chunks[index]
         label = f"chunk {index + 1}/{len(entry.chunks)} {digest[:12]}"
-        data = await self.repo.get_chunk(digest, path=entry.path, label=label)
         expected = min(chunk_size, entry.size - index * chunk_size)
+        data = await self.repo.get_chunk(digest, path=entry.path, label=label, size=expected)
         if len(data) != expected:
             raise IntegrityError(f"{entry.path}: {label} holds {len(data)} bytes, not {expected}")
         self.downloaded += 1
@@ -156,7 +155,11 @@ class RestoreJob:
     async def _finish_file(self, pending: _PendingFile) -> None:
         await settled(_check_and_place, pending)
         self.unfinished.discard(pending)
+        self._file_done()
+
+    def _file_done(self) -> None:
         self.progress.advance(files=1)
+        self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
 
 
 def _writes_target(write: Callable[P, R]) -> Callable[P, R]:

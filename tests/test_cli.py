@@ -290,6 +290,42 @@ USAGE_ERRORS = {
         ["list", "s3://bucket/x", "--endpoint-url", "127.0.0.1:9000"],
         "endpoint URL '127.0.0.1:9000' must start with http:// or https://",
     ),
+    "pushgateway-not-http": (
+        ["backup", "{src}", "{store}", "--name", "other", "--pushgateway", "ftp://gw:9091"],
+        "--pushgateway 'ftp://gw:9091' is not a Pushgateway URL: use http://HOST:PORT",
+    ),
+    "pushgateway-without-scheme": (
+        ["backup", "{src}", "{store}", "--name", "other", "--pushgateway", "gw:9091"],
+        "--pushgateway 'gw:9091' is not a Pushgateway URL",
+    ),
+    "pushgateway-bad-port": (
+        ["list", "{store}", "--pushgateway", "http://127.0.0.1:99999"],
+        "--pushgateway 'http://127.0.0.1:99999' is not a Pushgateway URL",
+    ),
+    "pushgateway-with-query": (
+        ["list", "{store}", "--pushgateway", "http://127.0.0.1:9091/?job=x"],
+        "a Pushgateway URL has no query or fragment",
+    ),
+    "metrics-port-out-of-range": (
+        ["backup", "{src}", "{store}", "--name", "other", "--metrics-port", "70000"],
+        "--metrics-port must be between 0 and 65535, not 70000",
+    ),
+    "metrics-port-not-a-number": (
+        ["list", "{store}", "--metrics-port", "http"],
+        "argument --metrics-port: invalid int value: 'http'",
+    ),
+    "metrics-address-not-ours": (  # TEST-NET-1: no host has it, so binding fails at once
+        ["list", "{store}", "--metrics-port", "0", "--metrics-address", "192.0.2.1"],
+        "cannot serve metrics on 192.0.2.1 port 0: binding failed",
+    ),
+    "bwlimit-unparsable": (
+        ["backup", "{src}", "{store}", "--name", "other", "--bwlimit", "fast"],
+        "invalid rate 'fast': use bytes per second, e.g. 65536, 512K or 10M",
+    ),
+    "bwlimit-zero": (
+        ["restore", "{store}", "good", "{tmp}/target", "--bwlimit", "0"],
+        "invalid rate '0': it must be at least 1 byte per second",
+    ),
 }
 
 
