@@ -70,13 +70,18 @@ class Running:
         raise AssertionError(f"no line matched {pattern!r}: {''.join(self.lines)}")
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        # Not communicate(): it would read stderr too, racing the reader thread for the last lines.
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-                self.proc.communicate()
+                self.proc.wait()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        with self.proc.stdout:
+            out = self.proc.stdout.read()  # a few lines at most: the pipe never filled
         self._reader.join(timeout=5)
+        self.proc.stderr.close()
         return self.proc.returncode, out, "".join(self.lines)
 
 
