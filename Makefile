@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint pytest bench clean
+.PHONY: install run test lint pytest chaos bench clean
 
 install: $(STAMP)
 
@@ -29,10 +29,16 @@ pytest: install
 
 test: lint pytest
 
+# The chaos suite alone (also part of `make test`): faults on the wire through tests/proxy.py in
+# front of moto and fake-gcs-server, killed and interrupted jobs, hostile manifests and chunks.
+chaos: install
+	$(BIN)/pytest -q tests/test_chaos_wire.py tests/test_chaos_process.py tests/test_chaos_hostile.py
+
 bench: install
 	$(BIN)/python -m benchmarks.latency
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.remote
+	$(BIN)/python -m benchmarks.bwlimit
 
 clean:
 	rm -rf $(VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ async with open_storage("file:///var/backups/app") as store:
 """
 
 from asyncbackup.backup import BackupSummary
+from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.compression import Compression
 from asyncbackup.config import EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine, BackupInfo, VerifyReport
@@ -44,6 +45,7 @@ __all__ = [
     "BackupFailed",
     "BackupInfo",
     "BackupSummary",
+    "Bandwidth",
     "Compression",
     "ConfigError",
     "Decision",

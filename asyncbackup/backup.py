@@ -25,7 +25,9 @@ from asyncbackup.errors import (
     PermanentStorageError,
     SourceError,
     StorageError,
+    TransientStorageError,
 )
+from asyncbackup.layout import manifest_key
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
@@ -161,9 +163,20 @@ class BackupJob:
             )
 
         manifest = await asyncio.to_thread(build_manifest)
-        await self.repo.commit(manifest)
+        try:
+            await self.repo.commit(manifest)
+        except TransientStorageError as exc:
+            # An attempt may have stored the MANIFEST before its answer was lost: the outcome
+            # is unknown, and saying "nothing was committed" could be a lie.
+            raise BackupFailed(
+                OPERATION,
+                [FailedItem(manifest_key(name), exc)],
+                hint=budget.explain()
+                + f"'asyncbackup list' shows whether backup {name} is there; if it is not, "
+                "run the same command again: stored chunks are reused.",
+                outcome="its commit was not confirmed",
+            ) from exc
         totals = manifest.totals
-        self.metrics.files.labels(OPERATION, "done").inc(totals.files)
         return BackupSummary(
             name=name,
             files=totals.files,
@@ -287,6 +300,7 @@ class BackupJob:
             )
         )
         self.progress.advance(files=1)
+        self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
 
     async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         compression = self.config.compression

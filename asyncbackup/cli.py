@@ -1,7 +1,7 @@
-"""The command line: ``asyncbackup backup|restore|list|verify|delete|prune``.
+"""The command line: ``asyncbackup backup|restore|list|show|verify|delete|prune``.
 
 Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify found damage);
-2 bad usage or configuration; 130 interrupted.
+2 bad usage or configuration; 130 interrupted (SIGINT or SIGTERM).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import ctypes
 import json
 import logging
 import re
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
@@ -21,11 +23,21 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from asyncbackup import show
 from asyncbackup.backup import BackupSummary
+from asyncbackup.bandwidth import Bandwidth, parse_rate
 from asyncbackup.compression import CODECS, Compression
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine, VerifyReport
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
+from asyncbackup.exposition import (
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_PUSH_JOB,
+    check_pushgateway_url,
+    push,
+    serving,
+)
+from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import BarProgress, LogProgress
 from asyncbackup.prune import DEFAULT_GRACE, PruneReport
@@ -73,6 +85,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _bwlimit(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -109,6 +128,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-file",
         type=Path,
         help="write Prometheus metrics here at the end (textfile collector format)",
+    )
+    common.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while the job runs "
+        "(0: a free port, logged)",
+    )
+    common.add_argument(
+        "--metrics-address",
+        default=DEFAULT_METRICS_ADDRESS,
+        metavar="ADDRESS",
+        help="the address --metrics-port binds (default %(default)s; 0.0.0.0 for every one)",
+    )
+    common.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push metrics to this Prometheus Pushgateway when the job ends, failed or not",
+    )
+    common.add_argument(
+        "--push-job",
+        default=DEFAULT_PUSH_JOB,
+        metavar="NAME",
+        help="the job label of the push (default %(default)s); grouped by instance and command",
+    )
+    common.add_argument(
+        "--bwlimit",
+        type=_bwlimit,
+        metavar="RATE",
+        help="cap chunk uploads and downloads at RATE bytes/s, e.g. 512K or 10M (MiB/s)",
     )
     common.add_argument(
         "--inject-faults",
@@ -185,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
     listing.add_argument("store", metavar="STORE")
     listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    showing = commands.add_parser("show", parents=[common], help="describe one backup")
+    showing.add_argument("store", metavar="STORE")
+    showing.add_argument("name", metavar="NAME")
+    showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
+    showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
     verify = commands.add_parser("verify", parents=[common], help="check a backup's chunks")
     verify.add_argument("store", metavar="STORE")
     verify.add_argument("name", metavar="NAME")
@@ -248,7 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: asyncio
+    # cancels it, every transfer ends, nothing is committed, no temporary file is left.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, signal.raise_signal, signal.SIGINT
+    )
     metrics = Metrics()
+    pushgateway: str | None = None
     try:
         config = EngineConfig(
             concurrency=args.concurrency,
@@ -264,9 +324,12 @@ async def _run(args: argparse.Namespace) -> int:
                 budget=args.retry_budget,
             ),
         )
-        store = _open_store(args)
-        async with store:
-            return await _command(args, store, config, metrics)
+        if args.pushgateway is not None:
+            pushgateway = check_pushgateway_url(args.pushgateway)
+        async with serving(metrics.registry, port=args.metrics_port, address=args.metrics_address):
+            store = _open_store(args)
+            async with store:
+                return await _command(args, store, config, metrics)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
@@ -279,6 +342,9 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         if args.metrics_file is not None:
             await asyncio.to_thread(metrics.write_textfile, args.metrics_file)
+        if pushgateway is not None:  # a failed push only warns: the job's exit code stands
+            key = {"instance": socket.gethostname(), "command": args.command}
+            await push(metrics.registry, pushgateway, job=args.push_job, grouping_key=key)
 
 
 def _open_store(args: argparse.Namespace) -> Storage:
@@ -316,7 +382,8 @@ async def _command(
 ) -> int:
     interactive = sys.stderr.isatty() and not args.quiet
     progress = BarProgress(args.command) if interactive else LogProgress(args.command)
-    engine = BackupEngine(store, config, metrics=metrics, progress=progress)
+    bandwidth = Bandwidth(args.bwlimit) if args.bwlimit is not None else None
+    engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
     redirect: Any = nullcontext()
     if interactive:
         redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
@@ -334,6 +401,8 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         return await engine.restore(args.name, args.target, overwrite=args.overwrite)
     if args.command == "list":
         return await engine.list_backups()
+    if args.command == "show":
+        return await engine.manifest(args.name)
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
     if args.command == "prune":
@@ -360,9 +429,9 @@ def _report(args: argparse.Namespace, result: object) -> int:
         r = result
         log.info(
             "restored %s into %s: %d files, %d dirs, %d links, %s; %d chunks downloaded; "
-            "%d retries; %.1fs",
+            "%d retries; %.1fs, %s/s",
             r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
-            r.chunks_downloaded, r.retries, r.seconds,
+            r.chunks_downloaded, r.retries, r.seconds, _mib(r.bytes / max(r.seconds, 1e-9)),
         )  # fmt: skip
     elif isinstance(result, VerifyReport):
         return _report_verify(result)
@@ -370,6 +439,10 @@ def _report(args: argparse.Namespace, result: object) -> int:
         for line in result.decision_lines():  # stdout: what a script needs
             print(line)
         log.info("%s", result.summary())
+    elif isinstance(result, Manifest) and args.json:
+        print(json.dumps(show.document(result), indent=1))
+    elif isinstance(result, Manifest):
+        print(show.text(result, files=args.files))
     elif isinstance(result, list) and args.json:
         print(json.dumps([asdict(i) for i in result], indent=1))
     elif isinstance(result, list):

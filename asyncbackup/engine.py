@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
+from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import (
     BackupError,
@@ -73,7 +74,8 @@ class BackupEngine:
     retry budget. Every method may be cancelled: the transfers stop and nothing is committed.
     ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds; ``clock`` gives
     a backup's started and finished times (and prune's "now"), injectable so tests of retention
-    can make backups days apart in a second.
+    can make backups days apart in a second. ``bandwidth`` caps the rate of chunk uploads and
+    downloads; one ``Bandwidth`` may be shared by engines.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class BackupEngine:
         metrics: Metrics | None = None,
         progress: Progress | None = None,
         sleep: Sleep = asyncio.sleep,
+        bandwidth: Bandwidth | None = None,
         clock: Clock = utc_clock,
     ) -> None:
         self.store = store
@@ -98,6 +101,7 @@ class BackupEngine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.progress: Progress = progress if progress is not None else NoProgress()
         self._sleep = sleep
+        self._bandwidth = bandwidth
         self._clock = clock
 
     def _repository(self, operation: str) -> Repository:
@@ -107,6 +111,7 @@ class BackupEngine:
             concurrency=self.config.concurrency,
             metrics=self.metrics,
             sleep=self._sleep,
+            bandwidth=self._bandwidth,
         )
         return Repository(self.store, retrier, operation=operation)
 
@@ -155,17 +160,17 @@ class BackupEngine:
         """
         repo = self._repository("verify")
         manifest = await repo.load_manifest(check_backup_name(name))
-        users = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: not on the loop
+        users, sizes = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: a thread
         stored = await repo.stored_refs()
         missing = {d: paths for d, paths in users.items() if d not in stored}
         corrupt: dict[str, list[str]] = {}
         if deep:
-            limit = manifest.chunk_size
 
             async def check(digest: str) -> None:
                 path, label = users[digest][0], digest[:12]
                 try:
-                    await repo.get_chunk(digest, limit=limit, path=path, label=label)
+                    size = sizes[digest]  # its raw length: decoding stops past it
+                    await repo.get_chunk(digest, limit=size, path=path, label=label, size=size)
                 except IntegrityError:
                     corrupt[digest] = users[digest]
                 except ObjectNotFoundError:
@@ -244,13 +249,15 @@ class BackupEngine:
         return result
 
 
-def _chunk_users(manifest: Manifest) -> dict[str, list[str]]:
-    """Each chunk's ref, and the paths of the files that hold it."""
+def _chunk_users(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Each chunk's ref, the paths of the files that hold it, and its raw length."""
     users: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
     for entry in manifest.entries:
-        for digest in entry.chunks:
+        for index, digest in enumerate(entry.chunks):
             users.setdefault(digest, []).append(entry.path)
-    return users
+            sizes[digest] = min(manifest.chunk_size, entry.size - index * manifest.chunk_size)
+    return users, sizes
 
 
 __all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]

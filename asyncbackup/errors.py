@@ -77,14 +77,22 @@ class FailedItem:
 
 
 class BackupFailed(BackupError):
-    """A job gave up: nothing was committed. ``failures`` names each failed file and its error."""
+    """A job gave up. ``failures`` names each failed file and its error; ``outcome`` says what
+    became of the commit: nothing, except when the MANIFEST write itself was not confirmed."""
 
-    def __init__(self, operation: str, failures: Sequence[FailedItem], *, hint: str = "") -> None:
+    def __init__(
+        self,
+        operation: str,
+        failures: Sequence[FailedItem],
+        *,
+        hint: str = "",
+        outcome: str = "nothing was committed",
+    ) -> None:
         self.operation = operation
         self.failures = tuple(failures)
         shown = "; ".join(f"{f.path}: {f.error}" for f in self.failures[:5])
         more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
-        message = f"{operation} failed, nothing was committed: {shown}{more}"
+        message = f"{operation} failed, {outcome}: {shown}{more}"
         # A rerun cannot fix what the store refuses (credentials, a missing bucket or chunk):
         # the hint to run again is left out, and each message says what to fix instead.
         refused = all(isinstance(f.error, PermanentStorageError) for f in self.failures)

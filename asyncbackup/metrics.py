@@ -28,7 +28,8 @@ class Metrics:
         )
         self.files = Counter(
             "backup_files_total",
-            "Files processed, by outcome: done, failed, or skipped (special files).",
+            "Files processed, by outcome: done (counted as each is stored or restored), failed, "
+            "or skipped (special files).",
             ["operation", "outcome"],
             registry=r,
         )
@@ -57,6 +58,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.throttled = Counter(
+            "backup_throttled_seconds_total",
+            "Seconds transfers waited for --bwlimit tokens, summed over transfers.",
+            ["operation"],
+            registry=r,
+        )
         self.duration = Gauge(
             "backup_duration_seconds",
             "Wall time of the last job that ended, successful or not.",
@@ -75,6 +82,7 @@ class Metrics:
         exports ``backup_retry_attempts_total 0`` rather than nothing."""
         self.retries.labels(operation)
         self.inflight.labels(operation)
+        self.throttled.labels(operation)
         for outcome in ("done", "failed", "skipped"):
             self.files.labels(operation, outcome)
         for outcome in ("transferred", "skipped"):

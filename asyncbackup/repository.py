@@ -89,18 +89,23 @@ class Repository:
         ``data_sha256`` is the hash of ``data`` as stored (for a compressed chunk, not the raw
         chunk's): S3 sends it as the object's checksum, and refuses bytes that do not match.
         """
-        what = Transfer(self.operation, "upload", path, label)
+        what = Transfer(self.operation, "upload", path, label, nbytes=len(data))
         key = chunk_key(ref)
         await self.retrier.run(what, lambda: self.store.put(key, data, digest=data_sha256))
 
-    async def get_chunk(self, ref: str, *, limit: int, path: str, label: str) -> bytes:
+    async def get_chunk(
+        self, ref: str, *, limit: int, path: str, label: str, size: int = 0
+    ) -> bytes:
         """Fetch one chunk, decode it (to at most ``limit`` bytes) and check its raw hash.
+        ``size``, the length the manifest expects, is what each attempt pays to a bandwidth
+        limit (the raw length: a compressed chunk's is not known before it arrives, so a
+        restore of one stays under the limit with room to spare).
 
         Raises:
             IntegrityError: the stored bytes do not decode, or do not hash to the ref's digest.
             ObjectNotFoundError: the chunk is missing from the store.
         """
-        what = Transfer(self.operation, "download", path, label)
+        what = Transfer(self.operation, "download", path, label, nbytes=size)
         key = chunk_key(ref)
         stored = await self.retrier.run(what, lambda: self.store.get(key))
         where = f"chunk {key} of {path}"
@@ -141,7 +146,7 @@ class Repository:
         await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
         key = manifest_key(manifest.name)
         data = await asyncio.to_thread(manifest.to_json)
-        what = Transfer(self.operation, "commit", key)
+        what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
             await self.retrier.run(what, lambda: self.store.put(key, data, overwrite=False))
         except ObjectExistsError:

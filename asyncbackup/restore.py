@@ -102,7 +102,6 @@ class RestoreJob:
                 await settled(_remove, [p.temp for p in self.unfinished])
         await settled(_finish_tree, real_target, manifest.entries)
         totals = manifest.totals
-        self.metrics.files.labels(OPERATION, "done").inc(totals.files)
         return RestoreSummary(
             name=manifest.name,
             files=totals.files,
@@ -119,7 +118,7 @@ class RestoreJob:
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
         digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
         await settled(_write_whole, entry, final, data, digest)
-        self.progress.advance(files=1)
+        self._file_done()
 
     async def _start_file(
         self, pool: TaskPool, entry: FileEntry, final: Path, chunk_size: int
@@ -146,7 +145,9 @@ class RestoreJob:
         label = f"chunk {index + 1}/{len(entry.chunks)} {ref[:12]}"
         expected = min(chunk_size, entry.size - index * chunk_size)
         # Decoding stops past ``expected`` bytes: a corrupt chunk cannot balloon in memory.
-        data = await self.repo.get_chunk(ref, limit=expected, path=entry.path, label=label)
+        data = await self.repo.get_chunk(
+            ref, limit=expected, path=entry.path, label=label, size=expected
+        )
         if len(data) != expected:
             raise IntegrityError(f"{entry.path}: {label} holds {len(data)} bytes, not {expected}")
         self.downloaded += 1
@@ -158,7 +159,11 @@ class RestoreJob:
     async def _finish_file(self, pending: _PendingFile) -> None:
         await settled(_check_and_place, pending)
         self.unfinished.discard(pending)
+        self._file_done()
+
+    def _file_done(self) -> None:
         self.progress.advance(files=1)
+        self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
 
 
 def _writes_target(write: Callable[P, R]) -> Callable[P, R]:

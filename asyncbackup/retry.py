@@ -4,7 +4,8 @@ Each store call is one unit of retry. An attempt runs inside a transfer slot (a 
 ``concurrency``) and under its own timeout; a transient failure releases the slot, sleeps with full
 jitter, and tries again, so a retrying transfer never holds a slot another one could use. Permanent
 errors are never retried. A budget shared by the whole job bounds the retries when the store is
-down.
+down. With a bandwidth limit, each attempt first waits for its bytes' tokens, also outside the
+slot and the timeout (see ``bandwidth.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import backoff
 
+from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import RetryPolicy
 from asyncbackup.errors import TransientStorageError
 from asyncbackup.metrics import Metrics
@@ -36,6 +38,7 @@ class Transfer:
     action: str  # upload, download, list, commit...
     path: str  # the file, or the key when no file is involved
     chunk: str = ""  # e.g. "chunk 3/9 1a2b3c4d"
+    nbytes: int = 0  # what one attempt sends or fetches, paid to the bandwidth limit
 
     def __str__(self) -> str:
         where = f"{self.path} {self.chunk}" if self.chunk else self.path
@@ -94,12 +97,14 @@ class Retrier:
         concurrency: int,
         metrics: Metrics,
         sleep: Sleep = asyncio.sleep,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.policy = policy
         self.budget = RetryBudget(policy)
         self._slots = asyncio.Semaphore(concurrency)
         self._metrics = metrics
         self._sleep = sleep
+        self._bandwidth = bandwidth
         # python-backoff drives the loop (tries, max_time, giveup, handlers). It sleeps with
         # asyncio.sleep, which tests cannot replace, so it is handed zero waits and the jittered
         # sleep happens in _before_retry through the injected ``sleep``.
@@ -131,6 +136,10 @@ class Retrier:
         return backoff.full_jitter(ceiling)
 
     async def _attempt(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
+        if self._bandwidth is not None and transfer.nbytes:
+            # Before the slot and the timeout: waiting for tokens is neither a transfer nor a hang.
+            waited = await self._bandwidth.acquire(transfer.nbytes)
+            self._metrics.throttled.labels(transfer.operation).inc(waited)
         inflight = self._metrics.inflight.labels(transfer.operation)
         async with self._slots:
             inflight.inc()

@@ -7,7 +7,7 @@ import json
 import os
 import random
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import EngineConfig, RetryPolicy
+from tests.remote import StoreUnderTest
 from tests.servers import Server, http, start_fake_gcs, start_moto
 
 SMALL_CHUNK = 64 * 1024  # the smallest chunk size allowed: makes multi-chunk files cheap
@@ -219,3 +220,44 @@ def gcs_bucket(gcs_env: Server) -> str:
     body = json.dumps({"name": name}).encode()
     http("POST", f"{gcs_env.url}/storage/v1/b?project=test", body)
     return name
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def remote(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> StoreUnderTest:
+    """A fresh bucket on moto, then on fake-gcs-server: tests that take it run on both."""
+    bucket: str = request.getfixturevalue(f"{request.param}_bucket")
+    server: Server = request.getfixturevalue(f"{request.param}_env")
+    return StoreUnderTest(request.param, bucket, monkeypatch, server)
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def any_store(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> StoreUnderTest:
+    """A local directory, then a bucket on moto, then one on fake-gcs-server."""
+    if request.param == "local":
+        return StoreUnderTest("local", str(tmp_path / "store-root"), monkeypatch)
+    bucket: str = request.getfixturevalue(f"{request.param}_bucket")
+    server: Server = request.getfixturevalue(f"{request.param}_env")
+    return StoreUnderTest(request.param, bucket, monkeypatch, server)
+
+
+# Figures the chaos tests report (faults injected, retries, bytes restored...), printed after
+# the run: `make chaos` shows them, and the README's "What we test against" quotes them.
+CHAOS_FIGURES: list[tuple[str, str]] = []
+Report = Callable[[str], None]
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    def add(text: str) -> None:
+        CHAOS_FIGURES.append((request.node.name, text))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if CHAOS_FIGURES:
+        terminalreporter.section("chaos figures")
+        for test, text in CHAOS_FIGURES:
+            terminalreporter.write_line(f"{test}: {text}")

@@ -2,31 +2,44 @@
 
 It forwards each request on its own upstream connection and relays the answer with a
 Content-Length, so it can cut, delay or replace any answer exactly. ``rule(n, method, path)``
-picks a fault (or ``None``) for the n-th request, from 1; ``injected`` counts what it did.
-Faults are those of a real network and a throttled store:
+picks a fault (or ``None``) for the n-th request, from 1; ``injected`` counts what it did, so a
+test can compare it with the retries the engine counted. Faults are those of a real network and
+a throttled store:
 
-    status      answer ``status`` with ``body``, never forwarding (503 SlowDown, 500, 429...)
-    reset       reset the connection before the request reaches the server
-    reset_late  forward the request, then reset instead of answering: the server acted
-    cut_body    forward, then send the headers and half the body, and close
-    stall_body  forward, then send the headers and half the body, and nothing more
-    hang        forward nothing and never answer (until the proxy stops)
-    latency     wait ``seconds`` before forwarding
+    status       answer ``status`` with ``body``, never forwarding (503 SlowDown, 500, 429...)
+    reset        reset the connection before the request reaches the server
+    reset_late   forward the request, then reset instead of answering: the server acted
+    cut_request  send the server the head and half the body, then reset both connections
+    cut_body     forward, then send the headers and half the body, and close
+    stall_body   forward, then send the headers and half the body, and nothing more
+    hang         forward nothing and never answer (until the proxy stops)
+    latency      wait ``seconds`` before forwarding (the request itself succeeds)
+
+Rules are plain functions; the builders below make the usual ones and combine them. The
+benchmarks use the same proxy as a delay line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-SLOW_DOWN = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message></Error>"
-)
+
+def s3_error_body(code: str, message: str) -> bytes:
+    """An S3 error document, as AWS sends it."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+        f"<Message>{message}</Message></Error>"
+    ).encode()
+
+
+SLOW_DOWN = s3_error_body("SlowDown", "Please reduce your request rate.")
 
 
 @dataclass(frozen=True)
@@ -41,18 +54,74 @@ class Fault:
 Rule = Callable[[int, str, str], Fault | None]
 
 
-def mixed_faults(n: int, method: str, path: str) -> Fault | None:
-    """A fixed mix, by request number: a throttle, resets before and after the server acted,
-    and bodies cut in the middle."""
-    if method == "GET" and n % 5 == 2:
-        return Fault("cut_body")
-    if n % 7 == 3:
-        return Fault("status")  # 503 SlowDown
-    if n % 11 == 5:
-        return Fault("reset")
-    if n % 13 == 6:
-        return Fault("reset_late")
-    return None
+def s3_error(status: int, code: str, message: str) -> Fault:
+    """An S3 error answer: 503 SlowDown, 500 InternalError, 429 TooManyRequests..."""
+    return Fault("status", status, s3_error_body(code, message))
+
+
+def gcs_error(status: int, message: str) -> Fault:
+    """A Google API error answer, as GCS sends it."""
+    body = json.dumps({"error": {"code": status, "message": message}}).encode()
+    return Fault("status", status, body, "application/json")
+
+
+S3_THROTTLES = (
+    s3_error(503, "SlowDown", "Please reduce your request rate."),
+    s3_error(500, "InternalError", "We encountered an internal error. Please try again."),
+    s3_error(429, "TooManyRequests", "Please slow down."),
+)
+GCS_THROTTLES = (
+    gcs_error(503, "Backend Error"),
+    gcs_error(500, "Internal Error"),
+    gcs_error(429, "The rate of change requests to the object is too high."),
+)
+WIRE_FAULTS = (Fault("reset"), Fault("reset_late"), Fault("cut_body"))
+
+
+def random_faults(rate: float, faults: Sequence[Fault], *, seed: int) -> Rule:
+    """Each request fails with probability ``rate``, in one of ``faults`` picked at random; the
+    same seed and the same requests give the same faults."""
+    rng = random.Random(seed)
+
+    def rule(n: int, method: str, path: str) -> Fault | None:
+        return rng.choice(faults) if rng.random() < rate else None
+
+    return rule
+
+
+def first_times(times: int, fault: Fault, *, method: str = "", path: str = "") -> Rule:
+    """``fault`` on the first ``times`` requests whose method is ``method`` and whose path
+    contains ``path`` (either may be empty: any): "this key, the first N times"."""
+    left = times
+
+    def rule(n: int, request_method: str, request_path: str) -> Fault | None:
+        nonlocal left
+        if left and request_method.startswith(method) and path in request_path:
+            left -= 1
+            return fault
+        return None
+
+    return rule
+
+
+def always(fault: Fault) -> Rule:
+    """A store that is down: every request gets ``fault``."""
+    return lambda n, method, path: fault
+
+
+def delay(seconds: float) -> Rule:
+    """A delay line: every request waits ``seconds``, and nothing limits how many at once."""
+    return always(Fault("latency", seconds=seconds))
+
+
+def first_of(*rules: Rule) -> Rule:
+    """Asks ``rules`` in order and takes the first fault; a request one rule faults is not
+    shown to the later ones, so ``first_times`` counts only requests it could fault."""
+
+    def rule(n: int, method: str, path: str) -> Fault | None:
+        return next((f for r in rules if (f := r(n, method, path)) is not None), None)
+
+    return rule
 
 
 class FaultProxy:
@@ -89,8 +158,6 @@ class FaultProxy:
                 method, path = head.split(b" ", 2)[:2]
                 self.requests.append((method.decode(), path.decode()))
                 fault = self.rule(len(self.requests), method.decode(), path.decode())
-                if fault is not None:
-                    self.injected[fault.kind] += 1
                 if not await self._answer(fault, head, body, writer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -104,7 +171,11 @@ class FaultProxy:
     ) -> bool:
         """Answer one request; False when the client connection is done with."""
         kind = fault.kind if fault is not None else None
-        if kind == "reset":
+        if kind not in (None, "latency", "cut_body", "stall_body"):
+            self.injected[kind] += 1  # the others are counted once the answer says what they did
+        if kind in ("reset", "cut_request"):
+            if kind == "cut_request":
+                await self._send_half(head, body)
             _reset(writer)
             return False
         if kind == "hang":
@@ -121,6 +192,11 @@ class FaultProxy:
             _reset(writer)
             return False
         if kind in ("cut_body", "stall_body"):
+            if not answer:  # the answer to a HEAD, or a 204: nothing to cut, so reset instead
+                self.injected["reset_late"] += 1
+                _reset(writer)
+                return False
+            self.injected[kind] += 1
             writer.write(status_head + answer[: len(answer) // 2])
             await writer.drain()
             if kind == "stall_body":
@@ -145,6 +221,15 @@ class FaultProxy:
         response_head, answer = message
         length = _declared_length(response_head) if is_head else len(answer)
         return _with_length(response_head, length, close=False), answer
+
+    async def _send_half(self, head: bytes, body: bytes) -> None:
+        """Announce the whole body to the server, send half of it, and reset: what the server
+        sees when a client dies mid-upload."""
+        _, writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        writer.write(_with_length(head, len(body), close=True) + body[: len(body) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.05)  # let the server read what it was sent before the reset
+        _reset(writer)
 
 
 async def _read_message(

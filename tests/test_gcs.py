@@ -39,7 +39,7 @@ from tests.conftest import (
     fast_config,
     fresh_bucket_name,
 )
-from tests.proxy import Fault, FaultProxy, mixed_faults
+from tests.proxy import Fault, FaultProxy, gcs_error
 from tests.servers import Server, free_port, http
 from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in
 
@@ -384,12 +384,6 @@ def test_cli_backup_to_a_missing_bucket_fails_clearly(gcs_env: Server, tree: Pat
 # Failures fake-gcs-server never produces, from the proxy of tests/proxy.py in front of it.
 
 
-def google_error(status: int, message: str) -> Fault:
-    """A Google API error answer, as GCS sends it."""
-    body = json.dumps({"error": {"code": status, "message": message}}).encode()
-    return Fault("status", status, body, "application/json")
-
-
 @pytest.fixture
 async def proxy(
     gcs_bucket: str, gcs_server: Server, monkeypatch: pytest.MonkeyPatch
@@ -419,7 +413,7 @@ async def proxy(
 async def test_http_errors_map_to_storage_errors_without_retries(
     proxy: FaultProxy, gcs_bucket: str, status: int, error: type[StorageError], says: str
 ) -> None:
-    proxy.rule = lambda n, method, path: google_error(status, "Backend Error")
+    proxy.rule = lambda n, method, path: gcs_error(status, "Backend Error")
     async with GCSStorage(gcs_bucket, "x/") as store:
         with pytest.raises(error, match=says) as caught:
             await store.put("chunks/big", b"\0" * (6 * MiB))  # above gcloud-aio's 5 MB
@@ -510,30 +504,3 @@ async def test_a_missing_credentials_file_is_a_clear_permanent_error(
     async with GCSStorage("bk", "") as store:
         with pytest.raises(PermanentStorageError, match="cannot use the Google credentials"):
             await store.put("chunks/a", b"a")
-
-
-# Faults on the wire, between gcloud-aio and fake-gcs-server (tests/proxy.py)
-
-
-async def test_each_wire_fault_is_one_counted_retry(
-    gcs_bucket: str, gcs_server: Server, tmp_path: Path, sleep: RecordingSleep,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    source = tmp_path / "source"
-    source.mkdir()
-    rnd = random.Random(6)
-    for i in range(40):
-        (source / f"f{i}").write_bytes(rnd.randbytes(1000 + i))
-    (source / "large").write_bytes(rnd.randbytes(6 * SMALL_CHUNK))
-    config = fast_config(concurrency=4, budget=1000)
-    async with FaultProxy(gcs_server.port, mixed_faults) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        async with GCSStorage(gcs_bucket, "w/", StoreOptions(max_connections=4)) as store:
-            engine = BackupEngine(store, config, sleep=sleep)
-            backup = await engine.backup(source, name="b")
-            restore = await engine.restore("b", tmp_path / "restored")
-            assert store.session is not None and store.session.connector is not None
-            assert not store.session.connector._acquired
-    assert set(proxy.injected) == {"cut_body", "status", "reset", "reset_late"}
-    assert backup.retries + restore.retries == sum(proxy.injected.values())
-    assert_same_tree(source, tmp_path / "restored")

@@ -30,7 +30,6 @@ from asyncbackup import (
 )
 from asyncbackup.storage.s3 import S3Storage, _from_client_error
 from tests.conftest import SMALL_CHUNK, AuthS3, assert_same_tree, fast_config
-from tests.proxy import Fault, FaultProxy, mixed_faults
 from tests.servers import Server, free_port, http
 from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in, small_files
 
@@ -537,68 +536,3 @@ def keys_as_writer(auth: AuthS3) -> list[str]:
         aws_secret_access_key=auth.writer[1],
     )
     return [item["Key"] for item in s3.list_objects_v2(Bucket=auth.bucket).get("Contents", [])]
-
-
-# Faults on the wire, between aiobotocore and moto (tests/proxy.py)
-
-
-async def test_each_wire_fault_is_one_counted_retry(
-    s3_bucket: str, s3_env: Server, tmp_path: Path, sleep: Any
-) -> None:
-    source = tmp_path / "source"
-    source.mkdir()
-    for i in range(40):
-        (source / f"f{i}").write_bytes(os.urandom(1000 + i))
-    (source / "large").write_bytes(os.urandom(6 * SMALL_CHUNK))
-    config = fast_config(concurrency=4, budget=1000)
-    async with FaultProxy(s3_env.port, mixed_faults) as proxy:
-        store = s3_store(s3_bucket, endpoint_url=proxy.url, max_connections=4)
-        async with store:
-            engine = BackupEngine(store, config, sleep=sleep)
-            backup = await engine.backup(source, name="b")
-            restore = await engine.restore("b", tmp_path / "restored")
-            assert connections_in_use(store) == 0
-    assert set(proxy.injected) == {"cut_body", "status", "reset", "reset_late"}
-    # No layer below ours retried on its own (aiohttp would resend a reset PUT or GET once).
-    assert backup.retries + restore.retries == sum(proxy.injected.values())
-    counted = engine.metrics.registry.get_sample_value
-    for operation, summary in (("backup", backup), ("restore", restore)):
-        labels = {"operation": operation}
-        assert counted("backup_retry_attempts_total", labels) == summary.retries
-    assert_same_tree(source, tmp_path / "restored")
-
-
-async def test_slow_down_on_the_wire_is_transient_and_named(s3_bucket: str, s3_env: Server) -> None:
-    async with FaultProxy(s3_env.port, lambda n, m, p: Fault("status")) as proxy:
-        store = s3_store(s3_bucket, endpoint_url=proxy.url)
-        async with store:
-            with pytest.raises(TransientStorageError, match="SlowDown: Please reduce"):
-                await store.get("chunks/a")
-
-
-async def test_a_hung_request_is_cut_by_the_attempt_timeout(
-    s3_bucket: str, s3_env: Server, tmp_path: Path, sleep: Any
-) -> None:
-    source = tmp_path / "source"
-    source.mkdir()
-    for i in range(8):
-        (source / f"f{i}").write_bytes(os.urandom(5000 + i))
-    async with s3_store(s3_bucket) as direct:
-        await BackupEngine(direct, fast_config()).backup(source, name="b")
-    hung: list[str] = []
-
-    def hang_first_chunk_get(n: int, method: str, path: str) -> Fault | None:
-        if method == "GET" and "/chunks/" in path and not hung:
-            hung.append(path)
-            return Fault("hang")
-        return None
-
-    config = fast_config(concurrency=4, attempt_timeout=2.0)  # 100 times a normal request
-    async with FaultProxy(s3_env.port, hang_first_chunk_get) as proxy:
-        store = s3_store(s3_bucket, endpoint_url=proxy.url, max_connections=4)
-        async with store:
-            engine = BackupEngine(store, config, sleep=sleep)
-            restore = await engine.restore("b", tmp_path / "restored")
-            assert connections_in_use(store) == 0
-    assert restore.retries == 1 and proxy.injected == {"hang": 1}
-    assert_same_tree(source, tmp_path / "restored")

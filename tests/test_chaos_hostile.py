@@ -1,0 +1,135 @@
+"""Hostile input, through the CLI, on every kind of store: a MANIFEST edited to write outside
+the target, a chunk whose bytes were altered in the store, and a source file that grows while
+it is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import BackupEngine
+from tests.conftest import SMALL_CHUNK, fast_config, snapshot
+from tests.remote import StoreUnderTest
+from tests.test_bad_input import assert_no_half_file
+from tests.test_cli import EXIT_FAILED, EXIT_OK, cli
+
+MANIFEST = "c/backups/b/MANIFEST"
+
+
+async def backed_up(store: StoreUnderTest, tmp_path: Path) -> Path:
+    """A small tree backed up as ``b`` under the store's prefix ``c/``; the tree's path."""
+    source = tmp_path / "source"
+    (source / "d").mkdir(parents=True)
+    (source / "d" / "f.txt").write_text("payload\n")
+    (source / "big.bin").write_bytes(os.urandom(3 * SMALL_CHUNK))
+    async with store.store() as target_store:
+        await BackupEngine(target_store, fast_config()).backup(source, name="b")
+    return source
+
+
+async def edit_manifest(store: StoreUnderTest, edit: Callable[[dict[str, Any]], None]) -> None:
+    document = json.loads(await store.read(MANIFEST))
+    edit(document)
+    await store.write(MANIFEST, json.dumps(document).encode())
+
+
+def file_entry(document: dict[str, Any], path: str) -> dict[str, Any]:
+    [entry] = [e for e in document["entries"] if e["path"] == path]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def restore(store: StoreUnderTest, target: Path) -> tuple[int, str]:
+    result = cli("restore", store.url("c/"), "b", target)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("where", ["../outside", "absolute", "beneath-a-link"])
+async def test_a_manifest_that_writes_outside_the_target_is_refused(
+    any_store: StoreUnderTest, tmp_path: Path, where: str
+) -> None:
+    await backed_up(any_store, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def edit(document: dict[str, Any]) -> None:
+        entry = file_entry(document, "d/f.txt")
+        if where == "../outside":
+            entry["path"] = "../outside/evil"
+        elif where == "absolute":
+            entry["path"] = str(outside / "evil")
+        else:  # a link to outside first, then a file beneath it
+            link = {"path": "link", "type": "symlink", "mode": 0o777, "mtime_ns": 0}
+            document["entries"] += [dict(link, target=str(outside)), dict(entry, path="link/evil")]
+
+    await edit_manifest(any_store, edit)
+    target = tmp_path / "target"
+    before = snapshot(tmp_path)
+    code, err = restore(any_store, target)
+    assert code == EXIT_FAILED, err
+    assert "unsafe path" in err and "backups/b/MANIFEST" in err
+    assert snapshot(tmp_path) == before  # nothing written anywhere, inside or out
+    assert os.listdir(outside) == [] and not target.exists()
+
+
+async def test_a_chunk_altered_in_the_store_fails_restore_and_verify_names_it(
+    any_store: StoreUnderTest, tmp_path: Path
+) -> None:
+    await backed_up(any_store, tmp_path)
+    document = json.loads(await any_store.read(MANIFEST))
+    altered = file_entry(document, "big.bin")["chunks"][1]
+    key = f"c/chunks/{altered}"
+    stored = bytearray(await any_store.read(key))
+    stored[1000] ^= 0xFF  # one bit-rotten byte, same size
+    await any_store.write(key, bytes(stored))
+
+    target = tmp_path / "target"
+    code, err = restore(any_store, target)
+    assert code == EXIT_FAILED, err
+    assert f"big.bin: chunk chunks/{altered} of big.bin is corrupt" in err
+    assert_no_half_file(target, "big.bin")  # not under its name, half or whole, nor a temp file
+
+    verify = cli("verify", any_store.url("c/"), "b", "--deep")
+    assert verify.returncode == EXIT_FAILED
+    assert f"chunk {altered} is corrupt; it holds part of: big.bin" in verify.stderr
+    assert "1 corrupt of 4 chunks" in verify.stderr
+    shallow = cli("verify", any_store.url("c/"), "b")  # present, so only --deep can tell
+    assert shallow.returncode == EXIT_OK, shallow.stderr
+
+
+def test_a_file_that_grows_while_it_is_read_is_reported_not_stored(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "steady.txt").write_text("steady\n")
+    growing = source / "growing.log"
+    growing.write_bytes(os.urandom(40 * SMALL_CHUNK))
+    stop = threading.Event()
+
+    def keep_appending() -> None:  # a service writing its log while the backup runs
+        with growing.open("ab") as log:
+            while not stop.is_set():
+                log.write(b"one more line\n")
+                log.flush()
+                stop.wait(0.001)
+
+    writer = threading.Thread(target=keep_appending)
+    writer.start()
+    try:
+        # 40 chunks at 20 ms per upload, 4 at a time: the file is read over about 0.2 s.
+        result = cli(
+            "backup", source, tmp_path / "store", "--name", "b", "--chunk-size", "64K",
+            "--concurrency", "4", "--inject-latency", "20",
+        )  # fmt: skip
+    finally:
+        stop.set()
+        writer.join()
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert f"{growing} changed while it was being read" in result.stderr
+    assert "nothing was committed" in result.stderr
+    assert not (tmp_path / "store" / "backups").exists()

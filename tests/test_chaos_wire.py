@@ -1,0 +1,365 @@
+"""Chaos on the wire: the whole stack (engine, SDK, HTTP) against a real server through
+``tests/proxy.py``, on S3 (moto) and on GCS (fake-gcs-server).
+
+Every test runs once per store. The proxy counts the faults it injects, so each test can
+compare them with the retries the engine counted: a fault retried silently by a layer below
+ours, or never retried at all, shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import (
+    BackupEngine,
+    BackupFailed,
+    EngineConfig,
+    RetryPolicy,
+    Storage,
+    TransientStorageError,
+)
+from asyncbackup.storage.base import ObjectPage
+from asyncbackup.storage.gcs import GCSStorage
+from asyncbackup.storage.s3 import S3Storage
+from tests.conftest import SMALL_CHUNK, RecordingSleep, Report, assert_same_tree, fast_config
+from tests.proxy import (
+    WIRE_FAULTS,
+    Fault,
+    FaultProxy,
+    Rule,
+    always,
+    first_of,
+    first_times,
+    random_faults,
+)
+from tests.remote import StoreUnderTest
+from tests.test_s3 import connections_in_use
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+async def proxy(remote: StoreUnderTest) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of the server that injects nothing until a test sets its ``rule``."""
+    assert remote.server is not None
+    async with FaultProxy(remote.server.port, lambda n, method, path: None) as running:
+        yield running
+
+
+def held_connections(store: Storage) -> int:
+    """Connections taken from the SDK's pool and not given back (its internals: tests only)."""
+    if isinstance(store, S3Storage):
+        return connections_in_use(store)
+    assert isinstance(store, GCSStorage) and store.session is not None
+    connector: Any = store.session.connector
+    return len(connector._acquired)
+
+
+def source_tree(root: Path, *, files: int, big_chunks: int, seed: int) -> Path:
+    """``files`` small distinct files and one file of ``big_chunks`` chunks."""
+    rnd = random.Random(seed)
+    for i in range(files):
+        directory = root / f"d{i % 10}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"f{i:03d}.bin").write_bytes(rnd.randbytes(500 + i * 37))
+    (root / "big.bin").write_bytes(rnd.randbytes(big_chunks * SMALL_CHUNK - 99))
+    return root
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def retries_counted(engine: BackupEngine, operation: str) -> float:
+    value = engine.metrics.registry.get_sample_value(
+        "backup_retry_attempts_total", {"operation": operation}
+    )
+    return value or 0.0
+
+
+# Retries: every fault is one counted retry, and the data comes back byte for byte.
+
+
+async def test_five_percent_of_requests_failing_every_way(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep,
+    report: Report,
+) -> None:  # fmt: skip
+    source = source_tree(tmp_path / "source", files=150, big_chunks=12, seed=5)
+    faults = (*remote.throttles, *WIRE_FAULTS, Fault("stall_body"))
+    proxy.rule = random_faults(0.05, faults, seed=2026)
+    config = fast_config(concurrency=8, budget=1000, attempt_timeout=1.0)  # stalls end in 1 s
+    async with remote.store(proxy) as store:
+        engine = BackupEngine(store, config, sleep=sleep)
+        backup = await engine.backup(source, name="b")
+        restore = await engine.restore("b", tmp_path / "restored")
+        assert held_connections(store) == 0
+    injected = sum(proxy.injected.values())
+    assert injected >= 0.03 * len(proxy.requests), (proxy.injected, len(proxy.requests))
+    assert len(proxy.injected) >= 4, proxy.injected  # throttles, resets, cut and stalled bodies
+    assert backup.retries + restore.retries == injected, proxy.injected
+    assert retries_counted(engine, "backup") == backup.retries
+    assert retries_counted(engine, "restore") == restore.retries
+    assert_same_tree(source, tmp_path / "restored")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(proxy.injected.items()))
+    report(
+        f"{len(proxy.requests)} requests, {injected} faults ({kinds}), "
+        f"{backup.retries + restore.retries} retries counted, "
+        f"{tree_bytes(source)} bytes in {backup.files} files restored identical"
+    )
+
+
+async def test_each_throttle_answer_is_a_named_transient_error(
+    remote: StoreUnderTest, proxy: FaultProxy
+) -> None:
+    async with remote.store(proxy) as store:
+        for fault in remote.throttles:
+            proxy.rule = always(fault)
+            # S3 errors name their code; GCS errors their status and message.
+            code = re.search(rb"<Code>(\w+)</Code>", fault.body)
+            says = code.group(1).decode() if code else f"HTTP {fault.status}"
+            with pytest.raises(TransientStorageError, match=says):
+                await store.get("chunks/a")
+    assert proxy.injected == {"status": 3}
+
+
+# Isolation: one chunk's failures do not hold up the other transfers.
+
+
+class TimedStore(Storage):
+    """Delegates to ``inner`` and notes when each put of a key returned."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.max_connections = inner.max_connections
+        self.stored_at: dict[str, float] = {}
+
+    async def put(
+        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
+    ) -> None:
+        await self.inner.put(key, data, overwrite=overwrite, digest=digest)
+        self.stored_at[key] = time.monotonic()
+
+    async def get(self, key: str) -> bytes:
+        return await self.inner.get(key)
+
+    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
+        return await self.inner.list_objects(prefix, token)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+BACKOFF = 1.5  # seconds: every retry of the failing chunk waits this long, really
+
+
+async def fixed_sleep(seconds: float) -> None:
+    await asyncio.sleep(BACKOFF)
+
+
+async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, report: Report
+) -> None:
+    source = source_tree(tmp_path / "source", files=60, big_chunks=1, seed=8)
+    (source / "a-first.bin").write_bytes(b"the chunk that fails three times")
+    slow_key = "chunks/" + hashlib.sha256(b"the chunk that fails three times").hexdigest()
+    # One slot: if a retry's backoff kept its slot, every other upload would wait it out.
+    config = EngineConfig(
+        concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy(max_attempts=5, budget=100)
+    )
+
+    async def timed_backup(prefix: str) -> tuple[float, TimedStore, int]:
+        async with remote.store(proxy, prefix=prefix) as inner:
+            store = TimedStore(inner)
+            engine = BackupEngine(store, config, sleep=fixed_sleep)
+            started = time.monotonic()
+            summary = await engine.backup(source, name="b")
+        return started, store, summary.retries
+
+    clean_start, clean, _ = await timed_backup("clean/")
+    clean_seconds = max(clean.stored_at.values()) - clean_start
+    proxy.rule = first_times(
+        3, remote.throttles[0], method=remote.upload_method, path=remote.upload_of(slow_key)
+    )
+    start, faulted, retries = await timed_backup("faulted/")
+    assert retries == 3 and proxy.injected == {"status": 3}
+    others = [at for key, at in faulted.stored_at.items() if key.startswith("chunks/")]
+    others.remove(faulted.stored_at[slow_key])
+    others_seconds = max(others) - start
+    slow_seconds = faulted.stored_at[slow_key] - start
+    assert len(others) == len(clean.stored_at) - 2  # every chunk but the slow one and the MANIFEST
+    assert slow_seconds >= 3 * BACKOFF  # the failing chunk really waited out three backoffs
+    # The others finished about as fast as in the clean run (a generous bound on a shared
+    # machine), nowhere near the 4.5 s they would take if the backoffs held the only slot.
+    report(
+        f"clean run {clean_seconds:.2f} s; with one chunk failing 3 times, the other "
+        f"{len(others)} chunks took {others_seconds:.2f} s and that chunk {slow_seconds:.2f} s"
+    )
+    assert others_seconds <= 2 * clean_seconds + 1.0
+
+
+# Timeouts: a request that never answers is cut and retried; the job does not hang.
+
+
+async def test_hung_uploads_and_downloads_are_cut_and_retried(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    source = source_tree(tmp_path / "source", files=12, big_chunks=3, seed=11)
+    upload, download = remote.upload_of("c/chunks/"), remote.download_of("c/chunks/")
+    proxy.rule = first_of(
+        first_times(1, Fault("hang"), method=remote.upload_method, path=upload),
+        first_times(1, Fault("hang"), method="GET", path=download),
+        first_times(1, Fault("stall_body"), method="GET", path=download),
+    )
+    config = fast_config(concurrency=4, attempt_timeout=2.0)  # 100 times a normal request
+    async with remote.store(proxy) as store:
+        engine = BackupEngine(store, config, sleep=sleep)
+        backup = await engine.backup(source, name="b")
+        restore = await engine.restore("b", tmp_path / "restored")
+        assert held_connections(store) == 0
+    assert proxy.injected == {"hang": 2, "stall_body": 1}
+    assert (backup.retries, restore.retries) == (1, 2)
+    assert_same_tree(source, tmp_path / "restored")
+
+
+# The store goes down: the job gives up within its retry budget, and commits nothing.
+
+
+async def run_cli(*args: str | Path, env: dict[str, str]) -> tuple[int, str]:
+    """The CLI in a subprocess, without blocking the loop the proxy runs on."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncbackup", *map(str, args),
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, err.decode(errors="replace")
+
+
+def down_from_the_first_upload(remote: StoreUnderTest, fault: Fault) -> Rule:
+    """The store answers the job's first listings, then goes down: every request fails."""
+    down = False
+
+    def rule(n: int, method: str, path: str) -> Fault | None:
+        nonlocal down
+        down = down or method == remote.upload_method
+        return fault if down else None
+
+    return rule
+
+
+@pytest.mark.parametrize("down", ["throttled", "reset"])
+async def test_a_store_that_is_down_ends_the_job_within_its_budget(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, down: str, report: Report
+) -> None:
+    source = source_tree(tmp_path / "source", files=40, big_chunks=2, seed=3)
+    async with remote.store(None) as direct:
+        await direct.put("chunks/earlier", b"a chunk from an earlier backup")
+    fault = remote.throttles[0] if down == "throttled" else Fault("reset")
+    proxy.rule = down_from_the_first_upload(remote, fault)
+    budget, concurrency = 12, 4
+    started = time.monotonic()
+    code, err = await run_cli(
+        "backup", source, remote.url("c/"), "--name", "b", "--chunk-size", "64K",
+        "--concurrency", str(concurrency), "--retry-budget", str(budget), "--retry-delay", "0.05",
+        "--max-retries", "50",  # so that the budget, not a transfer's own limit, ends the job
+        env=remote.cli_env(proxy),
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert code == 1, err
+    assert f"retry budget ({budget} retries) ran out" in err
+    assert "the store looks down" in err
+    # Each transfer in flight sent one first attempt; every request after those spent the
+    # budget (the first requests were the listings, before the store went down).
+    failed = sum(proxy.injected.values())
+    assert budget < failed <= budget + 1 + concurrency, proxy.requests
+    assert await remote.keys("c/backups/") == []
+    assert await remote.keys("c/chunks/") == ["c/chunks/earlier"]  # nothing lost either
+    report(f"gave up after {failed} failed requests in {seconds:.1f} s (budget {budget}), exit 1")
+
+
+# A fault after the server acted is harmless: the retry stores the same bytes again.
+
+
+async def test_a_reset_after_each_chunk_was_stored_is_harmless(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep,
+    report: Report,
+) -> None:  # fmt: skip
+    source = source_tree(tmp_path / "source", files=20, big_chunks=4, seed=4)
+    seen: set[str] = set()
+
+    def reset_each_chunk_once(n: int, method: str, path: str) -> Fault | None:
+        if method == remote.upload_method and "chunks" in path and path not in seen:
+            seen.add(path)
+            return Fault("reset_late")
+        return None
+
+    proxy.rule = reset_each_chunk_once
+    async with remote.store(proxy) as store:
+        engine = BackupEngine(store, fast_config(), sleep=sleep)
+        backup = await engine.backup(source, name="b")
+        await engine.restore("b", tmp_path / "restored")
+    assert backup.retries == backup.chunks_uploaded == len(seen) == 24
+    chunk_uploads = [p for m, p in proxy.requests if m == remote.upload_method and "chunks" in p]
+    assert len(chunk_uploads) == 2 * len(seen)  # the server got every chunk twice...
+    assert len(await remote.keys("c/chunks/")) == len(seen)  # ...and holds each once
+    assert_same_tree(source, tmp_path / "restored")
+    report(f"{len(seen)} chunks each stored twice, {backup.retries} retries, restore identical")
+
+
+# The commit: a fault on the MANIFEST write commits the backup exactly once, or not at all.
+
+
+def manifest_faults(remote: StoreUnderTest, fault: Fault, times: int = 1) -> Rule:
+    return first_times(
+        times, fault, method=remote.upload_method, path=remote.upload_of("backups/b/MANIFEST")
+    )
+
+
+@pytest.mark.parametrize("kind", ["reset", "reset_late", "cut_request", "cut_body", "status"])
+async def test_a_fault_on_the_manifest_write_commits_exactly_once(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep, kind: str
+) -> None:
+    source = source_tree(tmp_path / "source", files=10, big_chunks=2, seed=9)
+    fault = remote.throttles[0] if kind == "status" else Fault(kind)
+    proxy.rule = manifest_faults(remote, fault)
+    async with remote.store(proxy) as store:
+        engine = BackupEngine(store, fast_config(), sleep=sleep)
+        backup = await engine.backup(source, name="b")
+        listed = await engine.list_backups()
+        await engine.restore("b", tmp_path / "restored")
+    assert sum(proxy.injected.values()) == 1 and backup.retries == 1
+    assert [(info.name, info.problem, info.files) for info in listed] == [("b", "", 11)]
+    assert await remote.keys("c/backups/") == ["c/backups/b/MANIFEST"]
+    assert_same_tree(source, tmp_path / "restored")
+
+
+async def test_a_manifest_write_that_keeps_failing_commits_nothing(
+    remote: StoreUnderTest, proxy: FaultProxy, tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    source = source_tree(tmp_path / "source", files=10, big_chunks=2, seed=10)
+    proxy.rule = manifest_faults(remote, Fault("cut_request"), times=100)
+    async with remote.store(proxy) as store:
+        engine = BackupEngine(store, fast_config(max_attempts=3), sleep=sleep)
+        with pytest.raises(BackupFailed) as caught:
+            await engine.backup(source, name="b")
+        assert await engine.list_backups() == []
+    assert proxy.injected == {"cut_request": 3}
+    message = str(caught.value)
+    assert message.startswith("backup failed, its commit was not confirmed: backups/b/MANIFEST")
+    assert "'asyncbackup list' shows whether backup b is there" in message
+    assert await remote.keys("c/backups/") == []  # not even half a MANIFEST
+    assert len(await remote.keys("c/chunks/")) == 12  # the chunks stay for the next run
