@@ -1,0 +1,81 @@
+"""What a command prints: the summary lines, listings and reports, and its exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+
+from asyncbackup import show
+from asyncbackup.backup import BackupSummary
+from asyncbackup.engine import VerifyReport
+from asyncbackup.manifest import Manifest
+from asyncbackup.prune import PruneReport
+from asyncbackup.restore import RestoreSummary
+
+log = logging.getLogger("asyncbackup")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def report(args: argparse.Namespace, result: object) -> int:
+    """Print or log what ``result`` says, for a person or a script; the exit code."""
+    if isinstance(result, BackupSummary):
+        b = result
+        log.info(
+            "backup %s committed: %d files, %d dirs, %d links, %d skipped; %s read, "
+            "%d chunks uploaded (%s), %d already stored; %d retries; %.1fs, %s/s",
+            b.name, b.files, b.dirs, b.symlinks, b.skipped, _mib(b.bytes),
+            b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
+            b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
+        )  # fmt: skip
+        print(b.name)
+    elif isinstance(result, RestoreSummary):
+        r = result
+        log.info(
+            "restored %s into %s: %d files, %d dirs, %d links, %s; %d chunks downloaded; "
+            "%d retries; %.1fs, %s/s",
+            r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
+            r.chunks_downloaded, r.retries, r.seconds, _mib(r.bytes / max(r.seconds, 1e-9)),
+        )  # fmt: skip
+    elif isinstance(result, VerifyReport):
+        return _report_verify(result)
+    elif isinstance(result, PruneReport):
+        for line in result.decision_lines():  # stdout: what a script needs
+            print(line)
+        log.info("%s", result.summary())
+    elif isinstance(result, Manifest) and args.json:
+        print(json.dumps(show.document(result), indent=1))
+    elif isinstance(result, Manifest):
+        print(show.text(result, files=args.files))
+    elif isinstance(result, list) and args.json:
+        print(json.dumps([asdict(i) for i in result], indent=1))
+    elif isinstance(result, list):
+        if not result:  # say so: a mistyped store path also lists nothing
+            log.info("no backups in %s", args.store)
+        for i in result:
+            where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+    else:
+        log.info("deleted backup %s (its chunks stay until a prune)", args.name)
+    return EXIT_OK
+
+
+def _report_verify(report: VerifyReport) -> int:
+    for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
+        for digest, paths in sorted(damaged.items()):
+            shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+            log.error("chunk %s is %s; it holds part of: %s", digest, what, shown)
+    kind = "deep" if report.deep else "presence"
+    if not report.ok:
+        log.error(
+            "verify (%s) of %s: %d missing and %d corrupt of %d chunks",
+            kind, report.name, len(report.missing), len(report.corrupt), report.chunks_checked,
+        )  # fmt: skip
+        return EXIT_FAILED
+    log.info("verify (%s) of %s: all %d chunks ok", kind, report.name, report.chunks_checked)
+    return EXIT_OK
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"

@@ -1,0 +1,176 @@
+"""Running one command: the store, the engine, the signals, the metrics, the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from typing import Any
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from asyncbackup.bandwidth import Bandwidth
+from asyncbackup.cli.arguments import build_parser
+from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, report
+from asyncbackup.compression import Compression
+from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.engine import BackupEngine
+from asyncbackup.errors import BackupError, BackupFailed, ConfigError
+from asyncbackup.exposition import check_pushgateway_url, push, serving
+from asyncbackup.metrics import Metrics
+from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.retention import RetentionPolicy
+from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
+from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
+
+log = logging.getLogger("asyncbackup")
+
+
+def release_freed_buffers_to_the_os() -> None:
+    """Have glibc map every allocation of 1 MiB or more on its own, and unmap it when freed.
+
+    Chunks are megabytes, allocated and freed in worker threads. By default glibc then raises its
+    mmap threshold and keeps freed chunks in per-thread arenas, so the resident size grows well past
+    the data actually held (benchmarks/memory.py measures it). The CLI owns its process, so it sets
+    this; a service that embeds the engine can set MALLOC_MMAP_THRESHOLD_=1048576 itself.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(1024 * 1024))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    release_freed_buffers_to_the_os()
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    if not args.verbose:  # botocore says "Found credentials in ..." at INFO on every run
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+        logging.getLogger("aiobotocore").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        log.error("interrupted: nothing was committed")
+        return EXIT_INTERRUPTED
+
+
+async def _run(args: argparse.Namespace) -> int:
+    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: asyncio
+    # cancels it, every transfer ends, nothing is committed, no temporary file is left.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, signal.raise_signal, signal.SIGINT
+    )
+    metrics = Metrics()
+    pushgateway: str | None = None
+    try:
+        config = EngineConfig(
+            concurrency=args.concurrency,
+            chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+            compression=Compression(
+                getattr(args, "compression", "none"), getattr(args, "compression_level", None)
+            ),
+            retry=RetryPolicy(
+                max_attempts=args.max_retries + 1,
+                base_delay=args.retry_delay,
+                max_delay=max(args.retry_delay, RetryPolicy().max_delay),
+                attempt_timeout=args.attempt_timeout,
+                budget=args.retry_budget,
+            ),
+        )
+        if args.pushgateway is not None:
+            pushgateway = check_pushgateway_url(args.pushgateway)
+        async with serving(metrics.registry, port=args.metrics_port, address=args.metrics_address):
+            store = _open_store(args)
+            async with store:
+                return await _command(args, store, config, metrics)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except BackupFailed as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except BackupError as exc:
+        log.error("%s failed: %s", args.command, exc)
+        return EXIT_FAILED
+    finally:
+        if args.metrics_file is not None:
+            await asyncio.to_thread(metrics.write_textfile, args.metrics_file)
+        if pushgateway is not None:  # a failed push only warns: the job's exit code stands
+            key = {"instance": socket.gethostname(), "command": args.command}
+            await push(metrics.registry, pushgateway, job=args.push_job, grouping_key=key)
+
+
+def _open_store(args: argparse.Namespace) -> Storage:
+    options = StoreOptions(
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        addressing_style=args.addressing_style,
+        max_connections=max(args.concurrency, DEFAULT_MAX_CONNECTIONS),
+        storage_class=getattr(args, "storage_class", None),
+        server_side_encryption=getattr(args, "sse", None),
+        kms_key_id=getattr(args, "sse_kms_key_id", None),
+    )
+    s3_only = options.s3_only or args.addressing_style != "auto"
+    if s3_only and not args.store.lower().startswith("s3://"):
+        raise ConfigError(
+            f"{args.store}: --endpoint-url, --region, --addressing-style, --storage-class and "
+            "--sse apply to s3:// stores only (a gs:// store finds an emulator through "
+            "STORAGE_EMULATOR_HOST)"
+        )
+    store = open_storage(args.store, options)
+    if args.inject_faults or args.inject_latency:
+        if args.inject_latency < 0:
+            raise ConfigError(f"--inject-latency must not be negative, not {args.inject_latency}")
+        store = FaultyStorage(
+            store,
+            rate=args.inject_faults,
+            latency=args.inject_latency / 1000,
+            seed=args.fault_seed,
+        )
+    return store
+
+
+async def _command(
+    args: argparse.Namespace, store: Storage, config: EngineConfig, metrics: Metrics
+) -> int:
+    interactive = sys.stderr.isatty() and not args.quiet
+    progress = BarProgress(args.command) if interactive else LogProgress(args.command)
+    bandwidth = Bandwidth(args.bwlimit) if args.bwlimit is not None else None
+    engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
+    redirect: Any = nullcontext()
+    if interactive:
+        redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
+    with ExitStack() as stack:  # the bar is gone before the summary is written
+        stack.enter_context(redirect)
+        stack.callback(progress.close)
+        result = await _operate(args, engine)
+    return report(args, result)
+
+
+async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
+    if args.command == "backup":
+        return await engine.backup(args.source, name=args.name)
+    if args.command == "restore":
+        return await engine.restore(args.name, args.target, overwrite=args.overwrite)
+    if args.command == "list":
+        return await engine.list_backups()
+    if args.command == "show":
+        return await engine.manifest(args.name)
+    if args.command == "verify":
+        return await engine.verify(args.name, deep=args.deep)
+    if args.command == "prune":
+        policy = RetentionPolicy(
+            keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly
+        )
+        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
+    await engine.delete(args.name)
+    return None
