@@ -6,6 +6,7 @@ import stat
 from datetime import datetime
 from typing import Any
 
+from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 
 _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
@@ -34,6 +35,8 @@ def document(manifest: Manifest) -> dict[str, Any]:
         "host": manifest.host,
         "source": manifest.source,
         "chunk_size": manifest.chunk_size,
+        "compression": manifest.compression,
+        "compressed_chunks": compressed_chunks(manifest),
         "totals": dict(manifest.totals.__dict__),
         "entries": [e.to_json() for e in manifest.entries],
     }
@@ -55,6 +58,7 @@ def text(manifest: Manifest, *, files: bool) -> str:
         f"links           {t.symlinks}",
         f"chunks          {t.chunks} ({t.unique_chunks} unique)",
         f"chunk size      {_size(manifest.chunk_size)}",
+        f"compression     {_compression(manifest)}",
         f"format version  {manifest.format_version}",
         f"job id          {manifest.job_id}",
     ]
@@ -62,6 +66,20 @@ def text(manifest: Manifest, *, files: bool) -> str:
         lines.append("")
         lines.extend(_entry_line(e) for e in manifest.entries)
     return "\n".join(lines)
+
+
+def compressed_chunks(manifest: Manifest) -> int:
+    """How many of the backup's distinct chunks are stored compressed (the others did not
+    shrink, or were stored raw by an earlier backup)."""
+    refs = {ref for entry in manifest.entries for ref in entry.chunks}
+    return sum(1 for ref in refs if digest_of_ref(ref) != ref)
+
+
+def _compression(manifest: Manifest) -> str:
+    if manifest.compression == "none":
+        return "none"
+    unique = manifest.totals.unique_chunks
+    return f"{manifest.compression} ({compressed_chunks(manifest)} of {unique} chunks compressed)"
 
 
 def _entry_line(entry: FileEntry) -> str:

@@ -4,6 +4,7 @@ Pushgateway push when it ends (failed or not), the summary lines, list --json an
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -280,14 +281,32 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert f"files           13 ({file_bytes(tree):,} bytes)" in lines
     assert "chunks          16 (15 unique)" in lines
     assert "format version  1" in lines
+    assert "compression     none" in lines
     assert any(re.fullmatch(r"-rwxr-x--- +18 \S+ \S+  script\.sh", line) for line in lines)
     assert any(line.endswith("  link-to-leaf -> sub/deeper/leaf.txt") for line in lines)
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
-    assert len(lines) == 12 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
+    assert len(lines) == 13 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
 
     summary_only = cli("show", store, "one")
-    assert summary_only.stdout.splitlines() == lines[:12]
+    assert summary_only.stdout.splitlines() == lines[:13]
+
+
+def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "text.log").write_text("the same line, again and again\n" * 10_000)
+    (source / "noise.bin").write_bytes(os.urandom(100_000))  # does not shrink: stored raw
+    store = tmp_path / "store"
+    backup = cli("backup", source, store, "--name", "z", "--compression", "zstd")
+    assert backup.returncode == EXIT_OK, backup.stderr
+    stored = sorted(p.name for p in (store / "chunks").iterdir())
+    assert [name.endswith(".zst") for name in stored].count(True) == 1
+
+    lines = cli("show", store, "z").stdout.splitlines()
+    assert "compression     zstd (1 of 2 chunks compressed)" in lines
+    doc = json.loads(cli("show", store, "z", "--json").stdout)
+    assert (doc["compression"], doc["compressed_chunks"]) == ("zstd", 1)
 
 
 def test_show_of_a_missing_backup_exits_1_and_says_what_to_do(tmp_path: Path) -> None:
