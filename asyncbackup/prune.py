@@ -9,7 +9,8 @@ Mark and sweep, in this order:
 4. Mark every chunk ref the kept backups name; list ``chunks/`` with each object's time.
 5. Sweep: an unmarked chunk is removed only if it was last written before ``began - grace``.
    A chunk written after the prune began, or within the grace period before it, stays: it may
-   belong to a backup that is running and has not committed its MANIFEST yet.
+   belong to a backup that is running and has not committed its MANIFEST yet. The temporary
+   files of writes a crash cut short (local store) are removed by the same rule.
 6. Before each batch of deletes, list the MANIFESTs again: a backup committed since step 2 is
    read, and the chunks it names are taken out of the sweep.
 
@@ -72,6 +73,7 @@ class PruneReport:
     chunks_young: int = 0  # unused, but written within the grace period or since the prune began
     bytes_young: int = 0
     late_backups: list[str] = field(default_factory=list)  # committed while the prune ran
+    leftovers: int = 0  # temporary files of writes a crash cut short (local store)
 
     @property
     def kept(self) -> list[Decision]:
@@ -114,6 +116,11 @@ class PruneReport:
             )
         if self.late_backups:
             tail += f"; committed while it ran: {', '.join(self.late_backups)}"
+        if self.leftovers:
+            verb = "would remove" if self.dry_run else "removed"
+            tail += (
+                f"; {verb} {_count(self.leftovers, 'temporary file')} left by interrupted writes"
+            )
         return head + tail
 
 
@@ -189,6 +196,7 @@ class PruneJob:
                 await self._delete_all([chunk_key(r) for r in batch], label="chunk")
             deleted.update((r, sweep[r]) for r in batch)
         in_use += len(sweep.keys() - deleted.keys())  # spared: a late backup names them
+        leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
         if not self.dry_run:
             await self._check_late_backups(set(deleted))
         return PruneReport(
@@ -201,6 +209,7 @@ class PruneJob:
             chunks_young=young,
             bytes_young=bytes_young,
             late_backups=list(self.late),
+            leftovers=leftovers,
         )
 
     async def _read_all(

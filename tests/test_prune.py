@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,6 +20,7 @@ from asyncbackup import (
     ConfigError,
     FaultyStorage,
     IntegrityError,
+    LocalStorage,
     ManifestError,
     MemoryStorage,
     RetentionPolicy,
@@ -26,6 +29,7 @@ from asyncbackup import (
 from asyncbackup.layout import manifest_key
 from asyncbackup.retention import decide
 from asyncbackup.storage.base import ObjectPage
+from asyncbackup.storage.local import TEMP_PREFIX
 from tests.conftest import SMALL_CHUNK, RecordingSleep, assert_same_tree, fast_config
 from tests.stores import WatchedStorage
 
@@ -416,3 +420,27 @@ async def test_a_chunk_pruned_but_stored_again_under_another_codec_is_used_as_it
     assert watched.calls["put", raw + ".zst"] == 0 and watched.calls["put", raw] == 0
     await BackupEngine(memory).restore("new", tmp_path / "out")
     assert_same_tree(tmp_path / "src", tmp_path / "out")
+
+
+async def test_temporary_files_a_crash_left_in_a_local_store_go_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    store = LocalStorage(tmp_path / "store")
+    source = write_source(tmp_path / "source", "a")
+    engine = BackupEngine(store, fast_config())
+    await engine.backup(source, name="a")
+    now = time.time()
+    stale = tmp_path / "store" / "chunks" / f"{TEMP_PREFIX}killed-mid-put"
+    fresh = tmp_path / "store" / "chunks" / f"{TEMP_PREFIX}a-running-backup"
+    for path, age in ((stale, 2 * 3600), (fresh, 60)):
+        path.write_bytes(b"half a chunk")
+        os.utime(path, (now - age, now - age))
+
+    dry = await engine.prune(RetentionPolicy(keep_last=1), grace=3600, dry_run=True)
+    assert dry.leftovers == 1 and stale.exists()
+    assert "would remove 1 temporary file left by interrupted writes" in dry.summary()
+    report = await engine.prune(RetentionPolicy(keep_last=1), grace=3600)
+    assert report.leftovers == 1 and report.chunks_deleted == 0
+    assert not stale.exists() and fresh.exists()  # a young one may be a running job's
+    await engine.restore("a", tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")

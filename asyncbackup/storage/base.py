@@ -79,6 +79,12 @@ class Storage(ABC):
     async def sync(self) -> None:  # noqa: B027 - most stores are durable once put returns
         """Make every completed ``put`` durable. The engine calls it before it commits."""
 
+    async def remove_leftovers(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Remove what writes cut short by a crash left behind, if last written before
+        ``older_than`` (a UNIX time); how many (or, with ``dry_run``, would be). Object stores
+        write all or nothing and leave none; prune calls it with its grace period."""
+        return 0
+
     async def aclose(self) -> None:  # noqa: B027 - stores without connections have nothing to close
         """Release connections and clients this store created."""
 

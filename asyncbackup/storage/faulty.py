@@ -82,6 +82,9 @@ class FaultyStorage(Storage):
     async def sync(self) -> None:
         await self.inner.sync()
 
+    async def remove_leftovers(self, older_than: float, *, dry_run: bool = False) -> int:
+        return await self.inner.remove_leftovers(older_than, dry_run=dry_run)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

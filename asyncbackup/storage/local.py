@@ -110,6 +110,11 @@ class LocalStorage(Storage):
         with _mapped_errors(self.url, "(directory sync)"):
             await asyncio.to_thread(_fsync_dirs, dirs)
 
+    async def remove_leftovers(self, older_than: float, *, dry_run: bool = False) -> int:
+        # A process killed mid-put leaves its temporary file; a running job's are young.
+        with _mapped_errors(self.url, ""):
+            return await asyncio.to_thread(_remove_old_temporaries, self.root, older_than, dry_run)
+
     def _list(self, prefix: str, *, with_stat: bool) -> list[ObjectInfo]:
         head, _, _ = prefix.rpartition("/")
         base = self.root.joinpath(*head.split("/")) if head else self.root
@@ -153,6 +158,21 @@ def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
         temp.unlink(missing_ok=True)
         raise
     temp.unlink()  # the link's temporary name
+
+
+def _remove_old_temporaries(root: Path, older_than: float, dry_run: bool) -> int:
+    removed = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            try:
+                if name.startswith(TEMP_PREFIX) and path.lstat().st_mtime < older_than:
+                    if not dry_run:
+                        path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # renamed into place, or removed, since the walk saw it
+    return removed
 
 
 def _fsync_dirs(dirs: set[Path]) -> None:
