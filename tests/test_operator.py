@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -372,3 +373,15 @@ def test_an_interrupted_job_still_pushes_and_closes_its_port(tmp_path: Path) -> 
     assert "backup_last_success_timestamp_seconds" not in pushed.body
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         scrape(url)
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_cleanly(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    backup = cli("backup", small_files(tmp_path / "source", 600), store, "--name", "b")
+    assert backup.returncode == EXIT_OK, backup.stderr
+    show = [sys.executable, "-m", "asyncbackup", "show", str(store), "b", "--json"]
+    # About 100 KiB of JSON into `head`, which takes 100 bytes and goes: a write hits a closed pipe.
+    script = f"{shlex.join(show)} | head -c 100 >/dev/null; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ctypes
 import logging
+import os
 import signal
 import socket
 import sys
@@ -17,7 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import build_parser
-from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, report
+from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine
@@ -57,10 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("botocore").setLevel(logging.WARNING)
         logging.getLogger("aiobotocore").setLevel(logging.WARNING)
     try:
-        return asyncio.run(_run(args))
+        code = asyncio.run(_run(args))
+        sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
+        return code
     except KeyboardInterrupt:
         log.error("interrupted: nothing was committed")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output stopped early (`list --json | head`). What the command did
+        # stands; only its output went unread. Point stdout at /dev/null so that Python's own
+        # flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 async def _run(args: argparse.Namespace) -> int:
