@@ -59,6 +59,22 @@ def asyncbackup(store: str, concurrency: int) -> Contender:
     return Contender(f"asyncbackup c={concurrency}", store, concurrency, argv, {})
 
 
+def asyncbackup_local(concurrency: int, latency_ms: float) -> Contender:
+    """asyncbackup into a local directory with ``--inject-latency``. For W4: all its chunks share
+    one prefix, and both emulators spend time per PUT that grows with the keys already under a
+    prefix (the suite's ``scaling`` part measures it), so 100,000 chunks would time the server."""
+
+    def argv(source: Path, endpoint: str, target: str) -> list[str]:
+        return [
+            sys.executable, "-m", "asyncbackup", "backup", str(source), target,
+            "--inject-latency", f"{latency_ms:g}", "--concurrency", str(concurrency),
+            "--name", "bench", "-q",
+        ]  # fmt: skip
+
+    return Contender(f"asyncbackup c={concurrency}, local + {latency_ms:g} ms", "local",
+                     concurrency, argv, {})  # fmt: skip
+
+
 def s5cmd() -> Contender:
     binary = str(_site_binary("s5cmd", "s5cmd"))
 

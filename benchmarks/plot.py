@@ -25,7 +25,8 @@ PEER_STYLES = {"s5cmd": "tab:green", "rclone": "tab:orange", "aws s3 cp": "tab:r
 
 def draw(summary: dict[str, Any], out: Path) -> None:
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
-    latency = next(iter(summary["params"].values()))["latency_ms"]
+    params = next(iter(summary["params"].values()))
+    latency = params["latency_ms"]
     for row, (part, field, unit) in enumerate(PANELS):
         rows = summary["medians"].get(part, [])
         for col, (store, title) in enumerate(STORES):
@@ -53,10 +54,10 @@ def draw(summary: dict[str, Any], out: Path) -> None:
             ax.set_ylabel(unit)
             ax.set_title(f"{part} on {title}", fontsize=10)
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8, loc="upper left")
+            ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    data = "quick run, scaled down" if params["quick"] else "W1: 2,000 x 64 KiB; W2: 1 GiB"
     figure.suptitle(
-        f"Upload throughput against concurrency, {latency:g} ms added to every request "
-        "(W1: 2,000 x 64 KiB; W2: 1 GiB)"
+        f"Upload throughput against concurrency, {latency:g} ms added to every request ({data})"
     )
     figure.tight_layout()
     figure.savefig(out, dpi=100)

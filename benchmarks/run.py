@@ -10,6 +10,7 @@ requests and reports its own CPU separately, so it is charged to no one.
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,20 @@ from typing import Any
 from benchmarks.contenders import KEY, SECRET, Contender
 from benchmarks.delayline import DelayLine
 from benchmarks.spawner import Spawner
-from benchmarks.stores import BUCKET, cpu_seconds, listing, problems, start_server
+from benchmarks.stores import (
+    BUCKET,
+    Listing,
+    cpu_seconds,
+    listing,
+    listing_local,
+    problems,
+    start_server,
+)
 from benchmarks.workloads import Expected, Workload
 
 PREFIX = "bench"
+# W4's local store: in RAM (tmpfs), so the shared disk's fsyncs are not what is measured
+LOCAL_ROOT = "/dev/shm" if Path("/dev/shm").is_dir() else None
 TIMEOUT_S = 1800.0  # a contender that takes longer is killed and its run reported as failed
 ENV = {
     "AWS_ACCESS_KEY_ID": KEY,
@@ -30,6 +41,35 @@ ENV = {
     # rclone serve s3 sends no response checksums; botocore must not insist on them
     "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
 }
+
+
+def _served(
+    contender: Contender,
+    workload: Workload,
+    source: Path,
+    *,
+    spawner: Spawner,
+    latency_ms: float | None,
+    seed: int,
+) -> tuple[dict[str, Any], Listing, DelayLine | None]:
+    """The run against a fresh server, through the delay line unless ``latency_ms`` is None."""
+    server = start_server(contender.store)
+    try:
+        with ExitStack() as stack:
+            endpoint, line = server.url, None
+            if latency_ms is not None:
+                line = stack.enter_context(
+                    DelayLine(server.port, latency_ms, workload.fault_rate, seed)
+                )
+                endpoint = line.url
+            env = {**contender.env, "STORAGE_EMULATOR_HOST": endpoint}
+            before = cpu_seconds(server.process.pid)
+            argv = contender.argv(source, endpoint, f"{BUCKET}/{PREFIX}")
+            result = spawner.run(argv, {**os.environ, **ENV, **env}, timeout=TIMEOUT_S)
+            result["server_cpu_s"] = cpu_seconds(server.process.pid) - before
+        return result, listing(contender.store, server, PREFIX + "/"), line
+    finally:
+        server.stop()
 
 
 def run_one(
@@ -47,23 +87,15 @@ def run_one(
     ``latency_ms`` None: straight to the server, no delay line (to measure the line's cost).
     """
     store = contender.store
-    server = start_server(store)
-    try:
-        with ExitStack() as stack:
-            endpoint, line = server.url, None
-            if latency_ms is not None:
-                line = stack.enter_context(
-                    DelayLine(server.port, latency_ms, workload.fault_rate, seed)
-                )
-                endpoint = line.url
-            env = {**contender.env, "STORAGE_EMULATOR_HOST": endpoint}
-            before = cpu_seconds(server.process.pid)
-            argv = contender.argv(source, endpoint, f"{BUCKET}/{PREFIX}")
-            result = spawner.run(argv, {**os.environ, **ENV, **env}, timeout=TIMEOUT_S)
-            result["server_cpu_s"] = cpu_seconds(server.process.pid) - before
-        found = listing(store, server, PREFIX + "/")
-    finally:
-        server.stop()
+    if store == "local":  # no server: the latency is asyncbackup's own --inject-latency
+        with tempfile.TemporaryDirectory(prefix="store-", dir=LOCAL_ROOT) as root:
+            argv = contender.argv(source, "", root)
+            result = spawner.run(argv, {**os.environ, **ENV}, timeout=TIMEOUT_S)
+            result["server_cpu_s"] = None
+            found, line = listing_local(Path(root)), None
+    else:
+        result, found, line = _served(contender, workload, source, spawner=spawner,
+                                      latency_ms=latency_ms, seed=seed)  # fmt: skip
     if contender.is_asyncbackup:
         bad = problems(found, expected.asyncbackup, also=frozenset({expected.manifest}))
     else:

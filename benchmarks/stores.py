@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ BUCKET = "bench"
 Listing = dict[str, tuple[int, str]]  # key -> (size, MD5 hex), as the server reports them
 
 
-def start_rclone_s3() -> Server:
+def start_rclone_s3(root: str = ":memory:") -> Server:
     """``rclone serve s3`` on 127.0.0.1, in RAM, requiring the signature of KEY and SECRET.
 
     Ready when its port accepts a connection: with auth on, every unsigned request is refused,
@@ -37,7 +38,7 @@ def start_rclone_s3() -> Server:
     port = free_port()
     command = [
         str(TOOLS / "bin" / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}",
-        "--auth-key", f"{KEY},{SECRET}", ":memory:",
+        "--auth-key", f"{KEY},{SECRET}", root,
     ]  # fmt: skip
     log = tempfile.NamedTemporaryFile(prefix="rclone-s3-", suffix=".log", delete=False)  # noqa: SIM115
     env = {**os.environ, "RCLONE_CONFIG": os.devnull}
@@ -119,6 +120,15 @@ def _list_gcs(endpoint: str, prefix: str) -> Listing:
         if "nextPageToken" not in page:
             return found
         token = f"&pageToken={page['nextPageToken']}"
+
+
+def listing_local(root: Path) -> Listing:
+    """Every file under ``root`` (a local store), with its size and MD5, as a server lists it."""
+    return {
+        path.relative_to(root).as_posix(): (len(data := path.read_bytes()),
+                                            hashlib.md5(data, usedforsecurity=False).hexdigest())
+        for path in root.rglob("*") if path.is_file()
+    }  # fmt: skip
 
 
 def listing(store: str, server: Server, prefix: str) -> Listing:

@@ -7,7 +7,7 @@ line (``benchmarks.delayline``), and checks every object the server holds afterw
 saved per workload as ``runs-W1.json``..., then ``benchmarks.summary`` writes the tables and the
 plot from whatever runs are there, so one workload can be re-run alone.
 
-    python -m benchmarks.suite [--quick] [--only W1,W2,W3,W4,overhead,local] [--rounds N]
+    python -m benchmarks.suite [--quick] [--only W1,W2,W3,W4,overhead,scaling,local] [--rounds N]
                                [--latency-ms 25] [--out DIR]
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,22 +24,34 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import local, summary
-from benchmarks.contenders import Contender, all_contenders, asyncbackup, peers_missing, s5cmd
+from benchmarks.contenders import (
+    Contender,
+    all_contenders,
+    asyncbackup,
+    asyncbackup_local,
+    peers_missing,
+    s5cmd,
+)
 from benchmarks.report import RESULTS, machine
 from benchmarks.run import run_one
 from benchmarks.spawner import Spawner
-from benchmarks.workloads import FULL, QUICK, Expected, Workload, make_tree
+from benchmarks.workloads import FULL, QUICK, SCALING, Expected, Workload, make_tree
 
-PARTS = ("W1", "W2", "W3", "W4", "overhead", "local")
+PARTS = ("W1", "W2", "W3", "W4", "overhead", "scaling", "local")
 
 
-def contenders_for(workload: Workload, everyone: list[Contender]) -> list[Contender]:
+def contenders_for(
+    workload: Workload, everyone: list[Contender], latency_ms: float
+) -> list[Contender]:
     """W1 and W2: everyone. W3 (the faults): asyncbackup at 64 and the peers. W4 (100,000 files):
-    the same on S3 only, to keep ``make bench`` under half an hour."""
+    the peers on S3, and asyncbackup at 64 on a local store with the same latency injected (its
+    100,000 chunks under one prefix would time the emulators' cost per key, not the client's)."""
     if workload.name in ("W1", "W2"):
         return everyone
-    chosen = [c for c in everyone if c.concurrency == 64]
-    return chosen if workload.name == "W3" else [c for c in chosen if c.store == "s3"]
+    if workload.name == "W3":
+        return [c for c in everyone if c.concurrency == 64]
+    peers = [c for c in everyone if c.store == "s3" and not c.is_asyncbackup]
+    return [asyncbackup_local(64, latency_ms), *peers]
 
 
 def rounds_for(contender: Contender, workload: Workload, rounds: int) -> int:
@@ -47,7 +60,9 @@ def rounds_for(contender: Contender, workload: Workload, rounds: int) -> int:
     percent or two), W2 at most twice, W4 once (minutes a run)."""
     if workload.name == "W4" or (contender.concurrency == 1 and workload.name == "W1"):
         return 1
-    return min(rounds, 2) if workload.name == "W2" else rounds
+    return (
+        1 if workload.name.startswith("S") else min(rounds, 2) if workload.name == "W2" else rounds
+    )
 
 
 def run_rounds(
@@ -82,6 +97,12 @@ def run_rounds(
     return runs
 
 
+def chosen_workloads(part: str, workloads: dict[str, Workload]) -> list[Workload]:
+    if part == "overhead":
+        return [workloads["W1"], workloads["W2"]]
+    return list(SCALING) if part == "scaling" else [workloads[part]]
+
+
 def save_runs(out: Path, part: str, runs: list[dict[str, Any]], params: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     document = {"params": params, "machine": machine(), "runs": runs}
@@ -91,13 +112,17 @@ def save_runs(out: Path, part: str, runs: list[dict[str, Any]], params: dict[str
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="scaled-down data, one round")
-    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts to run")
+    parser.add_argument("--only", help="comma-separated parts to run (all; quick: all but scaling)")
     parser.add_argument("--rounds", type=int, help="rounds of each contender (3; quick: 1)")
     parser.add_argument("--latency-ms", type=float, default=25.0, help="delay of every request")
     parser.add_argument("--out", type=Path, help="results dir (benchmarks/results[/quick])")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    parts = args.only.split(",")
+    parts = (
+        args.only.split(",")
+        if args.only
+        else [p for p in PARTS if p != "scaling" or not args.quick]
+    )
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     if missing := peers_missing():
@@ -107,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     workloads = {w.name: w for w in (QUICK if args.quick else FULL)}
     params = {"quick": args.quick, "rounds": rounds, "latency_ms": args.latency_ms,
               "command": "python -m benchmarks.suite " + " ".join(argv)}  # fmt: skip
+    # a plain kill still stops every server this run started (the finally blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     spawner = Spawner()
     try:
         params["rss_floor_mib"] = spawner.run(["true"], {"PATH": "/bin:/usr/bin"}, timeout=10)[
@@ -122,18 +149,22 @@ def main(argv: list[str] | None = None) -> None:
                                      latency_ms=args.latency_ms, rounds=rounds)  # fmt: skip
                     save_runs(out, part, runs, params)
                     continue
-                workload = workloads["W1" if part == "overhead" else part]
-                print(f"{part}: writing {workload.title} ...", file=sys.stderr, flush=True)
-                expected = make_tree(source, workload)
-                if part == "overhead":  # the delay line's own cost: direct, then through it at 0
-                    chosen = [asyncbackup("s3", 64), s5cmd()]
-                    latencies: list[float | None] = [None, 0.0]
-                else:
-                    chosen, latencies = contenders_for(workload, everyone), [args.latency_ms]
-                runs = run_rounds(workload, chosen, source, expected, spawner=spawner,
-                                  rounds=rounds, latencies=latencies)  # fmt: skip
+                runs = []
+                for workload in chosen_workloads(part, workloads):
+                    print(f"{part}: writing {workload.title} ...", file=sys.stderr, flush=True)
+                    expected = make_tree(source, workload)
+                    if part == "overhead":  # the delay line's cost: direct, then through it at 0
+                        chosen = [asyncbackup("s3", 64), s5cmd()]
+                        latencies: list[float | None] = [None, 0.0]
+                    elif part == "scaling":  # straight to the server, no delay line
+                        chosen, latencies = [asyncbackup("s3", 64), s5cmd()], [None]
+                    else:
+                        chosen = contenders_for(workload, everyone, args.latency_ms)
+                        latencies = [args.latency_ms]
+                    runs += run_rounds(workload, chosen, source, expected, spawner=spawner,
+                                       rounds=rounds, latencies=latencies)  # fmt: skip
+                    shutil.rmtree(source)
                 save_runs(out, part, runs, params)
-                shutil.rmtree(source)
     finally:
         spawner.close()
     summary.main(["--results", str(out)])

@@ -41,14 +41,15 @@ def _median(rows: list[dict[str, Any]], field: str) -> float | None:
 
 def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (store, contender, latency), in the order first run, over the intact runs."""
-    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, Any], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["store"], run["contender"], run["latency_ms"]), []).append(run)
+        key = (run["workload"], run["store"], run["contender"], run["latency_ms"])
+        groups.setdefault(key, []).append(run)
     rows = []
-    for (store, contender, latency), group in groups.items():
+    for (workload, store, contender, latency), group in groups.items():
         good = [r for r in group if r["ok"]]
         row: dict[str, Any] = {
-            "store": store, "contender": contender, "latency_ms": latency,
+            "workload": workload, "store": store, "contender": contender, "latency_ms": latency,
             "concurrency": group[0]["concurrency"], "runs": len(group), "intact": len(good),
             "files": group[0]["files"], "bytes": group[0]["bytes"],
         }  # fmt: skip
@@ -116,7 +117,7 @@ def goals(parts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     if ours and peer and ours.get("mib_per_s") and peer.get("mib_per_s"):
         x = ours["mib_per_s"] / peer["mib_per_s"]
         add("W2 s3: at least 80% of s5cmd's throughput", x, f"{x:.0%}", x >= 0.8)
-    ours = _find(w4, "s3", "asyncbackup c=64")
+    ours = next((r for r in w4 if r["contender"].startswith("asyncbackup")), None)
     if ours and ours["peak_rss_mib"]:
         rss = ours["peak_rss_mib"]
         add("W4: peak RSS under 200 MiB", rss, f"{rss:.0f} MiB", rss < 200)
@@ -128,15 +129,27 @@ def goals(parts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def overhead_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| contender | direct (s) | through the delay line at 0 ms (s) | ratio "
-             "| delay line CPU (s) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for name in dict.fromkeys(r["contender"] for r in rows):
-        direct = next((r for r in rows if r["contender"] == name and r["latency_ms"] is None), None)
-        line = next((r for r in rows if r["contender"] == name and r["latency_ms"] == 0), None)
+    lines = ["| workload | contender | direct (s) | through the delay line at 0 ms (s) | ratio "
+             "| delay line CPU (s) |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for workload, name in dict.fromkeys((r["workload"], r["contender"]) for r in rows):
+        pair = [r for r in rows if r["workload"] == workload and r["contender"] == name]
+        direct = next((r for r in pair if r["latency_ms"] is None), None)
+        line = next((r for r in pair if r["latency_ms"] == 0), None)
         if direct and line and direct["wall_s"] and line["wall_s"]:
-            lines.append(f"| {name} | {direct['wall_s']:.2f} | {line['wall_s']:.2f} "
+            lines.append(f"| {workload} | {name} | {direct['wall_s']:.2f} | {line['wall_s']:.2f} "
                          f"| {line['wall_s'] / direct['wall_s']:.2f}x "
                          f"| {_f(line['proxy_cpu_s'], '.2f')} |")  # fmt: skip
+    return lines
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| files, one directory | contender | wall (s) | client CPU (s) | server CPU (s) "
+             "| server CPU per 1,000 objects (s) |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        per = r["server_cpu_s"] / r["files"] * 1000 if r["server_cpu_s"] is not None else None
+        lines.append(f"| {r['files']:,} | {r['contender']} | {_f(r['wall_s'], '.2f')} "
+                     f"| {_f(r['client_cpu_s'], '.2f')} | {_f(r['server_cpu_s'], '.2f')} "
+                     f"| {_f(per, '.2f')} |")  # fmt: skip
     return lines
 
 
@@ -172,8 +185,18 @@ def markdown(loaded: dict[str, dict[str, Any]], parts: dict[str, list[dict[str, 
             met = "" if g["met"] is None else ("yes" if g["met"] else "**no**")
             lines.append(f"| {g['goal']} | {g['measured']} | {met} |")
     if "overhead" in parts:
-        lines += ["", "**The delay line's own cost** (W1, at 0 ms)", "",
+        lines += ["", "**The delay line's own cost** (the same upload straight to the server, "
+                  "and through "
+                  "the delay line set to 0 ms)", "",
                   *overhead_table(parts["overhead"])]  # fmt: skip
+    if "scaling" in parts:
+        lines += [
+            "",
+            "**rclone serve s3: the cost of a key grows with the keys beside it** "
+            "(straight to the server, no delay line)",
+            "",
+            *scaling_table(parts["scaling"]),
+        ]
     if "local" in parts:
         r0 = loaded["local"]["runs"][0]
         lines += ["", f"**--inject-latency on a local store** ({r0['files']} files of "

@@ -28,6 +28,7 @@ class Workload:
     files: int
     size: int
     fault_rate: float = 0.0
+    flat: bool = False  # all files in one directory, however many
 
     @property
     def total_bytes(self) -> int:
@@ -43,6 +44,11 @@ W3 = Workload("W3", "W1 with 5% of requests failing", 2000, 64 * KiB, fault_rate
 W4 = Workload("W4", "100,000 files of 4 KiB", 100_000, 4 * KiB)
 FULL = (W1, W2, W3, W4)
 # bench-quick: the same shapes, scaled down so the whole suite takes a minute or two.
+# The emulators' cost per key under one prefix: flat trees of 5,000 and 10,000 files.
+SCALING = (
+    Workload("S5k", "5,000 files of 4 KiB in one directory", 5000, 4 * KiB, flat=True),
+    Workload("S10k", "10,000 files of 4 KiB in one directory", 10_000, 4 * KiB, flat=True),
+)
 QUICK = (
     W1.scaled(200, 64 * KiB),
     W2.scaled(1, 64 * MiB),
@@ -73,7 +79,7 @@ def make_tree(root: Path, workload: Workload, *, seed: int = 2026) -> Expected:
     chunks: dict[str, tuple[int, str]] = {}
     for i in range(workload.files):
         rel = f"f{i:06d}.bin"
-        if workload.files > FILES_PER_DIR:
+        if workload.files > FILES_PER_DIR and not workload.flat:
             rel = f"d{i // FILES_PER_DIR:03d}/{rel}"
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
