@@ -57,7 +57,8 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "requests"):  # fmt: skip
             row[field] = _median(good, field)
         if row["wall_s"]:
-            row["files_per_s"] = row["files"] / row["wall_s"]
+            # one big file: files/s says nothing
+            row["files_per_s"] = row["files"] / row["wall_s"] if row["files"] > 1 else None
             row["mib_per_s"] = row["bytes"] / MiB / row["wall_s"]
         rows.append(row)
     return rows
@@ -202,7 +203,7 @@ def markdown(loaded: dict[str, dict[str, Any]], parts: dict[str, list[dict[str, 
         lines += ["", f"**--inject-latency on a local store** ({r0['files']} files of "
                   f"{r0['bytes'] // r0['files'] // 1024} KiB)", "",
                   *local_table(parts["local"], loaded["local"]["runs"])]  # fmt: skip
-    lines += ["", f"Command: `{p['command']}`"]
+    lines += ["", f"Command: `{p['command'].strip()}`"]
     return "\n".join(lines)
 
 
