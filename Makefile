@@ -41,7 +41,7 @@ $(TOOLS_STAMP): benchmarks/requirements-tools.txt
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
-# The whole suite (about 30 minutes), then the memory bound; results in benchmarks/results/.
+# The whole suite (about 35 minutes), then the memory bound; results in benchmarks/results/.
 bench: install bench-tools
 	$(BIN)/python -m benchmarks.suite
 	$(BIN)/python -m benchmarks.memory
