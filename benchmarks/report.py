@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,14 @@ def machine() -> dict[str, Any]:
 def command(module: str, argv: Sequence[str]) -> str:
     """The command line that reproduces a result."""
     return shlex.join(["python", "-m", module, *argv])
+
+
+def median_of(runs: list[dict[str, Any]], field: str, **match: object) -> float:
+    """The median of ``field`` over the runs whose keys equal ``match``."""
+    chosen = [r[field] for r in runs if all(r[k] == v for k, v in match.items())]
+    if not chosen:
+        raise ValueError(f"no run matches {match}")
+    return float(statistics.median(chosen))
 
 
 def save(out: Path, stem: str, result: dict[str, Any], table: str) -> None:
