@@ -23,6 +23,7 @@ from asyncbackup.errors import (
     FailedItem,
     IntegrityError,
     PermanentStorageError,
+    SourceChangedError,
     SourceError,
     StorageError,
     TransientStorageError,
@@ -37,6 +38,8 @@ from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
+READS_OF_A_CHANGING_FILE = 3
+"""A file that changes while it is read is read again; after this many reads, the backup fails."""
 Upload = Callable[[str, bytes, str], Awaitable[None]]
 """Stores one chunk: (digest, data, label)."""
 Clock = Callable[[], datetime]
@@ -272,6 +275,28 @@ class BackupJob:
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
 
     async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
+        """Read, hash and upload one file; a file that changes while it is read (a log being
+        written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all.
+
+        Raises:
+            SourceError: the file cannot be read, or it changed during every read.
+        """
+        for read in range(1, READS_OF_A_CHANGING_FILE + 1):
+            try:
+                return await self._read_file(source, relative, upload)
+            except SourceChangedError as exc:
+                if read == READS_OF_A_CHANGING_FILE:
+                    raise SourceChangedError(
+                        f"{exc}; it changed during each of {read} reads: back it up again "
+                        "once it is quiet"
+                    ) from exc
+                # The chunks of the torn read that went up are harmless: named by nothing,
+                # prune removes them.
+                log.warning(
+                    "%s; reading it again (%d of %d)", exc, read + 1, READS_OF_A_CHANGING_FILE
+                )
+
+    async def _read_file(self, source: Path, relative: str, upload: Upload) -> None:
         reader = ChunkReader(source / relative, self.config.chunk_size)
         chunks: list[str] = []
         try:

@@ -9,7 +9,7 @@ import stat
 import threading
 from pathlib import Path
 
-from asyncbackup.errors import SourceError
+from asyncbackup.errors import SourceChangedError, SourceError
 
 
 def sha256_hex(data: bytes) -> str:
@@ -107,10 +107,9 @@ class ChunkReader:
             or after.st_mtime_ns != before.st_mtime_ns
             or self.size != before.st_size
         ):
-            raise SourceError(
+            raise SourceChangedError(
                 f"{self.path} changed while it was being read "
-                f"(size {before.st_size} -> {after.st_size}, read {self.size} bytes): "
-                "back it up again once it is quiet"
+                f"(size {before.st_size} -> {after.st_size}, read {self.size} bytes)"
             )
 
     def _close(self) -> None:

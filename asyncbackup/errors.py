@@ -3,6 +3,7 @@
     BackupError
     ├── ConfigError                 bad URL or option, backup name taken, target not empty
     ├── SourceError                 unreadable input, a file that vanished or changed while read
+    │   └── SourceChangedError      a file that kept changing while it was read
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
     ├── IntegrityError              a chunk or file whose hash or size does not match
@@ -34,6 +35,10 @@ class ConfigError(BackupError):
 
 class SourceError(BackupError):
     """Input that cannot be read, or that vanished or changed while it was read."""
+
+
+class SourceChangedError(SourceError):
+    """A file whose size or mtime changed while it was read: its bytes and hash may not match."""
 
 
 class TargetError(BackupError):

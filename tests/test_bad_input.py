@@ -29,6 +29,7 @@ from asyncbackup import (
     MemoryStorage,
     ObjectNotFoundError,
     RetryPolicy,
+    SourceChangedError,
     SourceError,
     Storage,
 )
@@ -205,25 +206,45 @@ async def test_a_file_that_vanishes_after_the_walk_fails_the_backup(
     assert sleep.calls == []  # a vanished file is not something a retry can fix
 
 
-async def test_a_file_that_changes_while_read_fails_the_backup(
-    tmp_path: Path, sleep: RecordingSleep
+async def test_a_file_that_changes_while_read_is_read_again(
+    tmp_path: Path, sleep: RecordingSleep, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = changing_source(tmp_path)
-    original = (source / "a.bin").read_bytes()
 
-    def append() -> None:
+    def append() -> None:  # once, during the first read: a log line being written
         with open(source / "a.bin", "ab") as f:
             f.write(b"appended while the backup reads me")
 
     store = MemoryStorage()
     watched = WatchedStorage(store, on_put=on_first_put(append))
-    with pytest.raises(BackupFailed) as caught:
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
         await engine(watched, sleep, ONE_AT_A_TIME).backup(source, name="b")
+    [warning] = [r.getMessage() for r in caplog.records if "reading it again" in r.getMessage()]
+    assert f"{source / 'a.bin'} changed while it was being read" in warning
+    assert warning.endswith("; reading it again (2 of 3)")
+    await engine(store, sleep).restore("b", tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")  # the bytes as they were after the change
+
+
+async def test_a_file_that_changes_during_every_read_fails_the_backup(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    source = changing_source(tmp_path)
+    size = (source / "a.bin").stat().st_size
+
+    async def rewrite_a(key: str) -> None:  # every upload: new bytes, same size, a new mtime
+        (source / "a.bin").write_bytes(os.urandom(size))
+
+    store = MemoryStorage()
+    with pytest.raises(BackupFailed) as caught:
+        await engine(WatchedStorage(store, on_put=rewrite_a), sleep, ONE_AT_A_TIME).backup(
+            source, name="b"
+        )
     [failure] = caught.value.failures
-    assert isinstance(failure.error, SourceError)
+    assert isinstance(failure.error, SourceChangedError)
     message = str(failure.error)
-    assert f"{source / 'a.bin'} changed while it was being read" in message
-    assert f"size {len(original)} -> {len(original) + 34}" in message
+    assert f"{source / 'a.bin'} changed while it was being read (size {size} -> {size}" in message
+    assert "it changed during each of 3 reads: back it up again once it is quiet" in message
     assert committed(store) == []
 
 

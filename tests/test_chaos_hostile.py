@@ -103,7 +103,7 @@ async def test_a_chunk_altered_in_the_store_fails_restore_and_verify_names_it(
     assert shallow.returncode == EXIT_OK, shallow.stderr
 
 
-def test_a_file_that_grows_while_it_is_read_is_reported_not_stored(tmp_path: Path) -> None:
+def test_a_file_that_keeps_growing_while_it_is_read_is_reported_not_stored(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
     (source / "steady.txt").write_text("steady\n")
@@ -131,5 +131,8 @@ def test_a_file_that_grows_while_it_is_read_is_reported_not_stored(tmp_path: Pat
         writer.join()
     assert result.returncode == EXIT_FAILED, result.stderr
     assert f"{growing} changed while it was being read" in result.stderr
+    assert "reading it again (2 of 3)" in result.stderr
+    assert "reading it again (3 of 3)" in result.stderr
+    assert "it changed during each of 3 reads" in result.stderr
     assert "nothing was committed" in result.stderr
     assert not (tmp_path / "store" / "backups").exists()
