@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +13,8 @@ from asyncbackup.storage.faulty import Fault, Rule
 
 
 class WatchedStorage(Storage):
-    """Counts calls per (operation, key) and the most puts ever in flight at once.
+    """Counts calls per (operation, key) and the most puts ever in flight at once, and notes when
+    each key's last put returned (``stored_at``, monotonic seconds).
 
     ``on_put`` runs before each put of the inner store: tests use it to fail, block or cancel.
     """
@@ -26,6 +28,7 @@ class WatchedStorage(Storage):
         self.in_flight = 0
         self.max_in_flight = 0
         self.max_tasks = 0
+        self.stored_at: dict[str, float] = {}
         self._on_put = on_put
 
     async def put(
@@ -39,6 +42,7 @@ class WatchedStorage(Storage):
             if self._on_put is not None:
                 await self._on_put(key)
             await self.inner.put(key, data, overwrite=overwrite, digest=digest)
+            self.stored_at[key] = time.monotonic()
         finally:
             self.in_flight -= 1
 

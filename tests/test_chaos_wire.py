@@ -28,7 +28,6 @@ from asyncbackup import (
     Storage,
     TransientStorageError,
 )
-from asyncbackup.storage.base import ObjectPage
 from asyncbackup.storage.gcs import GCSStorage
 from asyncbackup.storage.s3 import S3Storage
 from tests.conftest import SMALL_CHUNK, RecordingSleep, Report, assert_same_tree, fast_config
@@ -43,6 +42,7 @@ from tests.proxy import (
     random_faults,
 )
 from tests.remote import StoreUnderTest
+from tests.stores import WatchedStorage
 from tests.test_s3 import connections_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,34 +135,6 @@ async def test_each_throttle_answer_is_a_named_transient_error(
 # Isolation: one chunk's failures do not hold up the other transfers.
 
 
-class TimedStore(Storage):
-    """Delegates to ``inner`` and notes when each put of a key returned."""
-
-    def __init__(self, inner: Storage) -> None:
-        self.inner = inner
-        self.url = inner.url
-        self.max_connections = inner.max_connections
-        self.stored_at: dict[str, float] = {}
-
-    async def put(
-        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
-    ) -> None:
-        await self.inner.put(key, data, overwrite=overwrite, digest=digest)
-        self.stored_at[key] = time.monotonic()
-
-    async def get(self, key: str) -> bytes:
-        return await self.inner.get(key)
-
-    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
-        return await self.inner.list_objects(prefix, token)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 BACKOFF = 1.5  # seconds: every retry of the failing chunk waits this long, really
 
 
@@ -181,9 +153,9 @@ async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
         concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy(max_attempts=5, budget=100)
     )
 
-    async def timed_backup(prefix: str) -> tuple[float, TimedStore, int]:
+    async def timed_backup(prefix: str) -> tuple[float, WatchedStorage, int]:
         async with remote.store(proxy, prefix=prefix) as inner:
-            store = TimedStore(inner)
+            store = WatchedStorage(inner)
             engine = BackupEngine(store, config, sleep=fixed_sleep)
             started = time.monotonic()
             summary = await engine.backup(source, name="b")
