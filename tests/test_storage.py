@@ -22,6 +22,7 @@ from asyncbackup import (
 )
 from asyncbackup.chunking import ChunkReader
 from tests.conftest import SMALL_CHUNK
+from tests.remote import StoreUnderTest
 
 
 async def test_local_put_get_list_delete(tmp_path: Path) -> None:
@@ -234,3 +235,16 @@ async def test_chunk_reader_hashes_chunks_and_the_whole_file(tmp_path: Path, siz
     assert all(digest == hashlib.sha256(data).hexdigest() for data, digest in chunks)
     assert len(chunks) == -(-size // SMALL_CHUNK)
     assert reader.sha256 == hashlib.sha256(content).hexdigest() and reader.size == size
+
+
+async def test_s3_and_gcs_listings_give_each_objects_size_and_time(remote: StoreUnderTest) -> None:
+    async with remote.store() as store:
+        before = time.time()
+        await store.put("chunks/three", b"abc")
+        await store.put("chunks/empty", b"")
+        after = time.time()
+        objects, token = await store.list_objects("chunks/")
+    assert token is None
+    assert [(o.key, o.size) for o in objects] == [("chunks/empty", 0), ("chunks/three", 3)]
+    for o in objects:  # S3's LastModified has whole seconds; the servers' clock is this machine's
+        assert before - 2 <= o.modified <= after + 2
