@@ -8,7 +8,7 @@ from asyncbackup.backup import BackupSummary
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.compression import Compression
 from asyncbackup.config import EngineConfig, RetryPolicy
-from asyncbackup.engine import BackupEngine, BackupInfo, VerifyReport
+from asyncbackup.engine import BackupEngine, BackupInfo, ChangeDetection, Filters, VerifyReport
 from asyncbackup.errors import (
     BackupError,
     BackupFailed,
@@ -47,6 +47,7 @@ __all__ = [
     "BackupInfo",
     "BackupSummary",
     "Bandwidth",
+    "ChangeDetection",
     "Compression",
     "ConfigError",
     "Decision",
@@ -54,6 +55,7 @@ __all__ = [
     "FailedItem",
     "FaultyStorage",
     "FileEntry",
+    "Filters",
     "IntegrityError",
     "LocalStorage",
     "Manifest",

@@ -31,6 +31,7 @@ from asyncbackup.errors import (
 from asyncbackup.layout import manifest_key
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.parent import READ_CHANGED, ChangeDetection, Parent, entry_from_parent, find_parent
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
@@ -61,6 +62,9 @@ class BackupSummary:
     bytes_uploaded: int
     retries: int
     seconds: float
+    unchanged: int = 0  # files not read: unchanged since the parent
+    bytes_read: int = 0  # of the source's files; the rest were unchanged since the parent
+    parent: str = ""
 
 
 def utc_clock() -> datetime:
@@ -83,8 +87,15 @@ class BackupJob:
         progress: Progress,
         *,
         clock: Clock = utc_clock,
+        parent: str | None = None,
+        changes: ChangeDetection = READ_CHANGED,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.repo = repo
+        self.parent_name = parent
+        self.changes = changes
+        self.tags = tags
+        self.parent: Parent | None = None
         self.config = config
         self.metrics = metrics
         self.progress = progress
@@ -95,6 +106,8 @@ class BackupJob:
         self.stored: dict[str, str] = {}
         self.scheduled: set[str] = set()  # stored, or on its way
         self.skipped = 0
+        self.unchanged = 0
+        self.bytes_read = 0
         self.uploaded = 0
         self.bytes_uploaded = 0
 
@@ -120,19 +133,30 @@ class BackupJob:
                     f"a backup named {name!r} exists already in {self.repo.store.url}: "
                     "choose another --name, or delete that backup first"
                 )
-            listed = await self.repo.stored_refs()
+            self.progress.phase("reading the parent")
+            self.parent = await find_parent(
+                self.repo,
+                explicit=self.parent_name,
+                host=socket.gethostname(),
+                source=str(source),
+                rules=self.changes,
+                chunk_size=self.config.chunk_size,
+                concurrency=self.config.concurrency,
+            )
+            await self._learn_stored()
         except PermanentStorageError:
             raise  # a missing bucket or refused credentials: the message says what to fix
         except StorageError as exc:
             failure = FailedItem(self.repo.store.url, exc)
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
-        self.stored = preferred_refs(listed, self.config.compression.codec)
-        self.scheduled = set(self.stored)
-        log.info("backup %s: %d chunks already in the store", name, len(self.stored))
+        self.progress.phase("reading and uploading")
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             async for entry in walk(source):
                 await self._add(pool, source, entry)
+        if self.parent is not None:
+            self.parent.forget()
         try:
+            self.progress.phase("checking the store again")
             await self._recheck(source, hint)
         except PermanentStorageError:
             raise
@@ -163,8 +187,11 @@ class BackupJob:
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
+                tags=self.tags,
+                parent=self.parent.name if self.parent is not None else "",
             )
 
+        self.progress.phase("committing")
         manifest = await asyncio.to_thread(build_manifest)
         try:
             await self.repo.commit(manifest)
@@ -192,7 +219,43 @@ class BackupJob:
             bytes_uploaded=self.bytes_uploaded,
             retries=budget.spent,
             seconds=time.monotonic() - started_clock,
+            unchanged=self.unchanged,
+            bytes_read=self.bytes_read,
+            parent=self.parent.name if self.parent is not None else "",
         )
+
+    async def _learn_stored(self) -> None:
+        """Decide which chunks this backup may take as stored without uploading them: the one
+        place that decides it.
+
+        With a parent: the chunks its MANIFEST names, and nothing is listed, so the requests of
+        an incremental backup follow the change, not the size of the store. That is safe
+        because the parent is a committed MANIFEST, and prune removes only chunks that no
+        committed MANIFEST names (and, with the repository lock, never while a backup runs).
+        A chunk of a changed file that the parent does not name is uploaded: a PUT is
+        idempotent, so a chunk already stored by another backup costs one request, no more.
+
+        Without one (a first backup of this host and source, or ``--force``): one listing of
+        ``chunks/``, so a first backup into a store that other backups use still dedups
+        against everything there. ``docs/design.md`` gives the cost model and why a listing,
+        not index objects.
+
+        A parent damaged behind the protocol's back (a chunk deleted by hand) is not trusted
+        blindly: the re-check before the commit (``_recheck``) finds such a chunk gone and
+        uploads it again from the source.
+        """
+        if self.parent is not None:
+            refs: set[str] = self.parent.refs
+            log.info("backup: %d chunks named by the parent %s", len(refs), self.parent.name)
+        else:
+            self.progress.phase("listing the store")
+            refs = await self.repo.stored_refs(on_page=self._listed)
+            log.info("backup: %d chunks already in the store", len(refs))
+        self.stored = preferred_refs(refs, self.config.compression.codec)
+        self.scheduled = set(self.stored)
+
+    def _listed(self, chunks: int) -> None:
+        self.progress.phase("listing the store", f"{chunks} chunks")
 
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
@@ -255,6 +318,11 @@ class BackupJob:
             self.entries.append(
                 FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
             )
+        elif entry.kind == "file" and (unchanged := self._unchanged(entry)) is not None:
+            self.entries.append(unchanged)
+            self.unchanged += 1
+            self.progress.advance(files=1)
+            self.metrics.files.labels(OPERATION, "unchanged").inc()
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
             upload_here = partial(self._upload, entry.path)
@@ -273,6 +341,15 @@ class BackupJob:
             self.skipped += 1
             self.metrics.files.labels(OPERATION, "skipped").inc()
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
+
+    def _unchanged(self, entry: SourceEntry) -> FileEntry | None:
+        """This file's entry taken from the parent, if it is unchanged since: it is not read."""
+        if self.parent is None:
+            return None
+        old = self.parent.unchanged(entry.path, entry.stat)
+        if old is None:
+            return None
+        return entry_from_parent(old, entry.stat, stat.S_IMODE(entry.stat.st_mode))
 
     async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being
@@ -303,6 +380,7 @@ class BackupJob:
             while (chunk := await reader.next_chunk()) is not None:
                 data, digest = chunk
                 chunks.append(digest)
+                self.bytes_read += len(data)
                 self.progress.advance(nbytes=len(data))
                 if digest in self.scheduled:
                     self.metrics.chunks.labels(OPERATION, "skipped").inc()
@@ -322,6 +400,8 @@ class BackupJob:
                 size=reader.size,
                 sha256=reader.sha256,
                 chunks=tuple(chunks),
+                ctime_ns=reader.stat.st_ctime_ns,
+                inode=reader.stat.st_ino,
             )
         )
         self.progress.advance(files=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -13,17 +13,18 @@ from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.bandwidth import Bandwidth
+from asyncbackup.catalog import BackupInfo, Filters, read_catalog
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import (
-    BackupError,
     BackupFailed,
     ConfigError,
     IntegrityError,
     ObjectNotFoundError,
 )
-from asyncbackup.layout import check_backup_name
+from asyncbackup.layout import check_backup_name, check_tag
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.parent import READ_CHANGED, ChangeDetection
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -35,21 +36,6 @@ from asyncbackup.storage.base import Storage
 
 T = TypeVar("T")
 log = logging.getLogger("asyncbackup")
-
-
-@dataclass(frozen=True)
-class BackupInfo:
-    """One committed backup, as ``list`` shows it. ``problem`` is set if its MANIFEST is bad."""
-
-    name: str
-    started: str = ""
-    finished: str = ""
-    host: str = ""
-    source: str = ""
-    files: int = 0
-    bytes: int = 0
-    chunks: int = 0
-    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,16 +101,39 @@ class BackupEngine:
         )
         return Repository(self.store, retrier, operation=operation)
 
-    async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
+    async def backup(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        parent: str | None = None,
+        changes: ChangeDetection = READ_CHANGED,
+        tags: Sequence[str] = (),
+    ) -> BackupSummary:
         """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
 
+        Files unchanged since the parent backup (``parent``, by default the newest backup of
+        this host and source) are not read: see ``asyncbackup/parent.py`` and ``changes``.
+
         Raises:
-            ConfigError: a bad name, a source that is not a directory, or a name already taken.
+            ConfigError: a bad name or tag, a source that is not a directory, a name already
+                taken, or a ``parent`` that does not exist or cannot be read.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
+        if parent is not None:
+            check_backup_name(parent)
         repo = self._repository("backup")
-        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        job = BackupJob(
+            repo,
+            self.config,
+            self.metrics,
+            self.progress,
+            clock=self._clock,
+            parent=parent,
+            changes=changes,
+            tags=tuple(check_tag(t) for t in tags),
+        )
         return await self._timed("backup", job.run(Path(source), name))
 
     async def restore(
@@ -181,27 +190,13 @@ class BackupEngine:
                     await pool.spawn(digest, partial(check, digest))
         return VerifyReport(name, deep, len(users), missing, corrupt)
 
-    async def list_backups(self) -> list[BackupInfo]:
-        """Every committed backup, oldest name first, with what its MANIFEST says."""
-        repo = self._repository("verify")
-        names = await repo.backup_names()
-        infos: dict[str, BackupInfo] = {}
-
-        async def describe(name: str) -> None:
-            try:
-                m = await repo.load_manifest(name)
-            except BackupError as exc:
-                infos[name] = BackupInfo(name, problem=str(exc))
-                return
-            t = m.totals
-            infos[name] = BackupInfo(
-                name, m.started, m.finished, m.host, m.source, t.files, t.bytes, t.unique_chunks
-            )
-
-        async with TaskPool("list", limit=self.config.concurrency) as pool:
-            for name in names:
-                await pool.spawn(name, partial(describe, name))
-        return [infos[n] for n in names]
+    async def list_backups(self, filters: Filters | None = None) -> list[BackupInfo]:
+        """Every committed backup that ``filters`` lets through, by finish time, oldest first,
+        from each MANIFEST's head alone (one small range request per backup). A backup whose
+        MANIFEST cannot be read is listed with its ``problem``, whatever the filters."""
+        infos = await read_catalog(self._repository("verify"), concurrency=self.config.concurrency)
+        chosen = filters if filters is not None else Filters()
+        return [i for i in infos if i.problem or chosen.match(i)]
 
     async def delete(self, name: str) -> None:
         """Delete backup ``name``'s MANIFEST. Its chunks stay until a prune removes unused ones.
@@ -260,4 +255,4 @@ def _chunk_users(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, in
     return users, sizes
 
 
-__all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]
+__all__ = ["BackupEngine", "BackupInfo", "ChangeDetection", "Filters", "VerifyReport"]

@@ -16,6 +16,7 @@ BACKUPS = "backups/"
 MANIFEST = "MANIFEST"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+_TAG = re.compile(r"[^\x00-\x20,\x7f]{1,100}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _REF = re.compile(r"([0-9a-f]{64})(\.zst|\.gz)?")
 
@@ -72,3 +73,18 @@ def check_backup_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def check_tag(tag: str) -> str:
+    """Return ``tag`` if it is a valid tag.
+
+    Raises:
+        ConfigError: the tag is empty, longer than 100 characters, or holds a space, a comma
+            or a control character.
+    """
+    if not _TAG.fullmatch(tag):
+        raise ConfigError(
+            f"invalid tag {tag!r}: use 1 to 100 characters, without spaces, commas or "
+            "control characters"
+        )
+    return tag

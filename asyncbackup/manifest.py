@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from asyncbackup import manifest_encoding
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
 
-FORMAT_VERSION = 2
-"""Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``); it is written only
-when a backup holds such a chunk, so a backup without any stays readable by version 1 readers."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version 2 named compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 records each
+file's ctime and inode (what an incremental backup compares), the backup's tags and parent, and
+is stored compressed with zstd (see ``manifest_encoding.py``). Every version is still read."""
+READABLE_VERSIONS = (1, 2, 3)
 EntryType = Literal["file", "dir", "symlink"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file, directory or symlink of a backup. ``path`` is relative and POSIX."""
 
@@ -29,6 +32,10 @@ class FileEntry:
     sha256: str = ""
     chunks: tuple[str, ...] = ()  # chunk refs: the raw sha256, plus a codec suffix if compressed
     target: str = ""
+    # What an incremental backup compares besides size and mtime (files only); 0: not recorded
+    # (a MANIFEST of version 1 or 2), so the file is read.
+    ctime_ns: int = 0
+    inode: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -39,6 +46,8 @@ class FileEntry:
         }
         if self.type == "file":
             out.update(size=self.size, sha256=self.sha256, chunks=list(self.chunks))
+            if self.ctime_ns or self.inode:
+                out.update(ctime_ns=self.ctime_ns, inode=self.inode)
         elif self.type == "symlink":
             out["target"] = self.target
         return out
@@ -69,6 +78,9 @@ class Manifest:
     chunk_size: int
     entries: tuple[FileEntry, ...]
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
+    tags: tuple[str, ...] = ()
+    parent: str = ""  # the backup whose unchanged entries this one took, if any
+    format_version: int = FORMAT_VERSION  # as read; a backup always writes FORMAT_VERSION
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,17 +100,9 @@ class Manifest:
         """Every chunk this backup needs, by ref (the name of its key under ``chunks/``)."""
         return {c for e in self.entries for c in e.chunks}
 
-    @property
-    def format_version(self) -> int:
-        """1 while every chunk is stored raw (older readers can restore it), else 2."""
-        raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
-        return 1 if raw else FORMAT_VERSION
-
-    def to_json(self) -> bytes:
-        """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
-        entry (a document of dicts would cost ~1 KB per entry at once) and can still be read.
-        ASCII-only: names that are not UTF-8 travel as escapes."""
-        head = {
+    def head(self) -> dict[str, Any]:
+        """Everything but the entries: what ``list`` shows, and the first line of the MANIFEST."""
+        return {
             "format_version": self.format_version,
             "name": self.name,
             "job_id": self.job_id,
@@ -109,9 +113,23 @@ class Manifest:
             "chunk_size": self.chunk_size,
             "compression": self.compression,
             "totals": self.totals.__dict__,
+            "tags": list(self.tags),
+            "parent": self.parent,
         }
+
+    def to_json(self) -> bytes:
+        """The MANIFEST as plain JSON: the head on the first line, then one line per entry, so a
+        large one is encoded and parsed entry by entry (a document of dicts would cost ~1 KB per
+        entry at once, and one ``json.loads`` of it holds the GIL for a second). ASCII-only:
+        names that are not UTF-8 travel as escapes. ``manifest_encoding`` stores it with zstd."""
+        return self.head_line() + self.entry_lines()
+
+    def head_line(self) -> bytes:
+        return f'{_compact(self.head())[:-1]},"entries":[\n'.encode("ascii")
+
+    def entry_lines(self) -> bytes:
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
-        return f'{_compact(head)[:-1]},"entries":[\n{lines}\n]}}\n'.encode("ascii")
+        return f"{lines}\n]}}\n".encode("ascii")
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str) -> Manifest:
@@ -121,16 +139,28 @@ class Manifest:
             ManifestError: it is not valid JSON, is of an unknown format version, or names a path
                 that is absolute, climbs with '..', repeats, or lies beneath a file or link.
         """
+        text = manifest_encoding.decode(data, where=where)
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            split = manifest_encoding.split_lines(text)
+            if split is None:  # not laid out by line (written by hand): parsed whole
+                doc = json.loads(text)
+                if not isinstance(doc, dict):
+                    raise ManifestError("the MANIFEST is not a JSON object")
+                head, raw_entries = doc, iter(doc["entries"])
+            else:
+                head, raw_entries = split
+            return _parse(head, raw_entries)
+        except json.JSONDecodeError as exc:
             raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
-        try:
-            return _parse(doc)
         except ManifestError as exc:
             raise ManifestError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is malformed ({exc!r})") from exc
+
+    def to_bytes(self) -> bytes:
+        """The MANIFEST as stored: ``to_json``'s head and entries, each a zstd frame.
+        Blocking: callers run it in a worker thread."""
+        return manifest_encoding.encode(self.head_line(), self.entry_lines())
 
 
 def _compact(value: dict[str, Any]) -> str:
@@ -151,9 +181,7 @@ def check_relative_path(path: str) -> str:
     return path
 
 
-def _parse(doc: Any) -> Manifest:
-    if not isinstance(doc, dict):
-        raise ManifestError("the MANIFEST is not a JSON object")
+def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
     version = doc.get("format_version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ManifestError(
@@ -167,7 +195,13 @@ def _parse(doc: Any) -> Manifest:
     compression = doc.get("compression", "none")
     if not isinstance(compression, str):
         raise ManifestError(f"compression {compression!r} is not a codec name")
-    entries = tuple(_parse_entry(e, chunk_size, version) for e in doc["entries"])
+    tags = doc.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ManifestError(f"tags {tags!r} is not a list of strings")
+    parent = doc.get("parent", "")
+    if not isinstance(parent, str):
+        raise ManifestError(f"parent {parent!r} is not a backup name")
+    entries = tuple(_parse_entry(e, chunk_size, version) for e in raw_entries)
     _check_tree(entries)
     return Manifest(
         name=str(doc["name"]),
@@ -179,6 +213,9 @@ def _parse(doc: Any) -> Manifest:
         chunk_size=chunk_size,
         entries=entries,
         compression=compression,
+        tags=tuple(tags),
+        parent=parent,
+        format_version=version,
     )
 
 
@@ -209,7 +246,21 @@ def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntr
         raise ManifestError(f"{path!r}: a chunk hash is not a sha256 (with a codec suffix)")
     if len(chunks) != math.ceil(size / chunk_size):
         raise ManifestError(f"{path!r}: {len(chunks)} chunks cannot hold {size} bytes")
-    return FileEntry(path, "file", mode, mtime_ns, size=size, sha256=sha256, chunks=chunks)
+    ctime_ns = _int(raw.get("ctime_ns", 0), "ctime_ns")
+    inode = _int(raw.get("inode", 0), "inode")
+    if ctime_ns < 0 or inode < 0:
+        raise ManifestError(f"{path!r}: a negative ctime or inode")
+    return FileEntry(
+        path,
+        "file",
+        mode,
+        mtime_ns,
+        size=size,
+        sha256=sha256,
+        chunks=chunks,
+        ctime_ns=ctime_ns,
+        inode=inode,
+    )
 
 
 def _check_tree(entries: tuple[FileEntry, ...]) -> None:

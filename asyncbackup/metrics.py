@@ -28,7 +28,8 @@ class Metrics:
         )
         self.files = Counter(
             "backup_files_total",
-            "Files processed, by outcome: done (counted as each is stored or restored), failed, "
+            "Files processed, by outcome: done (counted as each is stored or restored), unchanged "
+            "(since the parent backup, not read), failed, "
             "or skipped (special files).",
             ["operation", "outcome"],
             registry=r,
@@ -83,7 +84,7 @@ class Metrics:
         self.retries.labels(operation)
         self.inflight.labels(operation)
         self.throttled.labels(operation)
-        for outcome in ("done", "failed", "skipped"):
+        for outcome in ("done", "unchanged", "failed", "skipped"):
             self.files.labels(operation, outcome)
         for outcome in ("transferred", "skipped"):
             self.bytes.labels(operation, outcome)

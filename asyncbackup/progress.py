@@ -10,13 +10,20 @@ from tqdm import tqdm
 
 
 class Progress(Protocol):
-    """Told as files and bytes are done. Called on the event loop: it must not block."""
+    """Told which phase a job is in (reading the parent, listing the store, reading and
+    uploading, committing...), with a detail that changes within it (chunks listed so far),
+    and as files and bytes are done. Called on the event loop: it must not block."""
+
+    def phase(self, name: str, detail: str = "") -> None: ...
 
     def advance(self, *, files: int = 0, nbytes: int = 0) -> None: ...
 
 
 class NoProgress:
     """Reports nothing: the default for embedded use."""
+
+    def phase(self, name: str, detail: str = "") -> None:
+        pass
 
     def advance(self, *, files: int = 0, nbytes: int = 0) -> None:
         pass
@@ -27,9 +34,14 @@ class BarProgress:
 
     def __init__(self, description: str) -> None:
         self._files = 0
+        self._description = description
         self._bar = tqdm(
             desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False
         )
+
+    def phase(self, name: str, detail: str = "") -> None:
+        text = f"{self._description}: {name}" + (f" ({detail})" if detail else "")
+        self._bar.set_description_str(text)  # redraws: a long listing shows it is alive
 
     def advance(self, *, files: int = 0, nbytes: int = 0) -> None:
         if files:
@@ -52,6 +64,16 @@ class LogProgress:
         self._started = self._next = self._clock()
         self._files = 0
         self._bytes = 0
+        self._phase = ""
+
+    def phase(self, name: str, detail: str = "") -> None:
+        """A line when a phase begins, then at most one every ``interval`` with its detail."""
+        now = self._clock()
+        if name == self._phase and now < self._next + self._interval:
+            return
+        self._phase, self._next = name, now
+        suffix = f" ({detail})" if detail else ""
+        self._log.info("%s: %s%s", self._description, name, suffix)
 
     def advance(self, *, files: int = 0, nbytes: int = 0) -> None:
         self._files += files

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from asyncbackup import manifest_encoding
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.compression import Codec, codec_of_ref, decode
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, ObjectExistsError
@@ -20,7 +21,8 @@ from asyncbackup.layout import (
     name_of_manifest_key,
     ref_of_chunk_key,
 )
-from asyncbackup.manifest import Manifest
+from asyncbackup.manifest import READABLE_VERSIONS, Manifest
+from asyncbackup.manifest_encoding import HEAD_READ
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
 
@@ -66,11 +68,15 @@ class Repository:
                 return
             page += 1
 
-    async def stored_refs(self) -> set[str]:
+    async def stored_refs(self, *, on_page: Callable[[int], None] | None = None) -> set[str]:
         """The chunks the store holds, by ref (codec suffix included): one listing, never a
-        request per chunk."""
-        keys = await self.list_keys(CHUNKS)
-        return {r for r in map(ref_of_chunk_key, keys) if r is not None}
+        request per chunk. ``on_page`` is told how many were listed so far, after each page."""
+        refs: set[str] = set()
+        async for page in self._pages(CHUNKS, self.store.list_page):
+            refs.update(r for r in map(ref_of_chunk_key, page) if r is not None)
+            if on_page is not None:
+                on_page(len(refs))
+        return refs
 
     async def backup_names(self) -> list[str]:
         """The names of every committed backup, sorted."""
@@ -137,6 +143,26 @@ class Repository:
             ) from None
         return await asyncio.to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
 
+    async def read_head(self, name: str) -> dict[str, Any]:
+        """Backup ``name``'s MANIFEST head (times, host, source, totals, tags), from one range
+        request of its first bytes; a MANIFEST whose head does not fit them is read whole.
+
+        Raises:
+            ManifestError: there is no such backup, or its MANIFEST is corrupt.
+        """
+        key = manifest_key(name)
+        what = Transfer(self.operation, "read manifest head", key)
+        try:
+            prefix = await self.retrier.run(what, lambda: self.store.get_range(key, 0, HEAD_READ))
+        except NotFound:
+            raise ManifestError(
+                f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
+            ) from None
+        head = manifest_encoding.head_of(prefix)  # one small frame: microseconds
+        if head is None or head.get("format_version") not in READABLE_VERSIONS:
+            return (await self.load_manifest(name)).head()  # refused clearly if it is bad
+        return head
+
     async def commit(self, manifest: Manifest) -> None:
         """Make every chunk durable, then write the MANIFEST, create-only: the backup's commit.
 
@@ -145,7 +171,7 @@ class Repository:
         """
         await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
         key = manifest_key(manifest.name)
-        data = await asyncio.to_thread(manifest.to_json)
+        data = await asyncio.to_thread(manifest.to_bytes)
         what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
             await self.retrier.run(what, lambda: self.store.put(key, data, overwrite=False))

@@ -38,6 +38,8 @@ def document(manifest: Manifest) -> dict[str, Any]:
         "compression": manifest.compression,
         "compressed_chunks": compressed_chunks(manifest),
         "totals": dict(manifest.totals.__dict__),
+        "tags": list(manifest.tags),
+        "parent": manifest.parent,
         "entries": [e.to_json() for e in manifest.entries],
     }
 
@@ -59,6 +61,8 @@ def text(manifest: Manifest, *, files: bool) -> str:
         f"chunks          {t.chunks} ({t.unique_chunks} unique)",
         f"chunk size      {_size(manifest.chunk_size)}",
         f"compression     {_compression(manifest)}",
+        f"tags            {' '.join(manifest.tags) or '-'}",
+        f"parent          {manifest.parent or '-'}",
         f"format version  {manifest.format_version}",
         f"job id          {manifest.job_id}",
     ]

@@ -34,6 +34,7 @@ from asyncbackup import (
     Storage,
 )
 from asyncbackup.layout import chunk_key
+from asyncbackup.manifest_encoding import decode
 from asyncbackup.restore import TEMP_MARK
 from tests.conftest import SMALL_CHUNK, RecordingSleep, assert_same_tree, fast_config, snapshot
 from tests.stores import WatchedStorage
@@ -395,7 +396,7 @@ async def test_overwrite_never_creates_dirs_outside_through_a_link(
 
 def edit_manifest(store: MemoryStorage, name: str, edit: Callable[[dict[str, Any]], None]) -> None:
     key = MANIFEST.format(name)
-    document = json.loads(store.objects[key])
+    document = json.loads(decode(store.objects[key], where="test"))
     edit(document)
     store.objects[key] = json.dumps(document).encode()
 
@@ -479,7 +480,7 @@ async def test_a_manifest_of_an_unknown_format_version_is_refused(
     await small_backup(store, tmp_path, sleep)
     edit_manifest(store, "b", lambda doc: doc.update(format_version=99))
     with pytest.raises(
-        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2\)"
+        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3\)"
     ) as caught:
         await engine(store, sleep).restore("b", tmp_path / "target")
     assert "another version of asyncbackup" in str(caught.value)

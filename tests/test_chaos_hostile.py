@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import BackupEngine
+from asyncbackup.manifest_encoding import decode
 from tests.conftest import SMALL_CHUNK, fast_config, snapshot
 from tests.remote import StoreUnderTest
 from tests.test_bad_input import assert_no_half_file
@@ -34,7 +35,7 @@ async def backed_up(store: StoreUnderTest, tmp_path: Path) -> Path:
 
 
 async def edit_manifest(store: StoreUnderTest, edit: Callable[[dict[str, Any]], None]) -> None:
-    document = json.loads(await store.read(MANIFEST))
+    document = json.loads(decode(await store.read(MANIFEST), where="test"))
     edit(document)
     await store.write(MANIFEST, json.dumps(document).encode())
 
@@ -82,7 +83,7 @@ async def test_a_chunk_altered_in_the_store_fails_restore_and_verify_names_it(
     any_store: StoreUnderTest, tmp_path: Path
 ) -> None:
     await backed_up(any_store, tmp_path)
-    document = json.loads(await any_store.read(MANIFEST))
+    document = json.loads(decode(await any_store.read(MANIFEST), where="test"))
     altered = file_entry(document, "big.bin")["chunks"][1]
     key = f"c/chunks/{altered}"
     stored = bytearray(await any_store.read(key))

@@ -23,6 +23,7 @@ from asyncbackup import (
 )
 from asyncbackup.compression import Codec, Compression, decode, encode, preferred_refs
 from asyncbackup.layout import manifest_key
+from asyncbackup.manifest_encoding import decode as decode_manifest
 from asyncbackup.storage.base import ObjectPage, Storage
 from tests.conftest import SMALL_CHUNK, RecordingSleep, assert_same_tree, fast_config, make_tree
 
@@ -159,8 +160,9 @@ async def test_a_compressed_backup_is_smaller_and_restores_identically(
     stored = sum(len(v) for k, v in objects.items() if k.startswith("chunks/"))
     assert stored < manifest.totals.bytes - len(TEXT) // 2  # the text shrank
     assert summary.bytes_uploaded == stored
-    assert manifest.format_version == 2 and manifest.compression == codec
-    assert json.loads(objects[manifest_key("z")])["format_version"] == 2
+    assert manifest.format_version == 3 and manifest.compression == codec
+    doc = json.loads(decode_manifest(objects[manifest_key("z")], where="test"))
+    assert doc["format_version"] == 3
 
     # Each put carried the sha256 of the bytes it stored, not of the raw chunk.
     for key, digest in store.digests.items():
@@ -187,7 +189,7 @@ async def test_chunks_stored_under_one_codec_are_not_uploaded_again_under_anothe
     assert zst.chunks_uploaded == 0 and raw.chunks_uploaded > 0
     assert set(memory.objects) - keys == {manifest_key("zst")}
     manifest = await BackupEngine(memory).manifest("zst")
-    assert manifest.format_version == 1  # every chunk it names is raw: old readers can read it
+    assert all(len(r) == 64 for r in manifest.refs())  # every chunk it names is raw
     await BackupEngine(memory, fast_config(), sleep=sleep).restore("zst", tmp_path / "out")
     assert_same_tree(source, tmp_path / "out")
 
@@ -195,13 +197,18 @@ async def test_chunks_stored_under_one_codec_are_not_uploaded_again_under_anothe
 async def test_a_manifest_of_the_first_format_still_restores(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
-    """A MANIFEST as the previous version wrote it: format 1, no "compression" field."""
+    """A MANIFEST as the first version wrote it: format 1, uncompressed JSON, no "compression",
+    "tags" or "parent" field, no ctime or inode in its entries."""
     source = make_tree(tmp_path / "src")
     memory = MemoryStorage()
     await BackupEngine(memory, fast_config(), sleep=sleep).backup(source, name="old")
-    doc = json.loads(memory.objects[manifest_key("old")])
-    del doc["compression"]
-    assert doc["format_version"] == 1
+    doc = json.loads(decode_manifest(memory.objects[manifest_key("old")], where="test"))
+    for field in ("compression", "tags", "parent"):
+        del doc[field]
+    for entry in doc["entries"]:
+        entry.pop("ctime_ns", None)
+        entry.pop("inode", None)
+    doc["format_version"] = 1
     memory.objects[manifest_key("old")] = json.dumps(doc).encode()
     await BackupEngine(memory, fast_config(), sleep=sleep).restore("old", tmp_path / "out")
     assert_same_tree(source, tmp_path / "out")
@@ -213,7 +220,7 @@ async def test_a_suffix_in_a_first_format_manifest_is_refused(
     source = compressible_tree(tmp_path / "src")
     memory = MemoryStorage()
     await BackupEngine(memory, zstd_config(), sleep=sleep).backup(source, name="z")
-    doc = json.loads(memory.objects[manifest_key("z")])
+    doc = json.loads(decode_manifest(memory.objects[manifest_key("z")], where="test"))
     doc["format_version"] = 1
     memory.objects[manifest_key("z")] = json.dumps(doc).encode()
     with pytest.raises(ManifestError, match="a chunk hash is not a sha256"):

@@ -116,9 +116,10 @@ async def test_resume_after_a_crash_uploads_only_what_is_missing(
     manifest = await BackupEngine(memory).manifest("one")
     assert watched.puts("chunks/") == manifest.totals.unique_chunks - left_behind
     assert summary.chunks_uploaded == manifest.totals.unique_chunks - left_behind
-    # Learnt from one listing, never a request per chunk; the third listing is the re-check
-    # before the commit (a chunk a prune removed meanwhile is uploaded again).
-    assert sum(n for (op, _), n in watched.calls.items() if op == "list") == 3
+    # Learnt from one listing, never a request per chunk; the others are the name check, the
+    # listing of backups/ (looking for a parent) and the re-check before the commit (a chunk a
+    # prune removed meanwhile is uploaded again).
+    assert sum(n for (op, _), n in watched.calls.items() if op == "list") == 4
     await BackupEngine(memory).restore("one", tmp_path / "out")
     assert_same_tree(tree, tmp_path / "out")
 
@@ -203,10 +204,10 @@ async def test_list_and_delete(tree: Path, sleep: RecordingSleep) -> None:
     await engine.backup(tree, name="b-one")
     await engine.backup(tree, name="a-two")
     infos = await engine.list_backups()
-    assert [i.name for i in infos] == ["a-two", "b-one"]
+    assert [i.name for i in infos] == ["b-one", "a-two"]  # by finish time, not by name
     assert infos[0].files == 13 and infos[0].bytes > 3 * SMALL_CHUNK and infos[0].problem == ""
     store.objects[manifest_key("c-bad")] = b"{not json"
-    assert "not valid JSON" in (await engine.list_backups())[2].problem
+    assert "not valid JSON" in (await engine.list_backups())[2].problem  # listed last
     await engine.delete("b-one")
     assert [i.name for i in await engine.list_backups()] == ["a-two", "c-bad"]
     assert chunk_keys(store)  # chunks stay for a later prune
@@ -234,7 +235,7 @@ async def test_metrics_land_on_the_callers_registry(tree: Path, tmp_path: Path) 
     assert value("backup_inflight_transfers", operation="backup") == 0
     assert (value("backup_last_success_timestamp_seconds", operation="restore") or 0) > 1e9
     assert value("backup_chunk_duration_seconds_count", operation="backup") == (
-        summary.chunks_uploaded + 5  # plus: three listings, the sync and the commit
+        summary.chunks_uploaded + 6  # plus: four listings, the sync and the commit
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncbackup.manifest_encoding import decode
 from tests.conftest import make_tree, snapshot
 from tests.pushgateway import PushReceiver, Samples, parse_samples, scrape, value
 from tests.test_cli import (
@@ -190,8 +191,10 @@ def test_a_metrics_port_in_use_is_a_usage_error_before_anything_runs(
 
 
 SUMMARY_BACKUP = re.compile(
-    r"backup (?P<name>\S+) committed: (?P<files>\d+) files, (?P<dirs>\d+) dirs, (?P<links>\d+) "
-    r"links, (?P<skipped>\d+) skipped; (?P<read>[\d.]+) MiB read, (?P<uploaded>\d+) chunks "
+    r"backup (?P<name>\S+) committed: (?P<files>\d+) files \((?P<unchanged>\d+) unchanged"
+    r"(, no parent| since (?P<parent>\S+))\), (?P<dirs>\d+) dirs, (?P<links>\d+) links, "
+    r"(?P<skipped>\d+) skipped; (?P<read>[\d.]+) MiB of (?P<bytes>[\d.]+) MiB read, "
+    r"(?P<uploaded>\d+) chunks "
     r"uploaded \((?P<sent>[\d.]+) MiB\), (?P<stored>\d+) already stored; (?P<retries>\d+) "
     r"retries; (?P<seconds>[\d.]+)s, (?P<rate>[\d.]+) MiB/s"
 )
@@ -216,9 +219,11 @@ def test_summary_lines_state_what_each_job_did(tmp_path: Path) -> None:
     # make_tree: 13 files, 5 dirs, 3 links; 16 chunks of 64K, one of them a duplicate.
     assert (one["name"], one["files"], one["dirs"], one["links"]) == ("one", "13", "5", "3")
     assert (one["uploaded"], one["stored"], one["retries"]) == ("15", "1", "0")
-    assert float(one["read"]) == round(file_bytes(source) / 2**20, 1)
-    # The second backup uploads only the new file; the rest is already stored.
+    assert float(one["read"]) == float(one["bytes"]) == round(file_bytes(source) / 2**20, 1)
+    assert (one["unchanged"], one["parent"]) == ("0", None)
+    # The second backup reads and uploads only the new file; the rest is unchanged since one.
     assert (two["files"], two["uploaded"], two["stored"]) == ("14", "1", "16")
+    assert (two["unchanged"], two["parent"], two["read"]) == ("13", "one", "0.0")
     assert int(two["retries"]) > 0
     assert float(two["seconds"]) > 0 and float(two["rate"]) >= 0
 
@@ -244,7 +249,8 @@ def test_list_json_gives_a_script_every_fact_of_each_backup(tmp_path: Path) -> N
     assert [e["name"] for e in listing] == ["a", "b", "c"]
     a, _, c = listing
     assert set(a) == {
-        "name", "started", "finished", "host", "source", "files", "bytes", "chunks", "problem"
+        "name", "started", "finished", "host", "source", "files", "bytes", "chunks", "problem",
+        "tags", "parent", "format_version",
     }  # fmt: skip
     started, finished = (datetime.fromisoformat(str(a[k])) for k in ("started", "finished"))
     assert started.utcoffset() is not None and started <= finished
@@ -259,7 +265,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
 ) -> None:
     store = tmp_path / "store"
     assert cli("backup", tree, store, "--name", "one", "--chunk-size", "64K").returncode == 0
-    manifest = json.loads((store / "backups" / "one" / "MANIFEST").read_text())
+    manifest = json.loads(decode((store / "backups" / "one" / "MANIFEST").read_bytes(), where="t"))
 
     as_json = cli("show", store, "one", "--json")
     assert as_json.returncode == EXIT_OK, as_json.stderr
@@ -267,7 +273,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     for key in ("name", "format_version", "job_id", "started", "finished", "host", "source",
                 "chunk_size", "totals", "entries"):  # fmt: skip
         assert doc[key] == manifest[key], key
-    assert doc["format_version"] == 1
+    assert doc["format_version"] == 3
     assert doc["totals"] == {"files": 13, "dirs": 5, "symlinks": 3, "bytes": file_bytes(tree),
                              "chunks": 16, "unique_chunks": 15}  # fmt: skip
     assert 0 <= doc["seconds"] < 60
@@ -281,13 +287,13 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert f"source          {tree}" in lines
     assert f"files           13 ({file_bytes(tree):,} bytes)" in lines
     assert "chunks          16 (15 unique)" in lines
-    assert "format version  1" in lines
+    assert "format version  3" in lines
     assert "compression     none" in lines
     assert any(re.fullmatch(r"-rwxr-x--- +18 \S+ \S+  script\.sh", line) for line in lines)
     assert any(line.endswith("  link-to-leaf -> sub/deeper/leaf.txt") for line in lines)
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
-    assert len(lines) == 13 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
+    assert len(lines) == 15 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
 
     summary_only = cli("show", store, "one")
     assert summary_only.stdout.splitlines() == lines[:13]

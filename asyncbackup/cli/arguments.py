@@ -187,6 +187,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
     )
+    backup.add_argument(
+        "--parent",
+        metavar="NAME",
+        help="compare with this backup to skip unchanged files (default: the newest backup "
+        "of this host and source)",
+    )
+    backup.add_argument(
+        "--force",
+        action="store_true",
+        help="read every file, trust no parent, and list the store for what it holds",
+    )
+    backup.add_argument(
+        "--ignore-inode",
+        action="store_true",
+        help="a file whose inode changed is still unchanged (network file systems, FUSE)",
+    )
+    backup.add_argument(
+        "--ignore-ctime",
+        action="store_true",
+        help="a file whose ctime changed is still unchanged (file systems without a stable ctime)",
+    )
+    backup.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="label the backup (repeat for several); list --tag finds it",
+    )
     restore = commands.add_parser("restore", parents=[common], help="restore a backup")
     restore.add_argument("store", metavar="STORE")
     restore.add_argument("name", metavar="NAME")
@@ -199,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
     listing.add_argument("store", metavar="STORE")
     listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    listing.add_argument("--host", help="only the backups made on this host")
+    listing.add_argument("--source", metavar="PATH", help="only the backups of this directory")
+    listing.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only the backups with this tag (repeat: with every one of them)",
+    )
     showing = commands.add_parser("show", parents=[common], help="describe one backup")
     showing.add_argument("store", metavar="STORE")
     showing.add_argument("name", metavar="NAME")

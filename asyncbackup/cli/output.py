@@ -22,12 +22,13 @@ def report(args: argparse.Namespace, result: object) -> int:
     """Print or log what ``result`` says, for a person or a script; the exit code."""
     if isinstance(result, BackupSummary):
         b = result
+        since = f" since {b.parent}" if b.parent else ", no parent"
         log.info(
-            "backup %s committed: %d files, %d dirs, %d links, %d skipped; %s read, "
-            "%d chunks uploaded (%s), %d already stored; %d retries; %.1fs, %s/s",
-            b.name, b.files, b.dirs, b.symlinks, b.skipped, _mib(b.bytes),
-            b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
-            b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
+            "backup %s committed: %d files (%d unchanged%s), %d dirs, %d links, %d skipped; "
+            "%s of %s read, %d chunks uploaded (%s), %d already stored; %d retries; %.1fs, %s/s",
+            b.name, b.files, b.unchanged, since, b.dirs, b.symlinks, b.skipped,
+            _mib(b.bytes_read), _mib(b.bytes), b.chunks_uploaded, _mib(b.bytes_uploaded),
+            b.chunks_skipped, b.retries, b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
         )  # fmt: skip
         print(b.name)
     elif isinstance(result, RestoreSummary):
@@ -55,6 +56,7 @@ def report(args: argparse.Namespace, result: object) -> int:
             log.info("no backups in %s", args.store)
         for i in result:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            where += "".join(f"  #{t}" for t in i.tags)
             print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
     else:
         log.info("deleted backup %s (its chunks stay until a prune)", args.name)

@@ -21,7 +21,7 @@ from asyncbackup.cli.arguments import build_parser
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
-from asyncbackup.engine import BackupEngine
+from asyncbackup.engine import BackupEngine, ChangeDetection, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.metrics import Metrics
@@ -167,11 +167,18 @@ async def _command(
 
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "backup":
-        return await engine.backup(args.source, name=args.name)
+        changes = ChangeDetection(
+            force=args.force, ignore_inode=args.ignore_inode, ignore_ctime=args.ignore_ctime
+        )
+        return await engine.backup(
+            args.source, name=args.name, parent=args.parent, changes=changes, tags=args.tag
+        )
     if args.command == "restore":
         return await engine.restore(args.name, args.target, overwrite=args.overwrite)
     if args.command == "list":
-        return await engine.list_backups()
+        return await engine.list_backups(
+            Filters(host=args.host, source=args.source, tags=tuple(args.tag))
+        )
     if args.command == "show":
         return await engine.manifest(args.name)
     if args.command == "verify":

@@ -62,6 +62,16 @@ class Storage(ABC):
             ObjectNotFoundError: no such key.
         """
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Return up to ``length`` bytes of ``key`` from offset ``start`` (fewer at its end).
+        Stores whose server serves ranges override this; by default the whole object is read.
+
+        Raises:
+            ObjectNotFoundError: no such key.
+        """
+        data = await self.get(key)
+        return data[start : start + length]
+
     @abstractmethod
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         """Return one page of the objects whose keys start with ``prefix`` (sorted by key), with

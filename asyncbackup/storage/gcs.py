@@ -190,11 +190,17 @@ class GCSStorage(Storage):
             )
 
     async def get(self, key: str) -> bytes:
+        return await self._download(key, None)
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        return await self._download(key, {"Range": f"bytes={start}-{start + length - 1}"})
+
+    async def _download(self, key: str, headers: dict[str, str] | None) -> bytes:
         client = await self._gcs()
         try:
             async with self._mapped(key, about="object"):
                 stream = await client.download_stream(
-                    self.bucket, self.prefix + key, timeout=self._timeout
+                    self.bucket, self.prefix + key, headers=headers, timeout=self._timeout
                 )
                 # The response holds a pooled connection until it is read or released: the
                 # context manager releases it on every way out, cancellation included.

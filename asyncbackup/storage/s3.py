@@ -192,6 +192,15 @@ class S3Storage(Storage):
                 pieces = [piece async for piece in body.iter_chunks(READ_PIECE)]
         return b"".join(pieces)
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        s3 = await self._s3()
+        wanted = f"bytes={start}-{start + length - 1}"
+        with _mapped_errors(self.url, key):
+            response = await s3.get_object(Bucket=self.bucket, Key=self.prefix + key, Range=wanted)
+            async with response["Body"] as body:
+                pieces = [piece async for piece in body.iter_chunks(READ_PIECE)]
+        return b"".join(pieces)
+
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         s3 = await self._s3()
         paginator = s3.get_paginator("list_objects_v2")

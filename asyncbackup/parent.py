@@ -1,0 +1,147 @@
+"""An incremental backup's parent: which files are unchanged since it, so they are not read.
+
+As restic does with its parent snapshot: a regular file whose path, size, mtime, ctime and inode
+all equal its entry in the parent is not opened; its entry (size, sha256, chunk refs) is taken
+from the parent, with the mode and times the walk saw now. Why each field:
+
+- size and mtime: what every tool compares; an editor or ``cp`` changes both.
+- ctime: a file can be rewritten and its mtime put back by hand (``touch -d``, ``rsync -t``,
+  ``tar x``); nothing but the kernel sets ctime, and any write or ``utime`` moves it.
+- inode: a file replaced by another (``mv new old``, a package upgrade) whose size and times
+  happen to match is a new inode.
+
+``--ignore-ctime`` and ``--ignore-inode`` drop the last two, for file systems where they are not
+stable (network file systems and FUSE mounts may change inode numbers across mounts, some copy
+tools reset ctime). ``--force`` reads every file. A parent written before format 3 has no ctime
+or inode: its files are read (unless both are ignored), which is always safe.
+
+Taking an entry from the parent also takes the chunk refs it names as stored: see
+``BackupJob`` for why that is safe (the parent is a committed MANIFEST, and prune never removes
+what a committed MANIFEST names), and what a damaged parent costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from asyncbackup.catalog import newest_of, read_catalog
+from asyncbackup.errors import ConfigError, ManifestError
+from asyncbackup.layout import digest_of_ref
+from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.repository import Repository
+
+log = logging.getLogger("asyncbackup")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeDetection:
+    """How a backup tells an unchanged file from a changed one (restic's options)."""
+
+    force: bool = False
+    """Read every file, and trust no parent: what is stored is learnt from a listing."""
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
+
+
+READ_CHANGED = ChangeDetection()
+"""The default: read what changed by size, mtime, ctime or inode."""
+
+
+class Parent:
+    """The file entries of the parent backup by path, compared with what the walk finds."""
+
+    def __init__(self, manifest: Manifest, rules: ChangeDetection) -> None:
+        self.name = manifest.name
+        self.rules = rules
+        self._files = {e.path: e for e in manifest.entries if e.type == "file"}
+        self.refs = manifest.refs()
+
+    def unchanged(self, path: str, st: os.stat_result) -> FileEntry | None:
+        """The parent's entry for ``path`` with the digests of its chunks, if the file at
+        ``path`` (as ``st``, its lstat, says) is unchanged since; else None: read it."""
+        old = self._files.get(path)
+        if old is None or self.rules.force:
+            return None
+        if old.size != st.st_size or old.mtime_ns != st.st_mtime_ns:
+            return None
+        if not self.rules.ignore_ctime and (not old.ctime_ns or old.ctime_ns != st.st_ctime_ns):
+            return None
+        if not self.rules.ignore_inode and (not old.inode or old.inode != st.st_ino):
+            return None
+        return old
+
+    def forget(self) -> None:
+        """Drop the entries once the walk is done: their memory is the backup's to use."""
+        self._files.clear()
+
+
+def entry_from_parent(old: FileEntry, st: os.stat_result, mode: int) -> FileEntry:
+    """The new backup's entry for an unchanged file: the parent's content (size, hash, chunks,
+    as digests like every entry of a running job) with the metadata the walk saw now."""
+    return FileEntry(
+        old.path,
+        "file",
+        mode,
+        st.st_mtime_ns,
+        size=old.size,
+        sha256=old.sha256,
+        chunks=tuple(digest_of_ref(r) for r in old.chunks),
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+    )
+
+
+async def find_parent(
+    repo: Repository,
+    *,
+    explicit: str | None,
+    host: str,
+    source: str,
+    rules: ChangeDetection,
+    chunk_size: int,
+    concurrency: int,
+) -> Parent | None:
+    """The parent of a backup of ``host``:``source``: backup ``explicit`` if given, else the
+    newest backup of the same host and source; None for a first backup, with ``--force``, or
+    when the parent cannot be used (each said in a log line).
+
+    Raises:
+        ConfigError: ``explicit`` names no backup, or one whose MANIFEST cannot be read.
+    """
+    if rules.force:
+        log.info("--force: every file is read, and no parent is trusted")
+        return None
+    if explicit is not None:
+        try:
+            manifest = await repo.load_manifest(explicit)
+        except ManifestError as exc:
+            raise ConfigError(
+                f"--parent {explicit}: {exc}; name another backup as the parent, or leave "
+                "--parent out to use the newest backup of this host and source"
+            ) from None
+    else:
+        newest = newest_of(
+            await read_catalog(repo, concurrency=concurrency), host=host, source=source
+        )
+        if newest is None:
+            log.info("no earlier backup of %s:%s: every file is read", host, source)
+            return None
+        try:
+            manifest = await repo.load_manifest(newest.name)
+        except ManifestError as exc:
+            log.warning("the parent backup cannot be read, so every file is read: %s", exc)
+            return None
+    if manifest.chunk_size != chunk_size:
+        log.warning(
+            "the parent backup %s was made with chunks of %d bytes, this one uses %d: "
+            "every file is read",
+            manifest.name,
+            manifest.chunk_size,
+            chunk_size,
+        )
+        return None
+    log.info("parent backup %s: files unchanged since it are not read", manifest.name)
+    return await asyncio.to_thread(Parent, manifest, rules)  # 100,000 entries: off the loop
