@@ -296,7 +296,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert len(lines) == 15 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
 
     summary_only = cli("show", store, "one")
-    assert summary_only.stdout.splitlines() == lines[:13]
+    assert summary_only.stdout.splitlines() == lines[:15]
 
 
 def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_path: Path) -> None:
