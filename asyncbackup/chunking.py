@@ -17,6 +17,14 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def open_source(path: Path) -> int:
+    """Open a source file for reading: every read of a file's content starts here (the seam
+    through which tests count what a backup opened)."""
+    # O_NOFOLLOW: a file swapped for a link since the walk is refused, never followed.
+    # O_NONBLOCK: a file swapped for a fifo must not hang the open.
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
 class ChunkReader:
     """Reads one regular file as chunks of ``chunk_size`` bytes, and hashes it whole.
 
@@ -91,9 +99,7 @@ class ChunkReader:
             return (data, digest) if data else None
 
     def _open(self) -> None:
-        # O_NOFOLLOW: a file swapped for a link since the walk is refused, never followed.
-        # O_NONBLOCK: a file swapped for a fifo must not hang the open.
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        self._fd = open_source(self.path)
         self.stat = os.fstat(self._fd)
         if not stat.S_ISREG(self.stat.st_mode):
             raise SourceError(f"{self.path} is no longer a regular file")
@@ -145,7 +151,7 @@ async def reread_chunk(path: Path, index: int, chunk_size: int) -> tuple[bytes, 
 
 def _reread(path: Path, index: int, chunk_size: int) -> tuple[bytes, str]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = open_source(path)
         try:
             os.lseek(fd, index * chunk_size, os.SEEK_SET)
             data = _read_up_to(fd, chunk_size)

@@ -50,6 +50,10 @@ class WatchedStorage(Storage):
         self.calls["get", key] += 1
         return await self.inner.get(key)
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        self.calls["get_range", key] += 1
+        return await self.inner.get_range(key, start, length)
+
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         self.calls["list", prefix] += 1
         return await self.inner.list_objects(prefix, token)

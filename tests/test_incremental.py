@@ -1,0 +1,333 @@
+"""Incremental backups: files unchanged since the parent are not opened, changed ones are read
+(ctime and inode catch what size and mtime miss), and a damaged parent is not trusted blindly."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from asyncbackup import (
+    BackupEngine,
+    ChangeDetection,
+    ConfigError,
+    Filters,
+    MemoryStorage,
+    Metrics,
+    chunking,
+)
+from asyncbackup.layout import chunk_key, manifest_key
+from asyncbackup.manifest_encoding import ZSTD_MAGIC, decode
+from tests.conftest import RecordingSleep, assert_same_tree, fast_config, make_tree
+from tests.remote import StoreUnderTest
+from tests.stores import WatchedStorage
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The source files each backup opens, by name: counted at the one seam that opens them."""
+    counts: Counter[str] = Counter()
+    real = chunking.open_source
+
+    def counting(path: Path) -> int:
+        counts[os.fsdecode(path)] += 1
+        return real(path)
+
+    monkeypatch.setattr(chunking, "open_source", counting)
+    return counts
+
+
+def engine(
+    store: MemoryStorage | WatchedStorage, sleep: RecordingSleep, **kw: object
+) -> BackupEngine:
+    return BackupEngine(store, fast_config(), sleep=sleep, **kw)  # type: ignore[arg-type]
+
+
+async def test_an_unchanged_file_is_not_opened(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    store = MemoryStorage()
+    first = await engine(store, sleep).backup(tree, name="one")
+    files = sum(opened.values())
+    assert files == first.files == 13 and first.unchanged == 0 and first.parent == ""
+    opened.clear()
+
+    registry = CollectorRegistry()
+    second = await engine(store, sleep, metrics=Metrics(registry)).backup(tree, name="two")
+    assert opened == Counter()  # not one file opened
+    assert (second.parent, second.unchanged, second.files) == ("one", 13, 13)
+    assert second.bytes_read == 0 and second.chunks_uploaded == 0
+    unchanged = registry.get_sample_value(
+        "backup_files_total", {"operation": "backup", "outcome": "unchanged"}
+    )
+    assert unchanged == 13
+    manifest = await BackupEngine(store).manifest("two")
+    assert manifest.parent == "one"
+    await engine(store, sleep).restore("two", tmp_path / "out")
+    assert_same_tree(tree, tmp_path / "out")
+
+    (tree / "sub" / "deeper" / "leaf.txt").write_text("leaf, grown\n")
+    (tree / "new.txt").write_text("new\n")
+    third = await engine(store, sleep).backup(tree, name="three")
+    assert sorted(opened) == [str(tree / "new.txt"), str(tree / "sub/deeper/leaf.txt")]
+    assert (third.parent, third.unchanged, third.chunks_uploaded) == ("two", 12, 2)
+    await engine(store, sleep).restore("three", tmp_path / "out3")
+    assert_same_tree(tree, tmp_path / "out3")
+
+
+async def test_content_changed_with_its_mtime_put_back_is_read_because_its_ctime_moved(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    target = tree / "dup-a.bin"
+    before = target.stat()
+    target.write_bytes(b"other byte" * 1000)  # same size, new content
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # what `touch -d` does
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns  # only the kernel sets it
+    opened.clear()
+
+    second = await engine(store, sleep).backup(tree, name="two")
+    assert list(opened) == [str(target)] and second.unchanged == 12
+    await engine(store, sleep).restore("two", tmp_path / "out")
+    assert (tmp_path / "out" / "dup-a.bin").read_bytes() == b"other byte" * 1000
+    assert_same_tree(tree, tmp_path / "out")
+
+    # --ignore-ctime trusts size and mtime alone: the file is taken as unchanged (the trade-off
+    # that option makes, for file systems whose ctime is not stable).
+    target.write_bytes(b"third text" * 1000)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    opened.clear()
+    careless = ChangeDetection(ignore_ctime=True)
+    third = await engine(store, sleep).backup(tree, name="three", changes=careless)
+    assert opened == Counter() and third.unchanged == 13
+
+
+async def test_a_file_replaced_by_another_inode_is_read_unless_inodes_are_ignored(
+    tree: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    target = tree / "private"
+    old = target.stat()
+    replacement = tree / "private.new"
+    replacement.write_bytes(target.read_bytes())
+    os.chmod(replacement, 0o600)
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, target)  # an upgrade's "write beside, rename over"
+    assert target.stat().st_ino != old.st_ino
+    opened.clear()
+
+    ignore_both = ChangeDetection(ignore_inode=True, ignore_ctime=True)
+    blind = await engine(store, sleep).backup(tree, name="two", changes=ignore_both)
+    assert opened == Counter() and blind.unchanged == 13
+    ignore_ctime = ChangeDetection(ignore_ctime=True)
+    # Compared with "one" (the blind "two" recorded the new inode already).
+    seen = await engine(store, sleep).backup(tree, name="three", parent="one", changes=ignore_ctime)
+    assert list(opened) == [str(target)] and seen.unchanged == 12
+
+
+async def test_force_reads_every_file_and_lists_the_store(
+    tree: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    memory = MemoryStorage()
+    await engine(memory, sleep).backup(tree, name="one")
+    opened.clear()
+    watched = WatchedStorage(memory)
+    forced = await engine(watched, sleep).backup(
+        tree, name="two", changes=ChangeDetection(force=True)
+    )
+    assert sum(opened.values()) == 13 and forced.unchanged == 0 and forced.parent == ""
+    assert forced.chunks_uploaded == 0  # the listing showed every chunk stored
+    assert watched.calls["list", "chunks/"] == 2  # the listing, and the re-check before commit
+
+
+async def test_an_incremental_backup_does_not_list_the_chunks_before_it_reads(
+    tree: Path, sleep: RecordingSleep
+) -> None:
+    memory = MemoryStorage(page_size=3)
+    first = WatchedStorage(memory)
+    await engine(first, sleep).backup(tree, name="one")
+    second = WatchedStorage(memory)
+    await engine(second, sleep).backup(tree, name="two")
+    # What it may trust comes from the parent's MANIFEST; the one listing left is the re-check
+    # before the commit (15 chunks, 3 a page), which the repository lock (issue 12) replaces.
+    # The first backup listed the empty store (one page) and re-checked the same way.
+    assert second.calls["list", "chunks/"] == first.calls["list", "chunks/"] - 1 == 5
+    assert second.calls["get", manifest_key("one")] == 1  # the parent, read once
+
+
+async def test_a_missing_chunk_of_the_parent_is_uploaded_again(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    parent = await BackupEngine(store).manifest("one")
+    [leaf] = [e for e in parent.entries if e.path == "sub/deeper/leaf.txt"]
+    del store.objects[chunk_key(leaf.chunks[0])]  # damaged behind the protocol's back
+    opened.clear()
+
+    second = await engine(store, sleep).backup(tree, name="two")
+    assert second.unchanged == 13
+    assert chunk_key(leaf.chunks[0]) in store.objects  # read again from the source, stored
+    assert list(opened) == [str(tree / "sub/deeper/leaf.txt")]
+    assert (await BackupEngine(store).verify("two")).ok
+    await engine(store, sleep).restore("two", tmp_path / "out")
+    assert_same_tree(tree, tmp_path / "out")
+
+
+async def test_a_parent_whose_manifest_is_damaged_is_not_used(
+    tree: Path,
+    tmp_path: Path,
+    sleep: RecordingSleep,
+    opened: Counter[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    store.objects[manifest_key("one")] = store.objects[manifest_key("one")][:-40]  # cut short
+    opened.clear()
+    second = await engine(store, sleep).backup(tree, name="two")
+    assert second.parent == "" and second.unchanged == 0 and sum(opened.values()) == 13
+    assert "the parent backup cannot be read, so every file is read" in caplog.text
+    await engine(store, sleep).restore("two", tmp_path / "out")
+    assert_same_tree(tree, tmp_path / "out")
+
+
+async def test_a_parent_of_an_older_format_means_every_file_is_read(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    import json
+
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    doc = json.loads(decode(store.objects[manifest_key("one")], where="test"))
+    doc["format_version"] = 2  # as the previous version wrote it: no ctime, no inode
+    for entry in doc["entries"]:
+        entry.pop("ctime_ns", None)
+        entry.pop("inode", None)
+    store.objects[manifest_key("one")] = json.dumps(doc).encode()
+    await engine(store, sleep).restore("one", tmp_path / "old")  # it still restores
+    assert_same_tree(tree, tmp_path / "old")
+    opened.clear()
+
+    second = await engine(store, sleep).backup(tree, name="two")
+    assert second.parent == "one" and second.unchanged == 0 and sum(opened.values()) == 13
+    assert second.chunks_uploaded == 0  # its chunks are still trusted
+    opened.clear()
+    third = await engine(store, sleep).backup(tree, name="three")  # a parent of format 3 now
+    assert third.unchanged == 13 and opened == Counter()
+
+
+async def test_the_parent_is_the_newest_backup_of_the_same_source_or_the_one_named(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", seed=1)
+    store = MemoryStorage()
+    days = itertools.count()
+
+    def clock() -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=next(days))
+
+    eng = engine(store, sleep, clock=clock)
+    await eng.backup(a, name="a1")  # each backup reads the clock twice: a day per reading
+    await eng.backup(b, name="b1")
+    assert (await eng.backup(a, name="a2")).parent == "a1"
+    assert (await eng.backup(b, name="b2")).parent == "b1"
+    assert (await eng.backup(a, name="a3", parent="a1")).parent == "a1"
+    with pytest.raises(ConfigError, match="--parent nope: no backup named 'nope'"):
+        await eng.backup(a, name="a4", parent="nope")
+
+
+async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", seed=1)
+    memory = MemoryStorage()
+    moments = iter([3, 4, 1, 2, 5, 6])  # "z" finishes before "y"
+
+    def clock() -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=next(moments))
+
+    eng = engine(memory, sleep, clock=clock)
+    await eng.backup(a, name="y", tags=["daily"])
+    await eng.backup(b, name="z", tags=["daily", "db"])
+    await eng.backup(a, name="x")
+    watched = WatchedStorage(memory)
+    listing = await BackupEngine(watched).list_backups()
+    assert [i.name for i in listing] == ["z", "y", "x"]
+    assert {k for (op, k) in watched.calls if op == "get"} == set()  # no MANIFEST read whole
+    assert watched.calls["get_range", manifest_key("y")] == 1
+    assert listing[0].tags == ["daily", "db"] and listing[0].source == str(b)
+    assert listing[0].files == 13 and listing[0].format_version == 3
+    assert listing[2].parent == "y"
+
+    def names(**filters: object) -> list[str]:
+        return [i.name for i in infos if Filters(**filters).match(i)]  # type: ignore[arg-type]
+
+    infos = listing
+    assert names(tags=["daily"]) == ["z", "y"]
+    assert names(tags=["daily", "db"]) == ["z"]
+    assert names(source=str(a)) == ["y", "x"]
+    assert names(host="elsewhere") == []
+    with pytest.raises(ConfigError, match="invalid tag 'a b'"):
+        await eng.backup(a, name="w", tags=["a b"])
+
+
+class Phases:
+    """A progress that records the phases a job goes through."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if not self.seen or self.seen[-1] != name:
+            self.seen.append(name)
+
+    def advance(self, *, files: int = 0, nbytes: int = 0) -> None:
+        pass
+
+
+async def test_every_phase_is_reported(tree: Path, sleep: RecordingSleep) -> None:
+    store = MemoryStorage()
+    first = Phases()
+    await engine(store, sleep, progress=first).backup(tree, name="one")
+    assert first.seen == [
+        "reading the parent",
+        "listing the store",
+        "reading and uploading",
+        "checking the store again",
+        "committing",
+    ]
+    second = Phases()
+    await engine(store, sleep, progress=second).backup(tree, name="two")
+    assert "listing the store" not in second.seen and second.seen[0] == "reading the parent"
+
+
+async def test_on_every_store_an_incremental_backup_reads_only_what_changed(
+    any_store: StoreUnderTest, tmp_path: Path, opened: Counter[str]
+) -> None:
+    """Local, moto and fake-gcs-server: the parent found through range reads of MANIFEST
+    heads (each server's own Range handling), unchanged files not opened, bytes restored."""
+    tree = make_tree(tmp_path / "source")
+    async with any_store.store() as store:
+        eng = BackupEngine(store, fast_config())
+        await eng.backup(tree, name="one", tags=["first"])
+        head = await store.get_range(manifest_key("one"), 0, 4)
+        assert head == ZSTD_MAGIC  # the server served the range, not the whole object
+        (tree / "sub" / "deeper" / "leaf.txt").write_text("changed\n")
+        opened.clear()
+        second = await eng.backup(tree, name="two")
+        assert list(opened) == [str(tree / "sub/deeper/leaf.txt")]
+        assert (second.parent, second.unchanged, second.chunks_uploaded) == ("one", 12, 1)
+        listing = await eng.list_backups(Filters(tags=["first"]))
+        assert [(i.name, i.files, i.format_version) for i in listing] == [("one", 13, 3)]
+        await eng.restore("two", tmp_path / "out")
+    assert_same_tree(tree, tmp_path / "out")
