@@ -5,10 +5,12 @@ async with open_storage("file:///var/backups/app") as store:
 """
 
 from asyncbackup.backup import BackupSummary
+from asyncbackup.backup_options import BackupOptions, ChangeDetection
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.compression import Compression
 from asyncbackup.config import EngineConfig, RetryPolicy
-from asyncbackup.engine import BackupEngine, BackupInfo, ChangeDetection, Filters, VerifyReport
+from asyncbackup.diff import BackupDiff, Change
+from asyncbackup.engine import BackupEngine, BackupInfo, Filters, VerifyReport
 from asyncbackup.errors import (
     BackupError,
     BackupFailed,
@@ -21,11 +23,12 @@ from asyncbackup.errors import (
     PermanentStorageError,
     SourceChangedError,
     SourceError,
+    SourceVanishedError,
     StorageError,
     TargetError,
     TransientStorageError,
 )
-from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.manifest import FileEntry, Manifest, SourceWarning
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import Progress
 from asyncbackup.prune import PruneReport
@@ -41,12 +44,15 @@ from asyncbackup.storage import (
 )
 
 __all__ = [
+    "BackupDiff",
     "BackupEngine",
     "BackupError",
     "BackupFailed",
     "BackupInfo",
+    "BackupOptions",
     "BackupSummary",
     "Bandwidth",
+    "Change",
     "ChangeDetection",
     "Compression",
     "ConfigError",
@@ -72,6 +78,8 @@ __all__ = [
     "RetryPolicy",
     "SourceChangedError",
     "SourceError",
+    "SourceVanishedError",
+    "SourceWarning",
     "Storage",
     "StorageError",
     "StoreOptions",

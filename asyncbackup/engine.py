@@ -5,26 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.catalog import BackupInfo, Filters, read_catalog
 from asyncbackup.config import EngineConfig
+from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
     BackupFailed,
     ConfigError,
     IntegrityError,
     ObjectNotFoundError,
 )
-from asyncbackup.layout import check_backup_name, check_tag
+from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
-from asyncbackup.parent import READ_CHANGED, ChangeDetection
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -106,33 +107,23 @@ class BackupEngine:
         source: str | Path,
         *,
         name: str | None = None,
-        parent: str | None = None,
-        changes: ChangeDetection = READ_CHANGED,
-        tags: Sequence[str] = (),
+        options: BackupOptions | None = None,
     ) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
-
-        Files unchanged since the parent backup (``parent``, by default the newest backup of
-        this host and source) are not read: see ``asyncbackup/parent.py`` and ``changes``.
+        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        skipped or stored while changing are in the summary's ``warnings`` (see
+        ``BackupOptions.strict``). Files unchanged since the parent backup (``options.parent``,
+        by default the newest backup of this host and source) are not read: see
+        ``asyncbackup/parent.py`` and ``BackupOptions.changes``.
 
         Raises:
-            ConfigError: a bad name or tag, a source that is not a directory, a name already
-                taken, or a ``parent`` that does not exist or cannot be read.
+            ConfigError: a bad name, a source that is not a directory, a name already taken,
+                or a parent that does not exist or cannot be read.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
-        if parent is not None:
-            check_backup_name(parent)
         repo = self._repository("backup")
         job = BackupJob(
-            repo,
-            self.config,
-            self.metrics,
-            self.progress,
-            clock=self._clock,
-            parent=parent,
-            changes=changes,
-            tags=tuple(check_tag(t) for t in tags),
+            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
         )
         return await self._timed("backup", job.run(Path(source), name))
 
@@ -158,6 +149,18 @@ class BackupEngine:
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
+
+    async def diff(self, old: str, new: str) -> BackupDiff:
+        """What was added, removed and changed from backup ``old`` to backup ``new``, from
+        their MANIFESTs alone.
+
+        Raises:
+            ManifestError: either backup is missing, or its MANIFEST is corrupt or unsafe.
+        """
+        repo = self._repository("verify")
+        before = await repo.load_manifest(check_backup_name(old))
+        after = await repo.load_manifest(check_backup_name(new))
+        return await asyncio.to_thread(diff, before, after)
 
     async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
@@ -255,4 +258,4 @@ def _chunk_users(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, in
     return users, sizes
 
 
-__all__ = ["BackupEngine", "BackupInfo", "ChangeDetection", "Filters", "VerifyReport"]
+__all__ = ["BackupEngine", "BackupInfo", "Filters", "VerifyReport"]

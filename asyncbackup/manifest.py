@@ -14,10 +14,27 @@ from asyncbackup.layout import is_chunk_ref, is_digest
 
 FORMAT_VERSION = 3
 """Version 2 named compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 records each
-file's ctime and inode (what an incremental backup compares), the backup's tags and parent, and
-is stored compressed with zstd (see ``manifest_encoding.py``). Every version is still read."""
+file's ctime and inode (what an incremental backup compares), the backup's tags and parent, what
+it skipped or stored while it changed (``warnings``), and is stored compressed with zstd (see
+``manifest_encoding.py``). Every field added since version 1 is optional when read, and every
+version is still read."""
 READABLE_VERSIONS = (1, 2, 3)
 EntryType = Literal["file", "dir", "symlink"]
+WarningKind = Literal["vanished", "unreadable", "changed"]
+WARNING_KINDS: tuple[WarningKind, ...] = ("vanished", "unreadable", "changed")
+
+
+@dataclass(frozen=True)
+class SourceWarning:
+    """A file the backup could not take as it was: skipped (it vanished, or could not be read),
+    or stored as read while it kept changing (``changed``: not a consistent copy)."""
+
+    path: str
+    kind: WarningKind
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +98,7 @@ class Manifest:
     tags: tuple[str, ...] = ()
     parent: str = ""  # the backup whose unchanged entries this one took, if any
     format_version: int = FORMAT_VERSION  # as read; a backup always writes FORMAT_VERSION
+    warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +120,7 @@ class Manifest:
 
     def head(self) -> dict[str, Any]:
         """Everything but the entries: what ``list`` shows, and the first line of the MANIFEST."""
-        return {
+        head: dict[str, Any] = {
             "format_version": self.format_version,
             "name": self.name,
             "job_id": self.job_id,
@@ -116,6 +134,9 @@ class Manifest:
             "tags": list(self.tags),
             "parent": self.parent,
         }
+        if self.warnings:
+            head["warnings"] = [w.to_json() for w in self.warnings]
+        return head
 
     def to_json(self) -> bytes:
         """The MANIFEST as plain JSON: the head on the first line, then one line per entry, so a
@@ -203,6 +224,7 @@ def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
         raise ManifestError(f"parent {parent!r} is not a backup name")
     entries = tuple(_parse_entry(e, chunk_size, version) for e in raw_entries)
     _check_tree(entries)
+    warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
     return Manifest(
         name=str(doc["name"]),
         job_id=str(doc["job_id"]),
@@ -216,7 +238,18 @@ def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
         tags=tuple(tags),
         parent=parent,
         format_version=version,
+        warnings=warnings,
     )
+
+
+def _parse_warning(raw: dict[str, Any]) -> SourceWarning:
+    kind = raw["kind"]
+    if kind not in WARNING_KINDS:
+        raise ManifestError(f"unknown warning kind {kind!r}")
+    path, message = raw["path"], raw["message"]
+    if not isinstance(path, str) or not isinstance(message, str):
+        raise ManifestError(f"a warning's path and message must be text, not {raw!r}")
+    return SourceWarning(path, kind, message)
 
 
 def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
 
+from asyncbackup.backup_options import ChangeDetection
 from asyncbackup.catalog import newest_of, read_catalog
 from asyncbackup.errors import ConfigError, ManifestError
 from asyncbackup.layout import digest_of_ref
@@ -34,20 +34,6 @@ from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.repository import Repository
 
 log = logging.getLogger("asyncbackup")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ChangeDetection:
-    """How a backup tells an unchanged file from a changed one (restic's options)."""
-
-    force: bool = False
-    """Read every file, and trust no parent: what is stored is learnt from a listing."""
-    ignore_inode: bool = False
-    ignore_ctime: bool = False
-
-
-READ_CHANGED = ChangeDetection()
-"""The default: read what changed by size, mtime, ctime or inode."""
 
 
 class Parent:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from asyncbackup import (
     BackupEngine,
+    BackupOptions,
     ChangeDetection,
     ConfigError,
     Filters,
@@ -106,7 +107,9 @@ async def test_content_changed_with_its_mtime_put_back_is_read_because_its_ctime
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
     opened.clear()
     careless = ChangeDetection(ignore_ctime=True)
-    third = await engine(store, sleep).backup(tree, name="three", changes=careless)
+    third = await engine(store, sleep).backup(
+        tree, name="three", options=BackupOptions(changes=careless)
+    )
     assert opened == Counter() and third.unchanged == 13
 
 
@@ -126,11 +129,15 @@ async def test_a_file_replaced_by_another_inode_is_read_unless_inodes_are_ignore
     opened.clear()
 
     ignore_both = ChangeDetection(ignore_inode=True, ignore_ctime=True)
-    blind = await engine(store, sleep).backup(tree, name="two", changes=ignore_both)
+    blind = await engine(store, sleep).backup(
+        tree, name="two", options=BackupOptions(changes=ignore_both)
+    )
     assert opened == Counter() and blind.unchanged == 13
     ignore_ctime = ChangeDetection(ignore_ctime=True)
     # Compared with "one" (the blind "two" recorded the new inode already).
-    seen = await engine(store, sleep).backup(tree, name="three", parent="one", changes=ignore_ctime)
+    seen = await engine(store, sleep).backup(
+        tree, name="three", options=BackupOptions(parent="one", changes=ignore_ctime)
+    )
     assert list(opened) == [str(target)] and seen.unchanged == 12
 
 
@@ -142,7 +149,7 @@ async def test_force_reads_every_file_and_lists_the_store(
     opened.clear()
     watched = WatchedStorage(memory)
     forced = await engine(watched, sleep).backup(
-        tree, name="two", changes=ChangeDetection(force=True)
+        tree, name="two", options=BackupOptions(changes=ChangeDetection(force=True))
     )
     assert sum(opened.values()) == 13 and forced.unchanged == 0 and forced.parent == ""
     assert forced.chunks_uploaded == 0  # the listing showed every chunk stored
@@ -241,9 +248,9 @@ async def test_the_parent_is_the_newest_backup_of_the_same_source_or_the_one_nam
     await eng.backup(b, name="b1")
     assert (await eng.backup(a, name="a2")).parent == "a1"
     assert (await eng.backup(b, name="b2")).parent == "b1"
-    assert (await eng.backup(a, name="a3", parent="a1")).parent == "a1"
+    assert (await eng.backup(a, name="a3", options=BackupOptions(parent="a1"))).parent == "a1"
     with pytest.raises(ConfigError, match="--parent nope: no backup named 'nope'"):
-        await eng.backup(a, name="a4", parent="nope")
+        await eng.backup(a, name="a4", options=BackupOptions(parent="nope"))
 
 
 async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
@@ -257,8 +264,8 @@ async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
         return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=next(moments))
 
     eng = engine(memory, sleep, clock=clock)
-    await eng.backup(a, name="y", tags=["daily"])
-    await eng.backup(b, name="z", tags=["daily", "db"])
+    await eng.backup(a, name="y", options=BackupOptions(tags=("daily",)))
+    await eng.backup(b, name="z", options=BackupOptions(tags=("daily", "db")))
     await eng.backup(a, name="x")
     watched = WatchedStorage(memory)
     listing = await BackupEngine(watched).list_backups()
@@ -278,7 +285,7 @@ async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
     assert names(source=str(a)) == ["y", "x"]
     assert names(host="elsewhere") == []
     with pytest.raises(ConfigError, match="invalid tag 'a b'"):
-        await eng.backup(a, name="w", tags=["a b"])
+        BackupOptions(tags=("a b",))
 
 
 class Phases:
@@ -319,7 +326,7 @@ async def test_on_every_store_an_incremental_backup_reads_only_what_changed(
     tree = make_tree(tmp_path / "source")
     async with any_store.store() as store:
         eng = BackupEngine(store, fast_config())
-        await eng.backup(tree, name="one", tags=["first"])
+        await eng.backup(tree, name="one", options=BackupOptions(tags=("first",)))
         head = await store.get_range(manifest_key("one"), 0, 4)
         assert head == ZSTD_MAGIC  # the server served the range, not the whole object
         (tree / "sub" / "deeper" / "leaf.txt").write_text("changed\n")

@@ -16,12 +16,13 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from asyncbackup.backup_options import BackupOptions, ChangeDetection
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import build_parser
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
-from asyncbackup.engine import BackupEngine, ChangeDetection, Filters
+from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.metrics import Metrics
@@ -170,9 +171,10 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         changes = ChangeDetection(
             force=args.force, ignore_inode=args.ignore_inode, ignore_ctime=args.ignore_ctime
         )
-        return await engine.backup(
-            args.source, name=args.name, parent=args.parent, changes=changes, tags=args.tag
+        options = BackupOptions(
+            strict=args.strict, parent=args.parent, changes=changes, tags=tuple(args.tag)
         )
+        return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "restore":
         return await engine.restore(args.name, args.target, overwrite=args.overwrite)
     if args.command == "list":
@@ -181,6 +183,8 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         )
     if args.command == "show":
         return await engine.manifest(args.name)
+    if args.command == "diff":
+        return await engine.diff(args.old, args.new)
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
     if args.command == "prune":

@@ -1,0 +1,50 @@
+"""What one backup takes from its source, and how strictly: options of a single backup job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asyncbackup.errors import ConfigError
+from asyncbackup.layout import check_backup_name, check_tag
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeDetection:
+    """How a backup tells a file unchanged since its parent from a changed one (restic's
+    options; see ``asyncbackup/parent.py``)."""
+
+    force: bool = False
+    """Read every file, and trust no parent: what is stored is learnt from a listing."""
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupOptions:
+    """Options of one backup (``BackupEngine.backup(..., options=...)``).
+
+    ``strict``: all or nothing, as before issue 17. Without it (the default), a file that
+    vanished or cannot be read is skipped with a warning, and a file that kept changing through
+    every read is stored as last read, with a warning; the backup commits, records each warning
+    in its MANIFEST, and the command line exits 3. With it, any of those fails the backup and
+    nothing is committed.
+
+    ``parent``: the backup whose unchanged files are not read (default: the newest backup of
+    the same host and source); ``changes``: what makes a file changed; ``tags``: labels that
+    ``list --tag`` filters on.
+
+    Raises:
+        ConfigError: a parent that is not a valid backup name, or a tag that is not valid.
+    """
+
+    strict: bool = False
+    parent: str | None = None
+    changes: ChangeDetection = field(default_factory=ChangeDetection)
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.parent is not None:
+            check_backup_name(self.parent)
+        if isinstance(self.tags, str):
+            raise ConfigError(f"tags must be a sequence of tags, not the string {self.tags!r}")
+        object.__setattr__(self, "tags", tuple(check_tag(t) for t in self.tags))
