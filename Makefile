@@ -47,16 +47,19 @@ $(TOOLS_STAMP): benchmarks/requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
 # The whole suite (about 35 minutes), then the memory bound, the cost of each compression codec
-# and the accuracy of --bwlimit (about 10 minutes more); results in benchmarks/results/.
+# the accuracy of --bwlimit (about 10 minutes more), and incremental backups beside restic (about
+# 25 minutes: python -m benchmarks.incremental); results in benchmarks/results/
 bench: install bench-tools
 	$(BIN)/python -m benchmarks.suite
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.compression
 	$(BIN)/python -m benchmarks.bwlimit
+	$(BIN)/python -m benchmarks.incremental
 
 # The same suite on scaled-down data, one round (a minute or two); results in benchmarks/results/quick/.
 bench-quick: install bench-tools
 	$(BIN)/python -m benchmarks.suite --quick
+	$(BIN)/python -m benchmarks.incremental --quick
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache
