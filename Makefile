@@ -46,7 +46,7 @@ $(TOOLS_STAMP): benchmarks/requirements-tools.txt
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
-# The whole suite (about 35 minutes), then the memory bound, the cost of each compression codec
+# The whole suite (about 35 minutes), then the memory bound, the cost of each compression codec,
 # the accuracy of --bwlimit (about 10 minutes more), and incremental backups beside restic (about
 # 25 minutes: python -m benchmarks.incremental); results in benchmarks/results/
 bench: install bench-tools
