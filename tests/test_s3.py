@@ -390,8 +390,9 @@ def test_more_than_1000_chunks_are_all_found_again(
     stored = sum(k.startswith("many/chunks/") for k in bucket_keys_all(s3_env, s3_bucket))
     assert stored > 1000
 
-    # A second backup learns from the listing, past its first page, that every chunk is there.
-    second = cli("backup", source, url, "--name", "two", "--metrics-file", metrics)
+    # A second backup that trusts no parent (--force) learns from the listing, past its first
+    # page, that every chunk is there.
+    second = cli("backup", source, url, "--name", "two", "--force", "--metrics-file", metrics)
     assert second.returncode == EXIT_OK, second.stderr
     text = metrics.read_text()
     assert f'backup_chunks_total{{operation="backup",outcome="skipped"}} {stored}.0' in text
