@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import EngineConfig
+from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
     BackupError,
     BackupFailed,
@@ -115,17 +117,28 @@ class BackupEngine:
         )
         return Repository(self.store, retrier, operation=operation)
 
-    async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
+    async def backup(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        options: BackupOptions | None = None,
+    ) -> BackupSummary:
+        """Back up directory ``source`` as backup ``name`` (default: ``default_name()``). Files
+        skipped or stored while changing are in the summary's ``warnings`` (see
+        ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
+            NameTakenError: another job committed a backup of this name while this one ran.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
         await self.store.mark_as_repository()
-        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        job = BackupJob(
+            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
+        )
         return await self._timed("backup", job.run(Path(source), name))
 
     async def restore(
@@ -150,6 +163,18 @@ class BackupEngine:
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
+
+    async def diff(self, old: str, new: str) -> BackupDiff:
+        """What was added, removed and changed from backup ``old`` to backup ``new``, from
+        their MANIFESTs alone.
+
+        Raises:
+            ManifestError: either backup is missing, or its MANIFEST is corrupt or unsafe.
+        """
+        repo = self._repository("verify")
+        before = await repo.load_manifest(check_backup_name(old))
+        after = await repo.load_manifest(check_backup_name(new))
+        return await asyncio.to_thread(diff, before, after)
 
     async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,

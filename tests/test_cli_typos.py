@@ -136,7 +136,7 @@ def test_two_backups_started_at_once_both_commit(tmp_path: Path) -> None:
     names = [job.communicate(timeout=60)[0].strip() for job in jobs]
     assert [job.returncode for job in jobs] == [EXIT_OK, EXIT_OK]
     assert names[0] != names[1]
-    assert sorted(b["name"] for b in list_json(store)) == sorted(names)
+    assert sorted(str(b["name"]) for b in list_json(store)) == sorted(names)
 
 
 def test_losing_a_race_for_a_name_is_exit_1_and_the_winner_stands(tmp_path: Path) -> None:

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
     )
+    backup.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
+        "keeps changing (default: skip it or store it as read, warn, and exit 3)",
+    )
 
     restore = add_command(
         commands, "restore", "restore a backup", offers={CONCURRENCY, BWLIMIT, METRICS},
@@ -166,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_name(showing, "the backup to describe")
     showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
     showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
+
+    differ = add_command(
+        commands, "diff", "what was added, removed and changed between two backups",
+        description="Compare backups A and B of STORE: entries added, removed and changed "
+        "(type, size, mode, content by hash, link target).",
+    )  # fmt: skip
+    add_store(differ)
+    add_name(differ, "the older backup", metavar="A", dest="old")
+    add_name(differ, "the newer backup", metavar="B", dest="new")
+    differ.add_argument("--json", action="store_true", help="one JSON document, for scripts")
 
     verify = add_command(
         commands, "verify", "check a backup's chunks", offers={CONCURRENCY, BWLIMIT, METRICS},
@@ -268,9 +284,11 @@ def add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", metavar="STORE", help=STORE_HELP)
 
 
-def add_name(parser: argparse.ArgumentParser, help: str) -> None:
-    """The NAME argument: a backup's name, as list prints it."""
-    parser.add_argument("name", metavar="NAME", help=help)
+def add_name(
+    parser: argparse.ArgumentParser, help: str, *, metavar: str = "NAME", dest: str = "name"
+) -> None:
+    """A backup's name, as list prints it."""
+    parser.add_argument(dest, metavar=metavar, help=help)
 
 
 def _add_metrics_options(group: argparse._ArgumentGroup) -> None:
