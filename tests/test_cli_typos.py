@@ -102,6 +102,7 @@ def test_restore_to_standard_output_is_refused(tmp_path: Path) -> None:
     result = run_in(tmp_path, "restore", store, "b", "-")
     assert result.returncode == EXIT_USAGE
     assert "restore writes a directory tree, not standard output" in result.stderr
+    assert "'asyncbackup cat STORE NAME PATH' writes one file" in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "-").exists()
     named = run_in(tmp_path, "restore", store, "b", "./-")  # a directory named '-' is fine

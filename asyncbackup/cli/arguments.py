@@ -19,6 +19,7 @@ from asyncbackup.errors import ConfigError
 from asyncbackup.exposition import DEFAULT_METRICS_ADDRESS, DEFAULT_PUSH_JOB
 from asyncbackup.prune import DEFAULT_GRACE
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
+from asyncbackup.stream import DEFAULT_STDIN_NAME
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
 
@@ -57,7 +58,8 @@ def _target_dir(text: str) -> Path:
     if text == "-":
         raise argparse.ArgumentTypeError(
             "restore writes a directory tree, not standard output: give a directory "
-            "(./- for a directory named '-')"
+            "(./- for a directory named '-'); 'asyncbackup cat STORE NAME PATH' writes one "
+            "file to standard output"
         )
     return Path(text)
 
@@ -95,11 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     backup = add_command(
-        commands, "backup", "back up a directory", offers={CONCURRENCY, BWLIMIT, METRICS},
+        commands, "backup", "back up a directory, or standard input ('-')",
+        offers={CONCURRENCY, BWLIMIT, METRICS},
         description="Back up SOURCE_DIR into STORE as a new backup; print its name. Only the "
         "chunks the store lacks are uploaded; the backup exists once its MANIFEST is written.",
     )  # fmt: skip
-    backup.add_argument("source", type=Path, metavar="SOURCE_DIR", help="the directory to back up")
+    backup.add_argument(
+        "source", type=Path, metavar="SOURCE_DIR", help="the directory, or '-': standard input"
+    )
     add_store(backup)
     backup.add_argument(
         "--name",
@@ -133,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
+    )
+    backup.add_argument(
+        "--stdin-name",
+        metavar="NAME",
+        help="with SOURCE '-': the name of the one file standard input is stored as "
+        f"(default {DEFAULT_STDIN_NAME})",
+    )
+    backup.add_argument(
+        "--stdin-from-command",
+        metavar="COMMAND",
+        help="with SOURCE '-': run COMMAND (no shell) and store its output; if it exits "
+        "non-zero the backup fails and nothing is committed",
     )
     backup.add_argument(
         "--strict",
@@ -172,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_name(showing, "the backup to describe")
     showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
     showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
+
+    cat = add_command(
+        commands, "cat", "write one file of a backup to standard output",
+        offers={CONCURRENCY, BWLIMIT},
+        description="Write file PATH of backup NAME to standard output, each chunk checked "
+        "before it is written.",
+    )  # fmt: skip
+    add_store(cat)
+    add_name(cat, "the backup that holds the file")
+    cat.add_argument("path", metavar="PATH", help="the file's path in the backup")
 
     differ = add_command(
         commands, "diff", "what was added, removed and changed between two backups",
