@@ -165,6 +165,7 @@ class BackupEngine:
         name = check_backup_name(name if name is not None else default_name())
         stream = StreamSource(chunks, filename, source, mode)
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
         return await self._timed("backup", job.run(stream, name))
 
