@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
+from asyncbackup.cat import Write, find_file, write_file
 from asyncbackup.config import EngineConfig
+from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
     BackupError,
     BackupFailed,
@@ -32,6 +35,7 @@ from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
+from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 
 T = TypeVar("T")
 log = logging.getLogger("asyncbackup")
@@ -115,8 +119,16 @@ class BackupEngine:
         )
         return Repository(self.store, retrier, operation=operation)
 
-    async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
+    async def backup(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        options: BackupOptions | None = None,
+    ) -> BackupSummary:
+        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        skipped or stored while changing are in the summary's ``warnings`` (see
+        ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
@@ -124,8 +136,51 @@ class BackupEngine:
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
-        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        job = BackupJob(
+            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
+        )
         return await self._timed("backup", job.run(Path(source), name))
+
+    async def backup_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        filename: str,
+        name: str | None = None,
+        source: str = "stream",
+        mode: int = DEFAULT_STREAM_MODE,
+    ) -> BackupSummary:
+        """Back up the bytes ``chunks`` yields (pieces of any size, in order) as one file named
+        ``filename``, uploading chunks while the iterator still produces; ``source`` is what
+        the MANIFEST records as where they came from. If the iterator raises, nothing is
+        committed.
+
+        Raises:
+            ConfigError: a bad name or file name, or a name already taken.
+            BackupFailed: the job gave up, or the iterator raised a ``BackupError``; no MANIFEST
+                was written.
+        """
+        name = check_backup_name(name if name is not None else default_name())
+        stream = StreamSource(chunks, filename, source, mode)
+        repo = self._repository("backup")
+        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        return await self._timed("backup", job.run(stream, name))
+
+    async def restore_file(self, name: str, path: str, write: Write) -> int:
+        """Write file ``path`` of backup ``name`` to ``write``, in order, each chunk checked
+        against its hash before it is written; the number of bytes written.
+
+        Raises:
+            ManifestError: no such backup or file, or the MANIFEST is corrupt or unsafe.
+            ConfigError: ``path`` is a directory or a link.
+            IntegrityError: a chunk or the whole file does not match its hash.
+            BackupFailed: the store failed.
+        """
+        repo = self._repository("restore")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        entry = find_file(manifest, path)
+        ahead = self.config.concurrency
+        return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
 
     async def restore(
         self, name: str, target: str | Path, *, overwrite: bool = False
@@ -149,6 +204,18 @@ class BackupEngine:
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
+
+    async def diff(self, old: str, new: str) -> BackupDiff:
+        """What was added, removed and changed from backup ``old`` to backup ``new``, from
+        their MANIFESTs alone.
+
+        Raises:
+            ManifestError: either backup is missing, or its MANIFEST is corrupt or unsafe.
+        """
+        repo = self._repository("verify")
+        before = await repo.load_manifest(check_backup_name(old))
+        after = await repo.load_manifest(check_backup_name(new))
+        return await asyncio.to_thread(diff, before, after)
 
     async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
