@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from asyncbackup.errors import (
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.patterns import Patterns, select
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -183,17 +184,29 @@ class BackupEngine:
         return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
 
     async def restore(
-        self, name: str, target: str | Path, *, overwrite: bool = False
+        self,
+        name: str,
+        target: str | Path,
+        *,
+        overwrite: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> RestoreSummary:
-        """Restore backup ``name`` into directory ``target``.
+        """Restore backup ``name`` into directory ``target``; with ``include`` or ``exclude``
+        (gitignore patterns), only the entries they select and the directories above them.
 
         Raises:
-            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file.
+            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file; a
+                pattern is invalid, or the patterns select nothing.
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
             BackupFailed: a chunk was missing or corrupt, or the store failed.
         """
+        wanted = Patterns(include, what="--include pattern")
+        unwanted = Patterns(exclude, what="--exclude pattern")
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
+        if wanted or unwanted:
+            manifest = await asyncio.to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
         return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
 

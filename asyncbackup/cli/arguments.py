@@ -219,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore into a non-empty directory, replacing what is there",
     )
+    restore.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only the entries this gitignore-style pattern matches, and the "
+        "directories above them (repeatable)",
+    )
+    restore.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="do not restore the entries this gitignore-style pattern matches (repeatable)",
+    )
     listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
     listing.add_argument("store", metavar="STORE")
     listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")

@@ -206,7 +206,13 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         await engine.restore_file(args.name, args.path, _write_stdout)
         return None
     if args.command == "restore":
-        return await engine.restore(args.name, args.target, overwrite=args.overwrite)
+        return await engine.restore(
+            args.name,
+            args.target,
+            overwrite=args.overwrite,
+            include=args.include,
+            exclude=args.exclude,
+        )
     if args.command == "list":
         return await engine.list_backups()
     if args.command == "show":
