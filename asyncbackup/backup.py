@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import stat
 import time
@@ -37,6 +38,7 @@ from asyncbackup.parent import Parent, entry_from_parent, find_parent
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
+from asyncbackup.stream import StreamSource, store_stream
 from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
@@ -76,8 +78,12 @@ def utc_clock() -> datetime:
 
 
 def default_name() -> str:
-    """A UTC timestamp, the name of a backup when none is given."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """The name of a backup when none is given: the UTC time to the millisecond and six random
+    hex digits (``20261124T140724.123Z-3f9a1c``): two jobs started in the same millisecond pick
+    the same name once in 16.7 million times, with no coordination (and then the loser exits
+    1, nothing lost); names still sort by time."""
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 class BackupJob:
@@ -112,17 +118,19 @@ class BackupJob:
         self.uploaded = 0
         self.bytes_uploaded = 0
 
-    async def run(self, source: Path, name: str) -> BackupSummary:
-        """Back up ``source`` as backup ``name``; nothing is committed unless every chunk is stored.
+    async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
+        """Back up directory (or stream) ``source`` as backup ``name``; nothing is committed
+        unless every chunk is stored.
 
         Raises:
             ConfigError: the source is not a directory, or the name is taken.
             BackupFailed: a file or chunk failed; each is named, and no MANIFEST was written.
         """
         started_clock, started = time.monotonic(), self._now()
-        source = await asyncio.to_thread(source.absolute)
-        if not await asyncio.to_thread(source.is_dir):
-            raise ConfigError(f"source {source} does not exist or is not a directory")
+        if isinstance(source, Path):
+            source = await asyncio.to_thread(source.absolute)
+            if not await asyncio.to_thread(source.is_dir):
+                raise ConfigError(f"source {source} does not exist or is not a directory")
         budget = self.repo.retrier.budget
 
         def hint() -> str:
@@ -134,16 +142,17 @@ class BackupJob:
                     f"a backup named {name!r} exists already in {self.repo.store.url}: "
                     "choose another --name, or delete that backup first"
                 )
-            self.progress.phase("reading the parent")
-            self.parent = await find_parent(
-                self.repo,
-                explicit=self.options.parent,
-                host=socket.gethostname(),
-                source=str(source),
-                rules=self.options.changes,
-                chunk_size=self.config.chunk_size,
-                concurrency=self.config.concurrency,
-            )
+            if isinstance(source, Path):  # a stream has no files to compare: no parent
+                self.progress.phase("reading the parent")
+                self.parent = await find_parent(
+                    self.repo,
+                    explicit=self.options.parent,
+                    host=socket.gethostname(),
+                    source=str(source),
+                    rules=self.options.changes,
+                    chunk_size=self.config.chunk_size,
+                    concurrency=self.config.concurrency,
+                )
             await self._learn_stored()
         except PermanentStorageError:
             raise  # a missing bucket or refused credentials: the message says what to fix
@@ -152,8 +161,11 @@ class BackupJob:
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         self.progress.phase("reading and uploading")
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
-            async for entry in walk(source):
-                await self._add(pool, source, entry)
+            if isinstance(source, StreamSource):
+                await store_stream(self, pool, source)
+            else:
+                async for entry in walk(source):
+                    await self._add(pool, source, entry)
         if self.parent is not None:
             self.parent.forget()
         try:
@@ -184,7 +196,7 @@ class BackupJob:
                 started=started,
                 finished=finished,
                 host=socket.gethostname(),
-                source=str(source),
+                source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
@@ -263,7 +275,7 @@ class BackupJob:
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
 
-    async def _recheck(self, source: Path, hint: Callable[[], str]) -> None:
+    async def _recheck(self, source: Path | StreamSource, hint: Callable[[], str]) -> None:
         """Just before the commit, list the chunks again and upload once more any this backup
         needs that are gone (read again from the source, and checked against their hash).
 
@@ -292,6 +304,11 @@ class BackupJob:
         self.stored.update(moved)
         if not gone:
             return
+        if isinstance(source, StreamSource):
+            raise SourceError(
+                f"{len(gone)} chunks of the stream left the store while it was backed up "
+                "(a prune?), and a stream cannot be read again: run the backup again"
+            )
         log.warning(
             "%d chunks this backup needs left the store while it ran (a prune?): "
             "reading them from the source again and uploading them",
@@ -309,7 +326,7 @@ class BackupJob:
                 "no longer matches): back it up again once it is quiet"
             )
         self.stored.pop(digest, None)
-        await self._upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
+        await self.upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
 
     async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
         st = entry.stat
@@ -328,12 +345,12 @@ class BackupJob:
             self.metrics.files.labels(OPERATION, "unchanged").inc()
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
-            upload_here = partial(self._upload, entry.path)
+            upload_here = partial(self.upload, entry.path)
             await pool.spawn(entry.path, partial(self._add_file, source, entry.path, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
             async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
-                await pool.spawn(entry.path, partial(self._upload, entry.path, digest, data, label))
+                await pool.spawn(entry.path, partial(self.upload, entry.path, digest, data, label))
 
             try:
                 await self._add_file(source, entry.path, upload_in_pool)
@@ -444,7 +461,8 @@ class BackupJob:
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
 
-    async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+    async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+        """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""
         compression = self.config.compression
         if compression.codec == "none":
             stored, ref, stored_sha256 = data, digest, digest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import TypeVar
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
+from asyncbackup.cat import Write, find_file, write_file
 from asyncbackup.catalog import BackupInfo, Filters, read_catalog
 from asyncbackup.config import EngineConfig
 from asyncbackup.diff import BackupDiff, diff
@@ -26,6 +27,7 @@ from asyncbackup.errors import (
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.patterns import Patterns, select
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -34,6 +36,7 @@ from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
+from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 
 T = TypeVar("T")
 log = logging.getLogger("asyncbackup")
@@ -109,7 +112,7 @@ class BackupEngine:
         name: str | None = None,
         options: BackupOptions | None = None,
     ) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        """Back up directory ``source`` as backup ``name`` (default: ``default_name()``). Files
         skipped or stored while changing are in the summary's ``warnings`` (see
         ``BackupOptions.strict``). Files unchanged since the parent backup (``options.parent``,
         by default the newest backup of this host and source) are not read: see
@@ -118,27 +121,83 @@ class BackupEngine:
         Raises:
             ConfigError: a bad name, a source that is not a directory, a name already taken,
                 or a parent that does not exist or cannot be read.
+            NameTakenError: another job committed a backup of this name while this one ran.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(
             repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
         )
         return await self._timed("backup", job.run(Path(source), name))
 
-    async def restore(
-        self, name: str, target: str | Path, *, overwrite: bool = False
-    ) -> RestoreSummary:
-        """Restore backup ``name`` into directory ``target``.
+    async def backup_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        filename: str,
+        name: str | None = None,
+        source: str = "stream",
+        mode: int = DEFAULT_STREAM_MODE,
+    ) -> BackupSummary:
+        """Back up the bytes ``chunks`` yields (pieces of any size, in order) as one file named
+        ``filename``, uploading chunks while the iterator still produces; ``source`` is what
+        the MANIFEST records as where they came from. If the iterator raises, nothing is
+        committed.
 
         Raises:
-            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file.
-            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
-            BackupFailed: a chunk was missing or corrupt, or the store failed.
+            ConfigError: a bad name or file name, or a name already taken.
+            BackupFailed: the job gave up, or the iterator raised a ``BackupError``; no MANIFEST
+                was written.
+        """
+        name = check_backup_name(name if name is not None else default_name())
+        stream = StreamSource(chunks, filename, source, mode)
+        repo = self._repository("backup")
+        await self.store.mark_as_repository()
+        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        return await self._timed("backup", job.run(stream, name))
+
+    async def restore_file(self, name: str, path: str, write: Write) -> int:
+        """Write file ``path`` of backup ``name`` to ``write``, in order, each chunk checked
+        against its hash before it is written; the number of bytes written.
+
+        Raises:
+            ManifestError: no such backup or file, or the MANIFEST is corrupt or unsafe.
+            ConfigError: ``path`` is a directory or a link.
+            IntegrityError: a chunk or the whole file does not match its hash.
+            BackupFailed: the store failed.
         """
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
+        entry = find_file(manifest, path)
+        ahead = self.config.concurrency
+        return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
+
+    async def restore(
+        self,
+        name: str,
+        target: str | Path,
+        *,
+        overwrite: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> RestoreSummary:
+        """Restore backup ``name`` into directory ``target``; with ``include`` or ``exclude``
+        (gitignore patterns), only the entries they select and the directories above them.
+
+        Raises:
+            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file; a
+                pattern is invalid, or the patterns select nothing.
+            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            BackupFailed: a chunk was missing or corrupt, or the store failed.
+        """
+        wanted = Patterns(include, what="--include pattern")
+        unwanted = Patterns(exclude, what="--exclude pattern")
+        repo = self._repository("restore")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        if wanted or unwanted:
+            manifest = await asyncio.to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
         return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
 

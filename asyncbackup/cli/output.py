@@ -72,6 +72,10 @@ def report(args: argparse.Namespace, result: object) -> int:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
             where += "".join(f"  #{t}" for t in i.tags)
             print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+    elif args.command == "cat":
+        log.info(
+            "wrote %s of backup %s to standard output, every chunk checked", args.path, args.name
+        )
     else:
         log.info("deleted backup %s (its chunks stay until a prune)", args.name)
     return EXIT_OK
