@@ -34,7 +34,7 @@ from asyncbackup.errors import (
 from asyncbackup.layout import manifest_key
 from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
 from asyncbackup.metrics import Metrics
-from asyncbackup.parent import Parent, entry_from_parent, find_parent
+from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
@@ -256,10 +256,23 @@ class BackupJob:
         not index objects.
 
         A parent damaged behind the protocol's back (a chunk deleted by hand) is not trusted
-        blindly: the re-check before the commit (``_recheck``) finds such a chunk gone and
-        uploads it again from the source.
+        blindly: a random sample of its chunks is checked first (``spot_check``); if one is
+        missing, what is stored is learnt from a listing instead, and an unchanged file whose
+        chunks the store lacks is read again (``_unchanged``), as restic does when a blob of
+        the parent is not in its index.
         """
+        missing: list[str] = []
         if self.parent is not None:
+            self.progress.phase("checking the parent's chunks")
+            missing = await spot_check(self.repo, self.parent)
+            if missing:
+                log.warning(
+                    "%d of %d chunks of the parent %s checked are missing from the store (%s): "
+                    "its chunks are not trusted; listing the store, and reading again every "
+                    "file whose chunks are missing",
+                    len(missing), len(self.parent.sample), self.parent.name, missing[0],
+                )  # fmt: skip
+        if self.parent is not None and not missing:
             refs: set[str] = self.parent.refs
             log.info("backup: %d chunks named by the parent %s", len(refs), self.parent.name)
         else:
@@ -369,7 +382,10 @@ class BackupJob:
         old = self.parent.unchanged(entry.path, entry.stat)
         if old is None:
             return None
-        return entry_from_parent(old, entry.stat, stat.S_IMODE(entry.stat.st_mode))
+        new = entry_from_parent(old, entry.stat, stat.S_IMODE(entry.stat.st_mode))
+        if not all(d in self.scheduled for d in new.chunks):
+            return None  # a chunk of it is not in the store (the parent is damaged): read it
+        return new
 
     async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being

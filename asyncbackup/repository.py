@@ -104,6 +104,16 @@ class Repository:
         key = chunk_key(ref)
         await self.retrier.run(what, lambda: self.store.put(key, data, digest=data_sha256))
 
+    async def probe_chunk(self, ref: str) -> None:
+        """Check that chunk ``ref`` is in the store: one range GET of its first byte, retried.
+
+        Raises:
+            ObjectNotFoundError: it is not.
+        """
+        key = chunk_key(ref)
+        what = Transfer(self.operation, "check", key)
+        await self.retrier.run(what, lambda: self.store.get_range(key, 0, 1))
+
     async def get_chunk(
         self, ref: str, *, limit: int, path: str, label: str, size: int = 0
     ) -> bytes:

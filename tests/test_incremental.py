@@ -22,6 +22,7 @@ from asyncbackup import (
     Metrics,
     chunking,
 )
+from asyncbackup.backup import BackupJob
 from asyncbackup.layout import chunk_key, manifest_key
 from asyncbackup.manifest_encoding import ZSTD_MAGIC, decode
 from tests.conftest import RecordingSleep, assert_same_tree, fast_config, make_tree
@@ -171,9 +172,25 @@ async def test_an_incremental_backup_does_not_list_the_chunks_before_it_reads(
     assert second.calls["get", manifest_key("one")] == 1  # the parent, read once
 
 
+@pytest.mark.parametrize("recheck", [True, False], ids=["with-recheck", "spot-check-alone"])
 async def test_a_missing_chunk_of_the_parent_is_uploaded_again(
-    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+    tree: Path,
+    tmp_path: Path,
+    sleep: RecordingSleep,
+    opened: Counter[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    recheck: bool,
 ) -> None:
+    """The parent's chunks are spot-checked before they are trusted; one missing means a
+    listing, and the file whose chunk is gone is read again. Without the re-check listing before
+    the commit (the repository lock replaces it), the spot check alone finds it."""
+    if not recheck:
+
+        async def no_recheck(*args: object) -> None:
+            pass
+
+        monkeypatch.setattr(BackupJob, "_recheck", no_recheck)
     store = MemoryStorage()
     await engine(store, sleep).backup(tree, name="one")
     parent = await BackupEngine(store).manifest("one")
@@ -182,7 +199,10 @@ async def test_a_missing_chunk_of_the_parent_is_uploaded_again(
     opened.clear()
 
     second = await engine(store, sleep).backup(tree, name="two")
-    assert second.unchanged == 13
+    assert f"chunks of the parent one checked are missing from the store ({leaf.chunks[0]})" in (
+        caplog.text
+    )
+    assert second.unchanged == 12
     assert chunk_key(leaf.chunks[0]) in store.objects  # read again from the source, stored
     assert list(opened) == [str(tree / "sub/deeper/leaf.txt")]
     assert (await BackupEngine(store).verify("two")).ok
