@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from asyncbackup.errors import SourceError
+from asyncbackup.threads import to_thread
 
 Kind = Literal["file", "dir", "symlink", "special"]
 
@@ -35,7 +35,7 @@ async def walk(root: Path) -> AsyncIterator[SourceEntry]:
     pending = [""]
     while pending:
         relative = pending.pop()
-        entries = await asyncio.to_thread(_scan, root, relative)
+        entries = await to_thread(_scan, root, relative)
         for entry in entries:
             yield entry
         pending.extend(e.path for e in reversed(entries) if e.kind == "dir")
