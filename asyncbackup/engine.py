@@ -127,16 +127,18 @@ class BackupEngine:
         name: str | None = None,
         options: BackupOptions | None = None,
     ) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        """Back up directory ``source`` as backup ``name`` (default: ``default_name()``). Files
         skipped or stored while changing are in the summary's ``warnings`` (see
         ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
+            NameTakenError: another job committed a backup of this name while this one ran.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(
             repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
         )
@@ -164,6 +166,7 @@ class BackupEngine:
         name = check_backup_name(name if name is not None else default_name())
         stream = StreamSource(chunks, filename, source, mode)
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
         return await self._timed("backup", job.run(stream, name))
 

@@ -9,7 +9,12 @@ from typing import TypeVar
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.compression import Codec, codec_of_ref, decode
-from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, ObjectExistsError
+from asyncbackup.errors import (
+    IntegrityError,
+    ManifestError,
+    NameTakenError,
+    ObjectExistsError,
+)
 from asyncbackup.errors import ObjectNotFoundError as NotFound
 from asyncbackup.layout import (
     BACKUPS,
@@ -141,7 +146,7 @@ class Repository:
         """Make every chunk durable, then write the MANIFEST, create-only: the backup's commit.
 
         Raises:
-            ConfigError: another job committed a backup of the same name meanwhile.
+            NameTakenError: another job committed a backup of the same name meanwhile.
         """
         await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
         key = manifest_key(manifest.name)
@@ -154,7 +159,7 @@ class Repository:
             # retry to find: if it is ours, the backup is committed, exactly once.
             theirs = await self.load_manifest(manifest.name)
             if theirs.job_id != manifest.job_id:
-                raise ConfigError(
+                raise NameTakenError(
                     f"another job committed a backup named {manifest.name!r} while this one ran; "
                     "run again with another --name (the chunks uploaded will be reused)"
                 ) from None

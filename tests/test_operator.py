@@ -312,6 +312,8 @@ def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_pat
 
 
 def test_show_of_a_missing_backup_exits_1_and_says_what_to_do(tmp_path: Path) -> None:
+    made = cli("backup", small_files(tmp_path / "source", 3), tmp_path / "store", "--name", "b")
+    assert made.returncode == EXIT_OK, made.stderr
     result = cli("show", tmp_path / "store", "nosuch", "--json")
     assert result.returncode == EXIT_FAILED
     assert "no backup named 'nosuch'" in result.stderr

@@ -16,9 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     The arguments are parsed before the engine is imported: ``--help`` and a usage error load
     neither asyncio nor the SDKs nor the metrics (docs/benchmarks.md, start-up).
     """
-    from asyncbackup.cli.arguments import build_parser
+    from asyncbackup.cli.arguments import parse_args
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from asyncbackup.cli.run import run_command
 
     return run_command(args)

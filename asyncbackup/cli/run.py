@@ -18,7 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
-from asyncbackup.cli.arguments import build_parser
+from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
@@ -52,11 +52,11 @@ def release_freed_buffers_to_the_os() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    return run_command(build_parser().parse_args(argv))
+    return run_command(parse_args(argv))
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the command ``args`` (as parsed by ``build_parser``); returns the exit code."""
+    """Run the command ``args`` (as ``parse_args`` returns it); returns the exit code."""
     release_freed_buffers_to_the_os()
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
@@ -88,7 +88,7 @@ async def _run(args: argparse.Namespace) -> int:
     pushgateway: str | None = None
     try:
         config = EngineConfig(
-            concurrency=args.concurrency,
+            concurrency=getattr(args, "concurrency", EngineConfig().concurrency),
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
@@ -101,9 +101,10 @@ async def _run(args: argparse.Namespace) -> int:
                 budget=args.retry_budget,
             ),
         )
-        if args.pushgateway is not None:
+        if getattr(args, "pushgateway", None) is not None:
             pushgateway = check_pushgateway_url(args.pushgateway)
-        async with serving(metrics.registry, port=args.metrics_port, address=args.metrics_address):
+        port, address = getattr(args, "metrics_port", None), getattr(args, "metrics_address", "")
+        async with serving(metrics.registry, port=port, address=address):
             store = _open_store(args)
             async with store:
                 return await _command(args, store, config, metrics)
@@ -117,7 +118,7 @@ async def _run(args: argparse.Namespace) -> int:
         log.error("%s failed: %s", args.command, exc)
         return EXIT_FAILED
     finally:
-        if args.metrics_file is not None:
+        if getattr(args, "metrics_file", None) is not None:
             await asyncio.to_thread(metrics.write_textfile, args.metrics_file)
         if pushgateway is not None:  # a failed push only warns: the job's exit code stands
             key = {"instance": socket.gethostname(), "command": args.command}
@@ -129,7 +130,7 @@ def _open_store(args: argparse.Namespace) -> Storage:
         endpoint_url=args.endpoint_url,
         region=args.region,
         addressing_style=args.addressing_style,
-        max_connections=max(args.concurrency, DEFAULT_MAX_CONNECTIONS),
+        max_connections=max(getattr(args, "concurrency", 1), DEFAULT_MAX_CONNECTIONS),
         storage_class=getattr(args, "storage_class", None),
         server_side_encryption=getattr(args, "sse", None),
         kms_key_id=getattr(args, "sse_kms_key_id", None),
@@ -157,9 +158,15 @@ def _open_store(args: argparse.Namespace) -> Storage:
 async def _command(
     args: argparse.Namespace, store: Storage, config: EngineConfig, metrics: Metrics
 ) -> int:
+    if args.command != "backup" and not await store.holds_repository():
+        raise BackupError(
+            f"no store at {args.store}: nothing was ever backed up there; check the path "
+            "(a store is made by its first backup)"
+        )
     interactive = sys.stderr.isatty() and not args.quiet
     progress = BarProgress(args.command) if interactive else LogProgress(args.command)
-    bandwidth = Bandwidth(args.bwlimit) if args.bwlimit is not None else None
+    limit = getattr(args, "bwlimit", None)
+    bandwidth = Bandwidth(limit) if limit is not None else None
     engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
     redirect: Any = nullcontext()
     if interactive:

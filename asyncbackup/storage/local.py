@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
@@ -23,6 +24,10 @@ from asyncbackup.errors import (
 from asyncbackup.storage.base import ListPage, ObjectInfo, ObjectPage, Storage
 from asyncbackup.threads import settled
 
+MARKER = "asyncbackup-store"
+"""The file that marks a directory as a store, written by the first backup. A directory with a
+``backups/`` or ``chunks/`` directory is one too: stores made before the marker existed."""
+_MARKER_TEXT = b"An asyncbackup store: see docs/design.md. Do not edit what is here.\n"
 TEMP_PREFIX = ".tmp-"
 """Objects are written under this name first; listings skip it, keys may not start with '.'."""
 
@@ -109,6 +114,13 @@ class LocalStorage(Storage):
         dirs, self._dirty_dirs = self._dirty_dirs, set()
         with _mapped_errors(self.url, "(directory sync)"):
             await asyncio.to_thread(_fsync_dirs, dirs)
+
+    async def mark_as_repository(self) -> None:
+        with _mapped_errors(self.url, MARKER):
+            await settled(_write_marker, self.root)
+
+    async def holds_repository(self) -> bool:
+        return await asyncio.to_thread(_holds_repository, self.root)
 
     async def remove_leftovers(self, older_than: float, *, dry_run: bool = False) -> int:
         # A process killed mid-put leaves its temporary file; a running job's are young.
@@ -202,3 +214,13 @@ def _mapped_errors(url: str, key: str) -> Iterator[None]:
         if reason is not None:
             raise PermanentStorageError(f"{url}: {key}: {reason} ({exc.strerror})") from exc
         raise TransientStorageError(f"{url}: {key}: {exc}") from exc
+
+
+def _write_marker(root: Path) -> None:
+    if not (root / MARKER).exists():
+        with contextlib.suppress(FileExistsError):  # another backup wrote it first: same bytes
+            _write_atomically(root / MARKER, _MARKER_TEXT, False)
+
+
+def _holds_repository(root: Path) -> bool:
+    return any((root / name).exists() for name in (MARKER, "backups", "chunks"))
