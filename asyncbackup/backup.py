@@ -31,6 +31,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
+from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
 from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
 from asyncbackup.metrics import Metrics
@@ -144,11 +145,17 @@ class BackupJob:
         self.stored = preferred_refs(listed, self.config.compression.codec)
         self.scheduled = set(self.stored)
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
+        excluder: Excluder | None = None
+        if isinstance(source, Path):
+            excluder = await asyncio.to_thread(
+                excluder_for, source, self.repo.store.url, self.options.excludes
+            )
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             if isinstance(source, StreamSource):
                 await store_stream(self, pool, source)
             else:
-                async for entry in walk(source):
+                assert excluder is not None
+                async for entry in walk(source, decide=excluder.decide):
                     await self._add(pool, source, entry)
         try:
             await self._recheck(source, hint)
@@ -182,6 +189,7 @@ class BackupJob:
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
                 warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
+                excludes=excluder.record() if excluder is not None else None,
             )
 
         manifest = await asyncio.to_thread(build_manifest)

@@ -156,6 +156,39 @@ def build_parser() -> argparse.ArgumentParser:
         "non-zero the backup fails and nothing is committed",
     )
     backup.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out what this gitignore-style pattern matches (repeatable)",
+    )
+    backup.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="read --exclude patterns from FILE, one a line, as in a .gitignore (repeatable)",
+    )
+    backup.add_argument(
+        "--exclude-caches",
+        action="store_true",
+        help="leave out directories that hold a valid CACHEDIR.TAG",
+    )
+    backup.add_argument(
+        "--exclude-if-present",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave out directories that hold a file named NAME (repeatable)",
+    )
+    backup.add_argument(
+        "--one-file-system",
+        action="store_true",
+        help="do not descend into directories on another file system (mount points are kept, "
+        "empty)",
+    )
+    backup.add_argument(
         "--strict",
         action="store_true",
         help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "

@@ -24,8 +24,10 @@ from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
+from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.metrics import Metrics
+from asyncbackup.patterns import read_pattern_files
 from asyncbackup.progress import BarProgress, LogProgress
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
@@ -211,7 +213,14 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
                 "--stdin-name and --stdin-from-command need SOURCE '-' (standard input), "
                 f"not {args.source}"
             )
-        options = BackupOptions(strict=args.strict)
+        patterns = await asyncio.to_thread(read_pattern_files, args.exclude_file)
+        excludes = ExcludeOptions(
+            patterns=(*args.exclude, *patterns),
+            exclude_caches=args.exclude_caches,
+            exclude_if_present=tuple(args.exclude_if_present),
+            one_file_system=args.one_file_system,
+        )
+        options = BackupOptions(strict=args.strict, excludes=excludes)
         return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "cat":
         await engine.restore_file(args.name, args.path, _write_stdout)
