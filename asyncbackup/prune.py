@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from asyncbackup.config import EngineConfig
+from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
 from asyncbackup.errors import IntegrityError, ManifestError
 from asyncbackup.layout import CHUNKS, chunk_key, manifest_key, ref_of_chunk_key
 from asyncbackup.manifest import Manifest
@@ -55,7 +56,6 @@ from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
-DEFAULT_GRACE = 24 * 3600.0
 DELETE_BATCH = 1000
 """Chunks deleted between two listings of the MANIFESTs (step 6)."""
 

@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from asyncbackup.chunking import sha256_hex
+from asyncbackup.defaults import DEFAULT_STDIN_NAME as DEFAULT_STDIN_NAME  # re-exported
 from asyncbackup.errors import ConfigError, SourceError
 from asyncbackup.manifest import FileEntry, check_relative_path
 from asyncbackup.pool import TaskPool
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from asyncbackup.backup import BackupJob
 
 READ_SIZE = 1024 * 1024  # one read from a pipe; chunks are cut from these
-DEFAULT_STDIN_NAME = "stdin"
 DEFAULT_STREAM_MODE = 0o600  # a dump is often a secret: readable by its owner only, once restored
 
 
