@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import socket
@@ -31,14 +30,16 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
+from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
 from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
 from asyncbackup.metrics import Metrics
 from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
-from asyncbackup.progress import Progress
+from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
 from asyncbackup.stream import StreamSource, store_stream
+from asyncbackup.threads import to_thread
 from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
@@ -128,8 +129,8 @@ class BackupJob:
         """
         started_clock, started = time.monotonic(), self._now()
         if isinstance(source, Path):
-            source = await asyncio.to_thread(source.absolute)
-            if not await asyncio.to_thread(source.is_dir):
+            source = await to_thread(source.absolute)
+            if not await to_thread(source.is_dir):
                 raise ConfigError(f"source {source} does not exist or is not a directory")
         budget = self.repo.retrier.budget
 
@@ -143,7 +144,7 @@ class BackupJob:
                     "choose another --name, or delete that backup first"
                 )
             if isinstance(source, Path):  # a stream has no files to compare: no parent
-                self.progress.phase("reading the parent")
+                phase(self.progress, "reading the parent")
                 self.parent = await find_parent(
                     self.repo,
                     explicit=self.options.parent,
@@ -159,17 +160,23 @@ class BackupJob:
         except StorageError as exc:
             failure = FailedItem(self.repo.store.url, exc)
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
-        self.progress.phase("reading and uploading")
+        excluder: Excluder | None = None
+        if isinstance(source, Path):
+            excluder = await to_thread(
+                excluder_for, source, self.repo.store.url, self.options.excludes
+            )
+        phase(self.progress, "reading and uploading")
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             if isinstance(source, StreamSource):
                 await store_stream(self, pool, source)
             else:
-                async for entry in walk(source):
+                assert excluder is not None
+                async for entry in walk(source, decide=excluder.decide):
                     await self._add(pool, source, entry)
         if self.parent is not None:
             self.parent.forget()
         try:
-            self.progress.phase("checking the store again")
+            phase(self.progress, "checking the store again")
             await self._recheck(source, hint)
         except PermanentStorageError:
             raise
@@ -203,10 +210,11 @@ class BackupJob:
                 tags=self.options.tags,
                 parent=self.parent.name if self.parent is not None else "",
                 warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
+                excludes=excluder.record() if excluder is not None else None,
             )
 
-        self.progress.phase("committing")
-        manifest = await asyncio.to_thread(build_manifest)
+        phase(self.progress, "committing")
+        manifest = await to_thread(build_manifest)
         try:
             await self.repo.commit(manifest)
         except TransientStorageError as exc:
@@ -263,7 +271,7 @@ class BackupJob:
         """
         missing: list[str] = []
         if self.parent is not None:
-            self.progress.phase("checking the parent's chunks")
+            phase(self.progress, "checking the parent's chunks")
             missing = await spot_check(self.repo, self.parent)
             if missing:
                 log.warning(
@@ -276,14 +284,14 @@ class BackupJob:
             refs: set[str] = self.parent.refs
             log.info("backup: %d chunks named by the parent %s", len(refs), self.parent.name)
         else:
-            self.progress.phase("listing the store")
+            phase(self.progress, "listing the store")
             refs = await self.repo.stored_refs(on_page=self._listed)
             log.info("backup: %d chunks already in the store", len(refs))
         self.stored = preferred_refs(refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
 
     def _listed(self, chunks: int) -> None:
-        self.progress.phase("listing the store", f"{chunks} chunks")
+        phase(self.progress, "listing the store", f"{chunks} chunks")
 
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
@@ -313,7 +321,7 @@ class BackupJob:
                         gone[digest] = (entry.path, index)
             return gone, moved
 
-        gone, moved = await asyncio.to_thread(find_gone)
+        gone, moved = await to_thread(find_gone)
         self.stored.update(moved)
         if not gone:
             return
@@ -476,6 +484,7 @@ class BackupJob:
         )
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
+        log.debug("stored %s (%d bytes, %d chunks)", relative, reader.size, len(chunks))
 
     async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""
@@ -483,9 +492,7 @@ class BackupJob:
         if compression.codec == "none":
             stored, ref, stored_sha256 = data, digest, digest
         else:  # each chunk on its own, in a worker thread: the loop never compresses
-            stored, ref, stored_sha256 = await asyncio.to_thread(
-                encode_chunk, data, digest, compression
-            )
+            stored, ref, stored_sha256 = await to_thread(encode_chunk, data, digest, compression)
         await self.repo.put_chunk(ref, stored, data_sha256=stored_sha256, path=path, label=label)
         self.stored[digest] = ref
         self.uploaded += 1

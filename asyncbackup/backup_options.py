@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from asyncbackup.errors import ConfigError
+from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.layout import check_backup_name, check_tag
 
 
@@ -29,6 +30,9 @@ class BackupOptions:
     in its MANIFEST, and the command line exits 3. With it, any of those fails the backup and
     nothing is committed.
 
+    ``excludes``: what to leave out (patterns, caches, marked directories, other file systems);
+    a local store inside the source is always left out, with a log line.
+
     ``parent``: the backup whose unchanged files are not read (default: the newest backup of
     the same host and source); ``changes``: what makes a file changed; ``tags``: labels that
     ``list --tag`` filters on.
@@ -38,6 +42,7 @@ class BackupOptions:
     """
 
     strict: bool = False
+    excludes: ExcludeOptions = field(default_factory=ExcludeOptions)
     parent: str | None = None
     changes: ChangeDetection = field(default_factory=ChangeDetection)
     tags: tuple[str, ...] = ()

@@ -15,9 +15,9 @@ from asyncbackup.layout import is_chunk_ref, is_digest
 FORMAT_VERSION = 3
 """Version 2 named compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 records each
 file's ctime and inode (what an incremental backup compares), the backup's tags and parent, what
-it skipped or stored while it changed (``warnings``), and is stored compressed with zstd (see
-``manifest_encoding.py``). Every field added since version 1 is optional when read, and every
-version is still read."""
+it skipped or stored while it changed (``warnings``) and what it was told to leave out
+(``excludes``), and is stored compressed with zstd (see ``manifest_encoding.py``). Every field
+added since version 1 is optional when read, and every version is still read."""
 READABLE_VERSIONS = (1, 2, 3)
 EntryType = Literal["file", "dir", "symlink"]
 WarningKind = Literal["vanished", "unreadable", "changed"]
@@ -35,6 +35,42 @@ class SourceWarning:
 
     def to_json(self) -> dict[str, str]:
         return {"path": self.path, "kind": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExcludeRecord:
+    """What a backup was told to leave out (version 3), so that a reader of the MANIFEST knows
+    what is missing on purpose; ``store``: a local store inside the source, left out."""
+
+    patterns: tuple[str, ...] = ()
+    exclude_caches: bool = False
+    exclude_if_present: tuple[str, ...] = ()
+    one_file_system: bool = False
+    store: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patterns": list(self.patterns),
+            "exclude_caches": self.exclude_caches,
+            "exclude_if_present": list(self.exclude_if_present),
+            "one_file_system": self.one_file_system,
+            "store": self.store,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ExcludeRecord:
+        if not isinstance(raw, dict):
+            raise ManifestError(f"excludes {raw!r} is not an object")
+        texts = raw.get("patterns", []), raw.get("exclude_if_present", [])
+        if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in texts):
+            raise ManifestError("excludes: patterns and names must be lists of text")
+        return cls(
+            patterns=tuple(texts[0]),
+            exclude_caches=raw.get("exclude_caches") is True,
+            exclude_if_present=tuple(texts[1]),
+            one_file_system=raw.get("one_file_system") is True,
+            store=str(raw.get("store", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +135,7 @@ class Manifest:
     parent: str = ""  # the backup whose unchanged entries this one took, if any
     format_version: int = FORMAT_VERSION  # as read; a backup always writes FORMAT_VERSION
     warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
+    excludes: ExcludeRecord | None = None  # what the backup was told to leave out
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +173,8 @@ class Manifest:
         }
         if self.warnings:
             head["warnings"] = [w.to_json() for w in self.warnings]
+        if self.excludes is not None:
+            head["excludes"] = self.excludes.to_json()
         return head
 
     def to_json(self) -> bytes:
@@ -225,6 +264,7 @@ def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
     entries = tuple(_parse_entry(e, chunk_size, version) for e in raw_entries)
     _check_tree(entries)
     warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
+    excludes = ExcludeRecord.from_json(doc["excludes"]) if "excludes" in doc else None
     return Manifest(
         name=str(doc["name"]),
         job_id=str(doc["job_id"]),
@@ -239,6 +279,7 @@ def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
         parent=parent,
         format_version=version,
         warnings=warnings,
+        excludes=excludes,
     )
 
 

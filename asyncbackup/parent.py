@@ -33,6 +33,7 @@ from asyncbackup.errors import ConfigError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.repository import Repository
+from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 SPOT_CHECKS = 32
@@ -135,7 +136,7 @@ async def find_parent(
         )
         return None
     log.info("parent backup %s: files unchanged since it are not read", manifest.name)
-    return await asyncio.to_thread(Parent, manifest, rules)  # 100,000 entries: off the loop
+    return await to_thread(Parent, manifest, rules)  # 100,000 entries: off the loop
 
 
 async def spot_check(repo: Repository, parent: Parent) -> list[str]:

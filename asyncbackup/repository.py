@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from asyncbackup.manifest import READABLE_VERSIONS, Manifest
 from asyncbackup.manifest_encoding import HEAD_READ
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
+from asyncbackup.threads import to_thread
 
 T = TypeVar("T")
 Fetch = Callable[[str, str | None], Awaitable[tuple[list[T], str | None]]]
@@ -134,7 +134,7 @@ class Repository:
         if codec == "none" and len(stored) <= _HASH_INLINE_LIMIT:
             data, digest = stored, sha256_hex(stored)
         else:  # decoding and hashing in one trip to a worker thread
-            data, digest = await asyncio.to_thread(_decode_and_hash, stored, codec, limit, where)
+            data, digest = await to_thread(_decode_and_hash, stored, codec, limit, where)
         if digest != digest_of_ref(ref):
             raise IntegrityError(
                 f"{where} is corrupt in {self.store.url}: its bytes do not match its hash; "
@@ -156,7 +156,7 @@ class Repository:
             raise ManifestError(
                 f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
             ) from None
-        return await asyncio.to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
+        return await to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
 
     async def read_head(self, name: str) -> dict[str, Any]:
         """Backup ``name``'s MANIFEST head (times, host, source, totals, tags), from one range
@@ -186,7 +186,7 @@ class Repository:
         """
         await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
         key = manifest_key(manifest.name)
-        data = await asyncio.to_thread(manifest.to_bytes)
+        data = await to_thread(manifest.to_bytes)
         what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
             await self.retrier.run(what, lambda: self.store.put(key, data, overwrite=False))

@@ -24,15 +24,19 @@ from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
+from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.metrics import Metrics
-from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.patterns import read_pattern_files
+from asyncbackup.progress import BarProgress, LogProgress, NoProgress
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
 from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
 from asyncbackup.stream import DEFAULT_STDIN_NAME, command_output, read_stdin
 
 log = logging.getLogger("asyncbackup")
+MOVES_DATA = frozenset({"backup", "restore", "cat"})
+"""The commands that show a progress bar (and ``verify --deep``)."""
 
 
 def release_freed_buffers_to_the_os() -> None:
@@ -52,18 +56,24 @@ def release_freed_buffers_to_the_os() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = parse_args(argv)
+    return run_command(parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` (as ``parse_args`` returns it); returns the exit code."""
     release_freed_buffers_to_the_os()
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    if not args.verbose:  # botocore says "Found credentials in ..." at INFO on every run
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-        logging.getLogger("aiobotocore").setLevel(logging.WARNING)
+    # -v: our own DEBUG lines (one per file stored or restored), not the SDKs' wire traces;
+    # botocore also says "Found credentials in ..." at INFO on every run.
+    logging.getLogger("asyncbackup").setLevel(logging.DEBUG if args.verbose else logging.NOTSET)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("aiobotocore").setLevel(logging.WARNING)
     try:
         code = asyncio.run(_run(args))
         sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
         return code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
         log.error("interrupted: nothing was committed")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -75,11 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: asyncio
-    # cancels it, every transfer ends, nothing is committed, no temporary file is left.
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGTERM, signal.raise_signal, signal.SIGINT
-    )
+    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: the job
+    # is cancelled, every transfer ends, nothing is committed, no temporary file is left. It
+    # cancels the task itself rather than raising SIGINT, which a shell ignores in a job it starts
+    # in the background: there, SIGTERM must still stop us.
+    job = asyncio.current_task()
+    assert job is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, job.cancel)
     metrics = Metrics()
     pushgateway: str | None = None
     try:
@@ -160,7 +172,7 @@ async def _command(
             "(a store is made by its first backup)"
         )
     interactive = sys.stderr.isatty() and not args.quiet
-    progress = BarProgress(args.command) if interactive else LogProgress(args.command)
+    progress = progress_for(args, interactive=interactive)
     limit = getattr(args, "bwlimit", None)
     bandwidth = Bandwidth(limit) if limit is not None else None
     engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
@@ -198,6 +210,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def progress_for(
+    args: argparse.Namespace, *, interactive: bool
+) -> BarProgress | LogProgress | NoProgress:
+    """A bar on a terminal, log lines otherwise; nothing for commands that move no file data
+    (an empty byte bar beside ``list`` or ``prune`` would only say nothing is happening)."""
+    if args.command not in MOVES_DATA and not getattr(args, "deep", False):
+        return NoProgress()
+    return BarProgress(args.command) if interactive else LogProgress(args.command)
+
+
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "backup" and str(args.source) == "-":
         return await _backup_stream(args, engine)
@@ -207,11 +229,22 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
                 "--stdin-name and --stdin-from-command need SOURCE '-' (standard input), "
                 f"not {args.source}"
             )
+        patterns = await asyncio.to_thread(read_pattern_files, args.exclude_file)
+        excludes = ExcludeOptions(
+            patterns=(*args.exclude, *patterns),
+            exclude_caches=args.exclude_caches,
+            exclude_if_present=tuple(args.exclude_if_present),
+            one_file_system=args.one_file_system,
+        )
         changes = ChangeDetection(
             force=args.force, ignore_inode=args.ignore_inode, ignore_ctime=args.ignore_ctime
         )
         options = BackupOptions(
-            strict=args.strict, parent=args.parent, changes=changes, tags=tuple(args.tag)
+            strict=args.strict,
+            excludes=excludes,
+            parent=args.parent,
+            changes=changes,
+            tags=tuple(args.tag),
         )
         return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "cat":
