@@ -128,10 +128,10 @@ class LogProgress:
         self._started = self._last = clock()
         self._files = self._bytes = 0
         self._expected_files = self._expected_bytes = 0
+        self._phase = ""
 
     def expect(self, *, files: int = 0, nbytes: int = 0) -> None:
         self._expected_files, self._expected_bytes = files, nbytes
-        self._phase = ""
 
     def phase(self, name: str, detail: str = "") -> None:
         """A line when a phase begins, then at most one every ``interval`` with its detail."""
