@@ -362,6 +362,7 @@ class BackupJob:
         elif entry.kind == "file" and (unchanged := self._unchanged(entry)) is not None:
             self.entries.append(unchanged)
             self.unchanged += 1
+            log.debug("unchanged %s (%d bytes, not read)", entry.path, unchanged.size)
             self.progress.advance(files=1)
             self.metrics.files.labels(OPERATION, "unchanged").inc()
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:

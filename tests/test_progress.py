@@ -124,7 +124,12 @@ def test_verbose_logs_each_file_stored_and_restored(tree: Path, tmp_path: Path) 
     quiet = cli("backup", tree, store, "--name", "quiet")
     assert quiet.returncode == EXIT_OK, quiet.stderr
     assert " stored " not in quiet.stderr
-    loud = cli("backup", tree, store, "--name", "loud", "-v")
+    # Unchanged since "quiet", every file is taken from it unread, and -v says so.
+    unread = cli("backup", tree, store, "--name", "unread", "-v")
+    assert unread.returncode == EXIT_OK, unread.stderr
+    assert unread.stderr.count(" DEBUG unchanged ") == len(files)
+    assert " DEBUG stored " not in unread.stderr
+    loud = cli("backup", tree, store, "--name", "loud", "-v", "--force")  # every file read
     assert loud.returncode == EXIT_OK, loud.stderr
     assert loud.stderr.count(" DEBUG stored ") == len(files)
     for path in names:
