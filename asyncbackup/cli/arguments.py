@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         "empty)",
     )
     backup.add_argument(
+        "--xattrs",
+        action="store_true",
+        help="record extended attributes (a listing per entry, so off by default); a restore "
+        "puts back whatever a backup recorded",
+    )
+    backup.add_argument(
         "--strict",
         action="store_true",
         help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
