@@ -11,15 +11,17 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from asyncbackup.bandwidth import parse_rate
 from asyncbackup.cli import environment
 from asyncbackup.compression import CODECS
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.defaults import (
+    DEFAULT_GRACE,
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_PUSH_JOB,
+    DEFAULT_STDIN_NAME,
+)
 from asyncbackup.errors import ConfigError
-from asyncbackup.exposition import DEFAULT_METRICS_ADDRESS, DEFAULT_PUSH_JOB
-from asyncbackup.prune import DEFAULT_GRACE
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
-from asyncbackup.stream import DEFAULT_STDIN_NAME
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
 
@@ -66,6 +68,8 @@ def _target_dir(text: str) -> Path:
 
 def _bwlimit(text: str) -> float:
     try:
+        from asyncbackup.bandwidth import parse_rate  # asyncio: only when the option is given
+
         return parse_rate(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

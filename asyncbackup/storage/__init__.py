@@ -8,16 +8,38 @@ gs://bucket/prefix                   GCSStorage (gcloud-aio-storage), imported o
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from asyncbackup.errors import ConfigError
 from asyncbackup.storage.base import ListPage, ObjectInfo, ObjectPage, Storage
-from asyncbackup.storage.faulty import FaultyStorage
-from asyncbackup.storage.local import LocalStorage
-from asyncbackup.storage.memory import MemoryStorage
 from asyncbackup.storage.options import StoreOptions
+
+if TYPE_CHECKING:
+    from asyncbackup.storage.faulty import FaultyStorage
+    from asyncbackup.storage.local import LocalStorage
+    from asyncbackup.storage.memory import MemoryStorage
+
+_HOMES = {
+    "FaultyStorage": "asyncbackup.storage.faulty",
+    "LocalStorage": "asyncbackup.storage.local",
+    "MemoryStorage": "asyncbackup.storage.memory",
+}
+"""Stores that load on first use (asyncio, aiofiles): building the command line's parser imports
+``storage.options`` and so this package, and ``asyncbackup --help`` must not pay for them."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'asyncbackup.storage' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FaultyStorage",
@@ -45,6 +67,9 @@ def open_storage(url: str, options: StoreOptions | None = None) -> Storage:
     if not url:
         raise ConfigError(f"the store URL is empty: give {_SCHEMES}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    from asyncbackup.storage.local import LocalStorage
+    from asyncbackup.storage.memory import MemoryStorage
+
     if scheme == "":
         meant = _meant_url(url)
         if meant is not None:
