@@ -10,7 +10,6 @@ only with ``backup --xattrs``, and restored whenever a backup has them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import errno
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asyncbackup.errors import ManifestError
+from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 Xattrs = tuple[tuple[str, bytes], ...]
@@ -112,7 +112,7 @@ async def xattrs_of(path: str, *, wanted: bool) -> Xattrs:
     if not wanted:
         return ()
     try:
-        return await asyncio.to_thread(read_xattrs, path)
+        return await to_thread(read_xattrs, path)
     except OSError as exc:
         log.warning(
             "cannot read the extended attributes of %s: %s; recorded without them",
