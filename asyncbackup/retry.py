@@ -111,6 +111,7 @@ class Retrier:
         self._metrics = metrics
         self._sleep = sleep
         self._bandwidth = bandwidth
+        self._timeout = policy.attempt_timeout
         self._series: dict[str, tuple[Any, Any]] = {}  # operation -> (inflight, duration) children
         # python-backoff drives the loop (tries, max_time, giveup, handlers). It sleeps with
         # asyncio.sleep, which tests cannot replace, so it is handed zero waits and the jittered
@@ -177,19 +178,22 @@ class Retrier:
                 self._metrics.chunk_duration.labels(transfer.operation),
             )
         inflight, duration = series
-        async with self._slots:
+        await self._slots.acquire()
+        try:
             inflight.inc()
             started = time.monotonic()
             try:
-                async with asyncio.timeout(self.policy.attempt_timeout):
+                async with asyncio.Timeout(asyncio.get_running_loop().time() + self._timeout):
                     result = await call()
             except TimeoutError as exc:
                 raise TransientStorageError(
-                    f"{transfer}: no answer within {self.policy.attempt_timeout:g}s"
+                    f"{transfer}: no answer within {self._timeout:g}s"
                 ) from exc
             finally:
                 inflight.dec()
             duration.observe(time.monotonic() - started)
+        finally:
+            self._slots.release()
         self.budget.refill()
         return result
 
