@@ -20,8 +20,8 @@ run: install
 	$(BIN)/python -m asyncbackup.demo ./backup-store
 
 lint: install
-	$(BIN)/ruff check asyncbackup tests benchmarks
-	$(BIN)/ruff format --check asyncbackup tests benchmarks
+	$(BIN)/ruff check asyncbackup tests benchmarks examples
+	$(BIN)/ruff format --check asyncbackup tests benchmarks examples
 	$(BIN)/mypy
 
 pytest: install

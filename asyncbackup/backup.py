@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import socket
@@ -39,6 +38,7 @@ from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
 from asyncbackup.stream import StreamSource, store_stream
+from asyncbackup.threads import to_thread
 from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
@@ -122,8 +122,8 @@ class BackupJob:
         """
         started_clock, started = time.monotonic(), self._now()
         if isinstance(source, Path):
-            source = await asyncio.to_thread(source.absolute)
-            if not await asyncio.to_thread(source.is_dir):
+            source = await to_thread(source.absolute)
+            if not await to_thread(source.is_dir):
                 raise ConfigError(f"source {source} does not exist or is not a directory")
         budget = self.repo.retrier.budget
 
@@ -147,7 +147,7 @@ class BackupJob:
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
         excluder: Excluder | None = None
         if isinstance(source, Path):
-            excluder = await asyncio.to_thread(
+            excluder = await to_thread(
                 excluder_for, source, self.repo.store.url, self.options.excludes
             )
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
@@ -192,7 +192,7 @@ class BackupJob:
                 excludes=excluder.record() if excluder is not None else None,
             )
 
-        manifest = await asyncio.to_thread(build_manifest)
+        manifest = await to_thread(build_manifest)
         try:
             await self.repo.commit(manifest)
         except TransientStorageError as exc:
@@ -250,7 +250,7 @@ class BackupJob:
                         gone[digest] = (entry.path, index)
             return gone, moved
 
-        gone, moved = await asyncio.to_thread(find_gone)
+        gone, moved = await to_thread(find_gone)
         self.stored.update(moved)
         if not gone:
             return
@@ -400,9 +400,7 @@ class BackupJob:
         if compression.codec == "none":
             stored, ref, stored_sha256 = data, digest, digest
         else:  # each chunk on its own, in a worker thread: the loop never compresses
-            stored, ref, stored_sha256 = await asyncio.to_thread(
-                encode_chunk, data, digest, compression
-            )
+            stored, ref, stored_sha256 = await to_thread(encode_chunk, data, digest, compression)
         await self.repo.put_chunk(ref, stored, data_sha256=stored_sha256, path=path, label=label)
         self.stored[digest] = ref
         self.uploaded += 1

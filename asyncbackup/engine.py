@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.backup_options import BackupOptions
@@ -37,8 +40,10 @@ from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
 from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
+from asyncbackup.threads import to_thread, using
 
 T = TypeVar("T")
+P = ParamSpec("P")
 log = logging.getLogger("asyncbackup")
 
 
@@ -72,6 +77,19 @@ class VerifyReport:
         return not self.missing and not self.corrupt
 
 
+def _on_own_threads(
+    method: Callable[Concatenate[BackupEngine, P], Awaitable[T]],
+) -> Callable[Concatenate[BackupEngine, P], Coroutine[Any, Any, T]]:
+    """Run an engine method with its thread calls on the engine's pool (see ``threads.py``)."""
+
+    async def run(self: BackupEngine, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._thread_pool() as pool, using(pool):
+            return await method(self, *args, **kwargs)
+
+    functools.update_wrapper(run, method)  # its name and docstring, for help() and the docs
+    return run
+
+
 class BackupEngine:
     """Backs up directories into a store and restores them.
 
@@ -81,6 +99,12 @@ class BackupEngine:
     a backup's started and finished times (and prune's "now"), injectable so tests of retention
     can make backups days apart in a second. ``bandwidth`` caps the rate of chunk uploads and
     downloads; one ``Bandwidth`` may be shared by engines.
+
+    File reads and writes, hashing, compression and MANIFEST parsing run in worker threads:
+    on ``executor`` if given (the caller owns it and shuts it down), else on a pool of
+    ``concurrency + 4`` threads named ``asyncbackup_*`` that each call makes and shuts down.
+    Never on the loop's default executor, so a service's own ``asyncio.to_thread`` calls do
+    not queue behind a backup.
     """
 
     def __init__(
@@ -93,8 +117,10 @@ class BackupEngine:
         sleep: Sleep = asyncio.sleep,
         bandwidth: Bandwidth | None = None,
         clock: Clock = utc_clock,
+        executor: Executor | None = None,
     ) -> None:
         self.store = store
+        self._executor = executor
         self.config = config if config is not None else EngineConfig()
         limit = store.max_connections
         if limit is not None and limit < self.config.concurrency:
@@ -109,6 +135,19 @@ class BackupEngine:
         self._bandwidth = bandwidth
         self._clock = clock
 
+    @contextmanager
+    def _thread_pool(self) -> Iterator[Executor]:
+        if self._executor is not None:
+            yield self._executor
+            return
+        pool = ThreadPoolExecutor(self.config.concurrency + 4, thread_name_prefix="asyncbackup")
+        try:
+            yield pool
+        finally:
+            # Every call of this job has returned (``settled`` ones waited for): drop the
+            # threads without blocking the loop; queued reads of a cancelled job never start.
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def _repository(self, operation: str) -> Repository:
         self.metrics.start(operation)
         retrier = Retrier(
@@ -120,6 +159,7 @@ class BackupEngine:
         )
         return Repository(self.store, retrier, operation=operation)
 
+    @_on_own_threads
     async def backup(
         self,
         source: str | Path,
@@ -144,6 +184,7 @@ class BackupEngine:
         )
         return await self._timed("backup", job.run(Path(source), name))
 
+    @_on_own_threads
     async def backup_stream(
         self,
         chunks: AsyncIterable[bytes],
@@ -170,6 +211,7 @@ class BackupEngine:
         job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
         return await self._timed("backup", job.run(stream, name))
 
+    @_on_own_threads
     async def restore_file(self, name: str, path: str, write: Write) -> int:
         """Write file ``path`` of backup ``name`` to ``write``, in order, each chunk checked
         against its hash before it is written; the number of bytes written.
@@ -186,6 +228,7 @@ class BackupEngine:
         ahead = self.config.concurrency
         return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
 
+    @_on_own_threads
     async def restore(
         self,
         name: str,
@@ -209,10 +252,11 @@ class BackupEngine:
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
         if wanted or unwanted:
-            manifest = await asyncio.to_thread(select, manifest, include=wanted, exclude=unwanted)
+            manifest = await to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
         return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
 
+    @_on_own_threads
     async def manifest(self, name: str) -> Manifest:
         """Backup ``name``'s MANIFEST.
 
@@ -221,6 +265,7 @@ class BackupEngine:
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
 
+    @_on_own_threads
     async def diff(self, old: str, new: str) -> BackupDiff:
         """What was added, removed and changed from backup ``old`` to backup ``new``, from
         their MANIFESTs alone.
@@ -231,8 +276,9 @@ class BackupEngine:
         repo = self._repository("verify")
         before = await repo.load_manifest(check_backup_name(old))
         after = await repo.load_manifest(check_backup_name(new))
-        return await asyncio.to_thread(diff, before, after)
+        return await to_thread(diff, before, after)
 
+    @_on_own_threads
     async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
         download every chunk and check its hash.
@@ -243,7 +289,7 @@ class BackupEngine:
         """
         repo = self._repository("verify")
         manifest = await repo.load_manifest(check_backup_name(name))
-        users, sizes = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: a thread
+        users, sizes = await to_thread(_chunk_users, manifest)  # 100,000 files: a thread
         stored = await repo.stored_refs()
         missing = {d: paths for d, paths in users.items() if d not in stored}
         corrupt: dict[str, list[str]] = {}
@@ -264,9 +310,10 @@ class BackupEngine:
                     await pool.spawn(digest, partial(check, digest))
         return VerifyReport(name, deep, len(users), missing, corrupt)
 
+    @_on_own_threads
     async def list_backups(self) -> list[BackupInfo]:
         """Every committed backup, oldest name first, with what its MANIFEST says."""
-        repo = self._repository("verify")
+        repo = self._repository("list")
         names = await repo.backup_names()
         infos: dict[str, BackupInfo] = {}
 
@@ -286,6 +333,7 @@ class BackupEngine:
                 await pool.spawn(name, partial(describe, name))
         return [infos[n] for n in names]
 
+    @_on_own_threads
     async def delete(self, name: str) -> None:
         """Delete backup ``name``'s MANIFEST. Its chunks stay until a prune removes unused ones.
 
@@ -294,6 +342,7 @@ class BackupEngine:
         """
         await self._repository("verify").delete_manifest(check_backup_name(name))
 
+    @_on_own_threads
     async def prune(
         self, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
     ) -> PruneReport:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
@@ -28,6 +27,7 @@ from asyncbackup.layout import (
 from asyncbackup.manifest import Manifest
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
+from asyncbackup.threads import to_thread
 
 T = TypeVar("T")
 Fetch = Callable[[str, str | None], Awaitable[tuple[list[T], str | None]]]
@@ -118,7 +118,7 @@ class Repository:
         if codec == "none" and len(stored) <= _HASH_INLINE_LIMIT:
             data, digest = stored, sha256_hex(stored)
         else:  # decoding and hashing in one trip to a worker thread
-            data, digest = await asyncio.to_thread(_decode_and_hash, stored, codec, limit, where)
+            data, digest = await to_thread(_decode_and_hash, stored, codec, limit, where)
         if digest != digest_of_ref(ref):
             raise IntegrityError(
                 f"{where} is corrupt in {self.store.url}: its bytes do not match its hash; "
@@ -140,7 +140,7 @@ class Repository:
             raise ManifestError(
                 f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
             ) from None
-        return await asyncio.to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
+        return await to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
 
     async def commit(self, manifest: Manifest) -> None:
         """Make every chunk durable, then write the MANIFEST, create-only: the backup's commit.
@@ -150,7 +150,7 @@ class Repository:
         """
         await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
         key = manifest_key(manifest.name)
-        data = await asyncio.to_thread(manifest.to_json)
+        data = await to_thread(manifest.to_json)
         what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
             await self.retrier.run(what, lambda: self.store.put(key, data, overwrite=False))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +11,7 @@ from typing import Literal
 
 from asyncbackup.errors import SourceError
 from asyncbackup.excludes import Decision, Probe, probe_path
+from asyncbackup.threads import to_thread
 
 Kind = Literal["file", "dir", "symlink", "special"]
 Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
@@ -40,7 +40,7 @@ async def walk(root: Path, *, decide: Decide | None = None) -> AsyncIterator[Sou
     pending = [""]
     while pending:
         relative = pending.pop()
-        entries = await asyncio.to_thread(_scan, root, relative, decide)
+        entries = await to_thread(_scan, root, relative, decide)
         for entry in entries:
             yield entry
         pending.extend(e.path for e in reversed(entries) if e.kind == "dir" and e.descend)

@@ -51,6 +51,9 @@ class Running:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "asyncbackup", *map(str, args)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # SIGINT as at a terminal, whatever the test runner inherited (a shell starts its
+            # background jobs with SIGINT ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

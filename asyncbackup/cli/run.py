@@ -69,7 +69,7 @@ def run_command(args: argparse.Namespace) -> int:
         code = asyncio.run(_run(args))
         sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
         return code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
         log.error("interrupted: nothing was committed")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -81,11 +81,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: asyncio
-    # cancels it, every transfer ends, nothing is committed, no temporary file is left.
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGTERM, signal.raise_signal, signal.SIGINT
-    )
+    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: the job
+    # is cancelled, every transfer ends, nothing is committed, no temporary file is left. It
+    # cancels the task itself rather than raising SIGINT, which a shell ignores in a job it starts
+    # in the background: there, SIGTERM must still stop us.
+    job = asyncio.current_task()
+    assert job is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, job.cancel)
     metrics = Metrics()
     pushgateway: str | None = None
     try:

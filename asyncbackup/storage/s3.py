@@ -38,6 +38,7 @@ from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.s3lean import LeanRequests, Target
 from asyncbackup.storage.uncopied import UncopiedBody
+from asyncbackup.threads import to_thread
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -181,7 +182,7 @@ class S3Storage(Storage):
         self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
     ) -> None:
         if digest is None:
-            digest = await asyncio.to_thread(_sha256_hex, data)
+            digest = await to_thread(_sha256_hex, data)
         checksum = base64.b64encode(bytes.fromhex(digest)).decode()
         if overwrite:  # a chunk: the lean path, in the chunks' storage class
             lean = await self._lean_path()
