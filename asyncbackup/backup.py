@@ -393,6 +393,7 @@ class BackupJob:
         )
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
+        log.debug("stored %s (%d bytes, %d chunks)", relative, reader.size, len(chunks))
 
     async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""

@@ -32,7 +32,7 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.patterns import Patterns, select
 from asyncbackup.pool import TaskPool
-from asyncbackup.progress import NoProgress, Progress
+from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
 from asyncbackup.repository import Repository
 from asyncbackup.restore import RestoreJob, RestoreSummary
@@ -254,6 +254,7 @@ class BackupEngine:
         if wanted or unwanted:
             manifest = await to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
+        expect(self.progress, files=manifest.totals.files, nbytes=manifest.totals.bytes)
         return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
 
     @_on_own_threads
@@ -304,9 +305,12 @@ class BackupEngine:
                     corrupt[digest] = users[digest]
                 except ObjectNotFoundError:
                     missing[digest] = users[digest]
+                self.progress.advance(nbytes=size)
 
+            to_check = users.keys() - missing.keys()
+            expect(self.progress, nbytes=sum(sizes[d] for d in to_check))
             async with TaskPool("verify", limit=self.config.buffered_chunks) as pool:
-                for digest in users.keys() - missing.keys():
+                for digest in to_check:
                     await pool.spawn(digest, partial(check, digest))
         return VerifyReport(name, deep, len(users), missing, corrupt)
 

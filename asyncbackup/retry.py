@@ -11,6 +11,7 @@ slot and the timeout (see ``bandwidth.py``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
@@ -22,7 +23,7 @@ import backoff
 
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import RetryPolicy
-from asyncbackup.errors import TransientStorageError
+from asyncbackup.errors import PermanentStorageError, TransientStorageError
 from asyncbackup.metrics import Metrics
 
 T = TypeVar("T")
@@ -111,6 +112,7 @@ class Retrier:
         self._metrics = metrics
         self._sleep = sleep
         self._bandwidth = bandwidth
+        self._answered = False  # has any request of this job succeeded yet?
         self._timeout = policy.attempt_timeout
         self._series: dict[str, tuple[Any, Any]] = {}  # operation -> (inflight, duration) children
         # python-backoff drives the loop (tries, max_time, giveup, handlers). It sleeps with
@@ -133,11 +135,27 @@ class Retrier:
 
         Raises:
             TransientStorageError: the last attempt's error, once the retries are spent.
-            PermanentStorageError: at once, never retried.
+            PermanentStorageError: at once, never retried; also a connection refused before
+                any request of the job succeeded.
         """
+        try:
+            return await self._run(transfer, call)
+        except TransientStorageError as exc:
+            if self._answered or not _refused(exc):
+                raise
+            # Nothing listens there: almost always a wrong address, and ten retries would only
+            # hide that for half a minute. Once the store has answered, a refusal is a restart
+            # or an overloaded server, and is retried like any transient error.
+            raise PermanentStorageError(
+                f"{exc}: the connection was refused at the job's first request: wrong address? "
+                "Check the store URL, --endpoint-url or $AWS_ENDPOINT_URL, or "
+                "$STORAGE_EMULATOR_HOST"
+            ) from exc
+
+    async def _run(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
         # The first attempt runs bare: nearly every call succeeds at once, and python-backoff's
-        # loop costs more than the rest of the retry layer (benchmarks/retry_overhead.py). Only
-        # a transient failure enters the loop, whose first try replays that failure, so tries,
+        # loop costs more than the rest of the retry layer (benchmarks/lean.py). Only a
+        # transient failure enters the loop, whose first try replays that failure, so tries,
         # max_time, the budget, the handlers and the log lines are those of one loop from the
         # first attempt on.
         started = time.monotonic()
@@ -194,10 +212,13 @@ class Retrier:
             duration.observe(time.monotonic() - started)
         finally:
             self._slots.release()
+        self._answered = True
         self.budget.refill()
         return result
 
     def _give_up(self, exc: Exception) -> bool:
+        if not self._answered and _refused(exc):
+            return True  # see run()
         return not self.budget.allows_retry()
 
     async def _before_retry(self, details: Any) -> None:
@@ -222,6 +243,8 @@ class Retrier:
     async def _after_last_try(self, details: Any) -> None:
         transfer: Transfer = details["args"][0]
         why = "retry budget of the job exhausted" if self.budget.exhausted else "no attempts left"
+        if not self._answered and _refused(details["exception"]):
+            why = "connection refused before the store ever answered"
         log.error(
             "giving up: %s after %d attempt(s) (%s): %s",
             transfer,
@@ -229,3 +252,28 @@ class Retrier:
             why,
             details["exception"],
         )
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a refused TCP connection, however deep the SDK wrapped it
+    (aiohttp keeps the OSError in ``os_error``, botocore in ``kwargs["error"]``)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        kwargs = getattr(current, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        pending += [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "os_error", None),
+            inner,
+        ]
+    return False

@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         "empty)",
     )
     backup.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON document instead of the backup's name",
+    )
+    backup.add_argument(
         "--strict",
         action="store_true",
         help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
