@@ -1,6 +1,6 @@
 """The command line: each command's own arguments and options, the groups of options they
 share, and how values are parsed. Each option also reads an ``ASYNCBACKUP_*`` variable
-(``environment.py``); docs/commands.md is generated from this parser (``docs.py``)."""
+(``environment.py``); docs/commands.md is generated from this parser (``reference.py``)."""
 
 from __future__ import annotations
 
