@@ -158,7 +158,8 @@ class BackupJob:
                 await store_stream(self, pool, source)
             else:
                 assert excluder is not None
-                async for entry in walk(source, decide=excluder.decide):
+                walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
+                async for entry in walking:
                     await self._add(pool, source, entry)
         try:
             await self._recheck(source, hint)
@@ -363,6 +364,14 @@ class BackupJob:
                 self._warn(SourceWarning(relative, kind, f"{exc}; skipped"))
                 self.metrics.files.labels(OPERATION, "skipped").inc()
                 return
+
+    def _unlistable(self, relative: str, error: SourceError) -> None:
+        """A directory that cannot be listed: recorded empty, with a warning (or, with
+        ``strict``, the end of the backup)."""
+        if self.options.strict:
+            raise error
+        kind: WarningKind = "vanished" if isinstance(error, SourceVanishedError) else "unreadable"
+        self._warn(SourceWarning(relative, kind, f"{error}; what it holds is skipped"))
 
     def _warn(self, warning: SourceWarning) -> None:
         log.warning("%s", warning.message)
