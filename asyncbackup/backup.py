@@ -32,7 +32,9 @@ from asyncbackup.errors import (
 )
 from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
-from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.links import HardLinks
+from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.metadata import xattrs_of
 from asyncbackup.metrics import Metrics
 from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
@@ -108,6 +110,7 @@ class BackupJob:
         self.clock = clock
         self.options = options if options is not None else BackupOptions()
         self.warnings: list[SourceWarning] = []
+        self.links = HardLinks()
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
@@ -171,7 +174,8 @@ class BackupJob:
                 await store_stream(self, pool, source)
             else:
                 assert excluder is not None
-                async for entry in walk(source, decide=excluder.decide):
+                walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
+                async for entry in walking:
                     await self._add(pool, source, entry)
         if self.parent is not None:
             self.parent.forget()
@@ -193,9 +197,15 @@ class BackupJob:
                     f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
                     "so nothing was committed; run the backup again"
                 )
+            linked, lost = self.links.entries({e.path: e for e in self.entries})
+            skipped = "{} is a hard link to {}, which was skipped; skipped too"
+            lost_links = [SourceWarning(p, "unreadable", skipped.format(p, f)) for p, f in lost]
+            for warning in lost_links:
+                log.warning("%s", warning.message)
+            warnings = self.warnings + lost_links
             entries = (
                 replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
-                for e in self.entries
+                for e in (*self.entries, *linked)
             )
             return Manifest(
                 name=name,
@@ -209,7 +219,7 @@ class BackupJob:
                 compression=self.config.compression.codec,
                 tags=self.options.tags,
                 parent=self.parent.name if self.parent is not None else "",
-                warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
+                warnings=tuple(sorted(warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
             )
 
@@ -352,14 +362,24 @@ class BackupJob:
     async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
         st = entry.stat
         mode = stat.S_IMODE(st.st_mode)
-        if entry.kind == "dir":
-            self.entries.append(FileEntry(entry.path, "dir", mode, st.st_mtime_ns))
-        elif entry.kind == "symlink":
-            assert entry.target is not None
+        if entry.kind in ("dir", "symlink"):
+            xattrs = await xattrs_of(str(source / entry.path), wanted=self.options.xattrs)
+            kind: EntryType = "dir" if entry.kind == "dir" else "symlink"
             self.entries.append(
-                FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
+                FileEntry(
+                    entry.path,
+                    kind,
+                    mode,
+                    st.st_mtime_ns,
+                    target=entry.target or "",
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    xattrs=xattrs,
+                )
             )
-        elif entry.kind == "file" and (unchanged := self._unchanged(entry)) is not None:
+        elif entry.kind == "file" and self.links.claim(entry.path, st):
+            pass  # another name of a file read under its first name: recorded as a hard link
+        elif entry.kind == "file" and (unchanged := await self._unchanged(source, entry)):
             self.entries.append(unchanged)
             self.unchanged += 1
             log.debug("unchanged %s (%d bytes, not read)", entry.path, unchanged.size)
@@ -384,8 +404,9 @@ class BackupJob:
             self.metrics.files.labels(OPERATION, "skipped").inc()
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
 
-    def _unchanged(self, entry: SourceEntry) -> FileEntry | None:
-        """This file's entry taken from the parent, if it is unchanged since: it is not read."""
+    async def _unchanged(self, source: Path, entry: SourceEntry) -> FileEntry | None:
+        """This file's entry taken from the parent, if it is unchanged since: its content is
+        not read (its extended attributes are, if asked for, as for any file)."""
         if self.parent is None:
             return None
         old = self.parent.unchanged(entry.path, entry.stat)
@@ -394,6 +415,9 @@ class BackupJob:
         new = entry_from_parent(old, entry.stat, stat.S_IMODE(entry.stat.st_mode))
         if not all(d in self.scheduled for d in new.chunks):
             return None  # a chunk of it is not in the store (the parent is damaged): read it
+        if self.options.xattrs:
+            xattrs = await xattrs_of(str(source / entry.path), wanted=True)
+            new = replace(new, xattrs=xattrs)
         return new
 
     async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
@@ -433,6 +457,14 @@ class BackupJob:
                 self._warn(SourceWarning(relative, kind, f"{exc}; skipped"))
                 self.metrics.files.labels(OPERATION, "skipped").inc()
                 return
+
+    def _unlistable(self, relative: str, error: SourceError) -> None:
+        """A directory that cannot be listed: recorded empty, with a warning (or, with
+        ``strict``, the end of the backup)."""
+        if self.options.strict:
+            raise error
+        kind: WarningKind = "vanished" if isinstance(error, SourceVanishedError) else "unreadable"
+        self._warn(SourceWarning(relative, kind, f"{error}; what it holds is skipped"))
 
     def _warn(self, warning: SourceWarning) -> None:
         log.warning("%s", warning.message)
@@ -481,6 +513,9 @@ class BackupJob:
                 chunks=tuple(chunks),
                 ctime_ns=reader.stat.st_ctime_ns,
                 inode=reader.stat.st_ino,
+                uid=reader.stat.st_uid,
+                gid=reader.stat.st_gid,
+                xattrs=await xattrs_of(str(source / relative), wanted=self.options.xattrs),
             )
         )
         self.progress.advance(files=1)

@@ -42,6 +42,7 @@ class BackupOptions:
     """
 
     strict: bool = False
+    xattrs: bool = False  # record extended attributes (a listing per entry: off by default)
     excludes: ExcludeOptions = field(default_factory=ExcludeOptions)
     parent: str | None = None
     changes: ChangeDetection = field(default_factory=ChangeDetection)

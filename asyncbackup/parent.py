@@ -83,6 +83,8 @@ def entry_from_parent(old: FileEntry, st: os.stat_result, mode: int) -> FileEntr
         chunks=tuple(digest_of_ref(r) for r in old.chunks),
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
+        uid=st.st_uid,
+        gid=st.st_gid,
     )
 
 

@@ -300,8 +300,8 @@ async def test_manifest_precondition_settles_a_race_for_one_name(
         )
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(failed) == 1, outcomes
-        # Both saw the name free, so the loser learns it at its commit: a lost race
-        # (NameTakenError), or, had the winner committed before it looked, a taken name.
+        # Taken while it ran (NameTakenError, exit 1); ConfigError only if it was taken
+        # before it looked, which two jobs started together do not do.
         assert isinstance(failed[0], NameTakenError | ConfigError)
         assert "same" in str(failed[0])
         winner = trees[outcomes.index(next(o for o in outcomes if o is not failed[0]))]

@@ -242,6 +242,7 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         options = BackupOptions(
             strict=args.strict,
             excludes=excludes,
+            xattrs=args.xattrs,
             parent=args.parent,
             changes=changes,
             tags=tuple(args.tag),
