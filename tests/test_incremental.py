@@ -358,3 +358,24 @@ async def test_on_every_store_an_incremental_backup_reads_only_what_changed(
         assert [(i.name, i.files, i.format_version) for i in listing] == [("one", 13, 3)]
         await eng.restore("two", tmp_path / "out")
     assert_same_tree(tree, tmp_path / "out")
+
+
+async def test_hard_links_and_owners_survive_an_incremental_backup(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    os.link(tree / "big.bin", tree / "big-again.bin")  # one file, two names
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    opened.clear()
+    second = await engine(store, sleep).backup(tree, name="two")
+    assert opened == Counter() and second.unchanged == 13  # the other name is a link, not read
+    manifest = await BackupEngine(store).manifest("two")
+    by_path = {e.path: e for e in manifest.entries}
+    assert by_path["big.bin"].hardlink == "big-again.bin"  # the name the walk found first
+    assert by_path["private"].uid == os.getuid()  # from the walk, as for a file read
+    await engine(store, sleep).restore("two", tmp_path / "out")
+    assert_same_tree(tree, tmp_path / "out")
+    assert (
+        os.stat(tmp_path / "out" / "big.bin").st_ino
+        == os.stat(tmp_path / "out" / "big-again.bin").st_ino
+    )
