@@ -56,7 +56,7 @@ class Run:
     requests: int = 0
 
 
-def copy_tree(target: Path, *, files: int, size: int, max_file: int = 64 * MiB) -> tuple[int, int]:
+def copy_tree(target: Path, *, files: int, size: int, max_file: int = 8 * MiB) -> tuple[int, int]:
     """Copy regular files from this machine's directories into ``target`` until there are at
     least ``files`` of them and ``size`` bytes; returns (files, bytes) copied."""
     count = total = 0
@@ -71,8 +71,8 @@ def copy_tree(target: Path, *, files: int, size: int, max_file: int = 64 * MiB) 
                     if not os.path.isfile(path) or os.path.islink(path):
                         continue
                     length = os.path.getsize(path)
-                    if length > max_file:
-                        continue
+                    if length > max_file or (total >= size and length > 16 * 1024):
+                        continue  # once there are bytes enough, only small files for the count
                     dest = target / os.path.relpath(path, "/")
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, dest)
