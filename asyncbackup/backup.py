@@ -17,6 +17,7 @@ from pathlib import Path
 from asyncbackup.chunking import ChunkReader, reread_chunk
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
+from asyncbackup.dirfd import open_beneath
 from asyncbackup.errors import (
     BackupFailed,
     ConfigError,
@@ -131,7 +132,7 @@ class BackupJob:
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             async for entry in walk(source):
-                await self._add(pool, source, entry)
+                await self._add(pool, entry)
         try:
             await self._recheck(source, hint)
         except PermanentStorageError:
@@ -236,7 +237,12 @@ class BackupJob:
                 await pool.spawn(path, partial(self._upload_again, source, path, index, digest))
 
     async def _upload_again(self, source: Path, path: str, index: int, digest: str) -> None:
-        data, read = await reread_chunk(source / path, index, self.config.chunk_size)
+        data, read = await reread_chunk(
+            source / path,
+            index,
+            self.config.chunk_size,
+            opener=partial(open_beneath, source, path),  # one name at a time: no PATH_MAX
+        )
         if read != digest:
             raise SourceError(
                 f"{source / path} changed while it was being backed up (chunk {index + 1} "
@@ -245,7 +251,7 @@ class BackupJob:
         self.stored.pop(digest, None)
         await self._upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
 
-    async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
+    async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat
         mode = stat.S_IMODE(st.st_mode)
         if entry.kind == "dir":
@@ -258,14 +264,14 @@ class BackupJob:
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
             upload_here = partial(self._upload, entry.path)
-            await pool.spawn(entry.path, partial(self._add_file, source, entry.path, upload_here))
+            await pool.spawn(entry.path, partial(self._add_file, entry, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
             async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
                 await pool.spawn(entry.path, partial(self._upload, entry.path, digest, data, label))
 
             try:
-                await self._add_file(source, entry.path, upload_in_pool)
+                await self._add_file(entry, upload_in_pool)
             except SourceError as exc:
                 pool.record(entry.path, exc)
                 raise
@@ -274,7 +280,7 @@ class BackupJob:
             self.metrics.files.labels(OPERATION, "skipped").inc()
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
 
-    async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
+    async def _add_file(self, entry: SourceEntry, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being
         written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all.
 
@@ -283,7 +289,7 @@ class BackupJob:
         """
         for read in range(1, READS_OF_A_CHANGING_FILE + 1):
             try:
-                return await self._read_file(source, relative, upload)
+                return await self._read_file(entry, upload)
             except SourceChangedError as exc:
                 if read == READS_OF_A_CHANGING_FILE:
                     raise SourceChangedError(
@@ -296,8 +302,8 @@ class BackupJob:
                     "%s; reading it again (%d of %d)", exc, read + 1, READS_OF_A_CHANGING_FILE
                 )
 
-    async def _read_file(self, source: Path, relative: str, upload: Upload) -> None:
-        reader = ChunkReader(source / relative, self.config.chunk_size)
+    async def _read_file(self, entry: SourceEntry, upload: Upload) -> None:
+        reader = ChunkReader(entry.shown, self.config.chunk_size, opener=entry.open)
         chunks: list[str] = []
         try:
             while (chunk := await reader.next_chunk()) is not None:
@@ -315,7 +321,7 @@ class BackupJob:
         assert reader.stat is not None
         self.entries.append(
             FileEntry(
-                relative,
+                entry.path,
                 "file",
                 stat.S_IMODE(reader.stat.st_mode),
                 reader.stat.st_mtime_ns,

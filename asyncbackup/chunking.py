@@ -7,9 +7,14 @@ import hashlib
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from asyncbackup.errors import SourceChangedError, SourceError
+from asyncbackup.walk import unreadable
+
+Opener = Callable[[int], int]
+"""Opens the file with these flags (``O_NOFOLLOW`` among them); a descriptor."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -26,8 +31,9 @@ class ChunkReader:
     not match the recorded size and hash.
     """
 
-    def __init__(self, path: Path, chunk_size: int) -> None:
-        self.path = path
+    def __init__(self, path: Path, chunk_size: int, *, opener: Opener | None = None) -> None:
+        self.path = path  # for messages; ``opener`` (if given) is how the file is opened
+        self._opener = opener
         self.chunk_size = chunk_size
         self.size = 0
         self.stat: os.stat_result | None = None
@@ -71,7 +77,7 @@ class ChunkReader:
                 want = min(self.chunk_size, self.stat.st_size - self.size)
                 data = _read_up_to(self._fd, want) if want > 0 else b""
             except OSError as exc:
-                raise SourceError(f"cannot read {self.path}: {exc.strerror}") from exc
+                raise unreadable(self.path, exc) from exc
             digest = sha256_hex(data)
             first = self.size == 0
             self.size += len(data)
@@ -93,7 +99,8 @@ class ChunkReader:
     def _open(self) -> None:
         # O_NOFOLLOW: a file swapped for a link since the walk is refused, never followed.
         # O_NONBLOCK: a file swapped for a fifo must not hang the open.
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        self._fd = self._opener(flags) if self._opener else os.open(self.path, flags)
         self.stat = os.fstat(self._fd)
         if not stat.S_ISREG(self.stat.st_mode):
             raise SourceError(f"{self.path} is no longer a regular file")
@@ -134,23 +141,27 @@ def _read_up_to(fd: int, size: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def reread_chunk(path: Path, index: int, chunk_size: int) -> tuple[bytes, str]:
-    """Chunk ``index`` of the file at ``path``, read again, and its sha256 (in a worker thread).
+async def reread_chunk(
+    path: Path, index: int, chunk_size: int, *, opener: Opener | None = None
+) -> tuple[bytes, str]:
+    """Chunk ``index`` of the file at ``path`` (opened by ``opener`` if given), read again,
+    and its sha256 (in a worker thread).
 
     Raises:
         SourceError: the file cannot be opened or read.
     """
-    return await asyncio.to_thread(_reread, path, index, chunk_size)
+    return await asyncio.to_thread(_reread, path, index, chunk_size, opener)
 
 
-def _reread(path: Path, index: int, chunk_size: int) -> tuple[bytes, str]:
+def _reread(path: Path, index: int, chunk_size: int, opener: Opener | None) -> tuple[bytes, str]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = opener(flags) if opener else os.open(path, flags)
         try:
             os.lseek(fd, index * chunk_size, os.SEEK_SET)
             data = _read_up_to(fd, chunk_size)
         finally:
             os.close(fd)
     except OSError as exc:
-        raise SourceError(f"cannot read {path} again: {exc.strerror}") from exc
+        raise unreadable(path, exc, "read again") from exc
     return data, sha256_hex(data)

@@ -128,19 +128,24 @@ class BackupEngine:
         return await self._timed("backup", job.run(Path(source), name))
 
     async def restore(
-        self, name: str, target: str | Path, *, overwrite: bool = False
+        self, name: str, target: str | Path, *, overwrite: bool = False, delete: bool = False
     ) -> RestoreSummary:
-        """Restore backup ``name`` into directory ``target``.
+        """Restore backup ``name`` into directory ``target``. With ``overwrite``, into a
+        non-empty directory: files already there with the backup's size and sha256 are kept
+        (not fetched), others replaced, and entries the backup does not have are left alone;
+        ``delete`` removes those too (it implies ``overwrite``). See docs/restore.md.
 
         Raises:
             ConfigError: the target is not empty (and ``overwrite`` is False) or is a file.
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            TargetError: the target cannot be written (a full disk, a permission).
             BackupFailed: a chunk was missing or corrupt, or the store failed.
         """
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
-        return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
+        run = job.run(manifest, Path(target), overwrite=overwrite, delete=delete)
+        return await self._timed("restore", run)
 
     async def manifest(self, name: str) -> Manifest:
         """Backup ``name``'s MANIFEST.

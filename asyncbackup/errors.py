@@ -3,7 +3,8 @@
     BackupError
     ├── ConfigError                 bad URL or option, backup name taken, target not empty
     ├── SourceError                 unreadable input, a file that vanished or changed while read
-    │   └── SourceChangedError      a file that kept changing while it was read
+    │   ├── SourceChangedError      a file that kept changing while it was read
+    │   └── SourceAccessError       a file or directory the backup may not read
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
     ├── IntegrityError              a chunk or file whose hash or size does not match
@@ -39,6 +40,10 @@ class SourceError(BackupError):
 
 class SourceChangedError(SourceError):
     """A file whose size or mtime changed while it was read: its bytes and hash may not match."""
+
+
+class SourceAccessError(SourceError):
+    """Permission to read a file or list a directory was denied: a rerun will not help."""
 
 
 class TargetError(BackupError):
@@ -95,10 +100,15 @@ class BackupFailed(BackupError):
     ) -> None:
         self.operation = operation
         self.failures = tuple(failures)
-        shown = "; ".join(f"{f.path}: {f.error}" for f in self.failures[:5])
+        shown = "; ".join(
+            f"{f.path}: {f.error}" if f.path else str(f.error) for f in self.failures[:5]
+        )
         more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
         message = f"{operation} failed, {outcome}: {shown}{more}"
-        # A rerun cannot fix what the store refuses (credentials, a missing bucket or chunk):
-        # the hint to run again is left out, and each message says what to fix instead.
-        refused = all(isinstance(f.error, PermanentStorageError) for f in self.failures)
+        # A rerun cannot fix what the store refuses (credentials, a missing bucket or chunk) nor
+        # a source it may not read: the hint to run again is left out, and each message says
+        # what to fix instead.
+        refused = all(
+            isinstance(f.error, PermanentStorageError | SourceAccessError) for f in self.failures
+        )
         super().__init__(f"{message}. {hint}" if hint and not refused else message)

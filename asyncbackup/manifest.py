@@ -10,10 +10,14 @@ from typing import Any, Literal
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
 
-FORMAT_VERSION = 2
-"""Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``); it is written only
-when a backup holds such a chunk, so a backup without any stays readable by version 1 readers."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version 2 named compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 (every new
+MANIFEST) adds the source directory itself as a ``dir`` entry of path ``ROOT_PATH``, so a restore
+gives the target the source's mode and mtime; fields added in version 3 are optional when read,
+and MANIFESTs of versions 1 and 2 still restore."""
+READABLE_VERSIONS = (1, 2, 3)
+ROOT_PATH = "."
+"""The path of the entry that records the source directory itself (version 3)."""
 EntryType = Literal["file", "dir", "symlink"]
 
 
@@ -76,7 +80,7 @@ class Manifest:
         chunks = [c for e in files for c in e.chunks]
         totals = Totals(
             files=len(files),
-            dirs=sum(e.type == "dir" for e in self.entries),
+            dirs=sum(e.type == "dir" and e.path != ROOT_PATH for e in self.entries),
             symlinks=sum(e.type == "symlink" for e in self.entries),
             bytes=sum(e.size for e in files),
             chunks=len(chunks),
@@ -90,9 +94,16 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """1 while every chunk is stored raw (older readers can restore it), else 2."""
-        raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
-        return 1 if raw else FORMAT_VERSION
+        """The version this MANIFEST is written as: always the newest."""
+        return FORMAT_VERSION
+
+    @property
+    def root(self) -> FileEntry | None:
+        """The entry of the source directory itself; None in MANIFESTs before version 3."""
+        first = self.entries[0] if self.entries else None
+        if first is not None and first.path == ROOT_PATH:
+            return first
+        return next((e for e in self.entries if e.path == ROOT_PATH), None)
 
     def to_json(self) -> bytes:
         """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
@@ -183,8 +194,9 @@ def _parse(doc: Any) -> Manifest:
 
 
 def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
-    path = check_relative_path(raw["path"])
     kind = raw["type"]
+    is_root = raw["path"] == ROOT_PATH and kind == "dir" and version >= 3
+    path = ROOT_PATH if is_root else check_relative_path(raw["path"])
     mode = _int(raw["mode"], "mode")
     if not 0 <= mode <= 0o7777:
         raise ManifestError(f"{path!r}: mode {mode} is out of range")

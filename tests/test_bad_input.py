@@ -115,7 +115,7 @@ async def test_fifo_and_socket_are_skipped_with_a_warning(
         "skipped sub/sock: not a regular file, directory or symlink",
     ]
     assert (summary.files, summary.dirs, summary.skipped) == (1, 1, 2)
-    assert [e.path for e in (await eng.manifest("b")).entries] == ["plain.txt", "sub"]
+    assert [e.path for e in (await eng.manifest("b")).entries] == [".", "plain.txt", "sub"]
 
     target = tmp_path / "restored"
     await eng.restore("b", target)
@@ -135,7 +135,7 @@ async def test_device_file_is_skipped(tmp_path: Path, sleep: RecordingSleep) -> 
     eng = engine(store, sleep)
     summary = await eng.backup(source, name="b")
     assert (summary.files, summary.skipped) == (1, 1)
-    assert [e.path for e in (await eng.manifest("b")).entries] == ["plain.txt"]
+    assert [e.path for e in (await eng.manifest("b")).entries] == [".", "plain.txt"]
 
 
 async def test_symlink_loops_and_links_to_dirs_are_stored_as_links(
@@ -156,7 +156,7 @@ async def test_symlink_loops_and_links_to_dirs_are_stored_as_links(
     summary = await eng.backup(source, name="b")
 
     entries = {e.path: e for e in (await eng.manifest("b")).entries}
-    assert sorted(entries) == ["a", "b", "link-outside", "link-to-dir", "sub", "sub/file.txt"]
+    assert sorted(entries) == [".", "a", "b", "link-outside", "link-to-dir", "sub", "sub/file.txt"]
     links = {p: (e.type, e.target) for p, e in entries.items() if e.type == "symlink"}
     assert links == {
         "a": ("symlink", "b"),
@@ -479,7 +479,7 @@ async def test_a_manifest_of_an_unknown_format_version_is_refused(
     await small_backup(store, tmp_path, sleep)
     edit_manifest(store, "b", lambda doc: doc.update(format_version=99))
     with pytest.raises(
-        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2\)"
+        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3\)"
     ) as caught:
         await engine(store, sleep).restore("b", tmp_path / "target")
     assert "another version of asyncbackup" in str(caught.value)

@@ -194,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--overwrite",
         action="store_true",
-        help="restore into a non-empty directory, replacing what is there",
+        help="restore into a non-empty directory: files already in place with the right "
+        "size and sha256 are kept, others replaced; what the backup lacks is kept",
+    )
+    restore.add_argument(
+        "--delete",
+        action="store_true",
+        help="like --overwrite, and remove what the backup does not have (as rsync --delete)",
     )
     listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
     listing.add_argument("store", metavar="STORE")

@@ -38,6 +38,13 @@ def report(args: argparse.Namespace, result: object) -> int:
             r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
             r.chunks_downloaded, r.retries, r.seconds, _mib(r.bytes / max(r.seconds, 1e-9)),
         )  # fmt: skip
+        if r.files_in_place or r.holes or r.leftovers_removed or r.deleted:
+            log.info(
+                "%d files already in place (kept, not fetched); %d chunks of zeros left as "
+                "holes; %d temporary files of interrupted restores removed; %d entries the "
+                "backup does not have deleted",
+                r.files_in_place, r.holes, r.leftovers_removed, r.deleted,
+            )  # fmt: skip
     elif isinstance(result, VerifyReport):
         return _report_verify(result)
     elif isinstance(result, PruneReport):

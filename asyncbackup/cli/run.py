@@ -62,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
         return code
     except KeyboardInterrupt:
-        log.error("interrupted: nothing was committed")
+        if args.command == "restore":
+            log.error(
+                "interrupted: the files restored until then are in place in %s, each whole; "
+                "run the same restore again with --overwrite to finish it",
+                args.target,
+            )
+        else:
+            log.error("interrupted: nothing was committed")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Whoever read our output stopped early (`list --json | head`). What the command did
@@ -169,7 +176,9 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "backup":
         return await engine.backup(args.source, name=args.name)
     if args.command == "restore":
-        return await engine.restore(args.name, args.target, overwrite=args.overwrite)
+        return await engine.restore(
+            args.name, args.target, overwrite=args.overwrite, delete=args.delete
+        )
     if args.command == "list":
         return await engine.list_backups()
     if args.command == "show":
