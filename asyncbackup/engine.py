@@ -113,7 +113,12 @@ class BackupEngine:
             sleep=self._sleep,
             bandwidth=self._bandwidth,
         )
-        return Repository(self.store, retrier, operation=operation)
+        return Repository(
+            self.store,
+            retrier,
+            operation=operation,
+            manifest_limit=self.config.max_manifest_size,
+        )
 
     async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
         """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
@@ -187,14 +192,16 @@ class BackupEngine:
         return VerifyReport(name, deep, len(users), missing, corrupt)
 
     async def list_backups(self) -> list[BackupInfo]:
-        """Every committed backup, oldest name first, with what its MANIFEST says."""
+        """Every committed backup, oldest name first, with what its MANIFEST says; one whose
+        MANIFEST cannot be read (too large, corrupt, unsafe) is listed with its ``problem``."""
         repo = self._repository("verify")
-        names = await repo.backup_names()
+        sizes = await repo.backup_sizes()  # one listing gives each MANIFEST's size
+        names = sorted(sizes)
         infos: dict[str, BackupInfo] = {}
 
         async def describe(name: str) -> None:
             try:
-                m = await repo.load_manifest(name)
+                m = await repo.load_manifest(name, size=sizes[name])
             except BackupError as exc:
                 infos[name] = BackupInfo(name, problem=str(exc))
                 return

@@ -7,6 +7,7 @@
     │   └── SourceAccessError       a file or directory the backup may not read
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
+    │   └── ManifestTooLarge        a MANIFEST over the size limit: not read
     ├── IntegrityError              a chunk or file whose hash or size does not match
     ├── StorageError
     │   ├── TransientStorageError   timeouts, resets, 408, 429, 5xx, SlowDown: retried
@@ -52,6 +53,10 @@ class TargetError(BackupError):
 
 class ManifestError(BackupError):
     """A MANIFEST that is missing, corrupt, or names a path outside the restore target."""
+
+
+class ManifestTooLarge(ManifestError):
+    """A MANIFEST larger than the limit set for reading one: refused before it is read whole."""
 
 
 class IntegrityError(BackupError):

@@ -231,9 +231,15 @@ async def test_a_file_that_changes_during_every_read_fails_the_backup(
 ) -> None:
     source = changing_source(tmp_path)
     size = (source / "a.bin").stat().st_size
+    rewrites: list[int] = []
 
     async def rewrite_a(key: str) -> None:  # every upload: new bytes, same size, a new mtime
-        (source / "a.bin").write_bytes(os.urandom(size))
+        # In place, never truncated: a reader's check racing this write sees the same size;
+        # and a new mtime each time, whatever the clock's granularity.
+        with open(source / "a.bin", "r+b") as f:
+            f.write(os.urandom(size))
+        rewrites.append(len(rewrites) + 1)
+        os.utime(source / "a.bin", ns=(len(rewrites) * 10**9,) * 2)
 
     store = MemoryStorage()
     with pytest.raises(BackupFailed) as caught:

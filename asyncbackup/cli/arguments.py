@@ -8,7 +8,13 @@ from pathlib import Path
 
 from asyncbackup.bandwidth import parse_rate
 from asyncbackup.compression import CODECS
-from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.config import (
+    DEFAULT_BASE_DELAY,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_MANIFEST_SIZE,
+    EngineConfig,
+    RetryPolicy,
+)
 from asyncbackup.errors import ConfigError
 from asyncbackup.exposition import DEFAULT_METRICS_ADDRESS, DEFAULT_PUSH_JOB
 from asyncbackup.prune import DEFAULT_GRACE
@@ -136,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="add MS milliseconds to every store operation (testing)",
     )
     common.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
+    common.add_argument(
+        "--max-manifest-size",
+        type=parse_size,
+        default=DEFAULT_MAX_MANIFEST_SIZE,
+        metavar="SIZE",
+        help="refuse to read a MANIFEST larger than this (default 256M: about a million files)",
+    )
     common.add_argument(
         "--endpoint-url",
         metavar="URL",

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from asyncbackup import show
 from asyncbackup.backup import BackupSummary
-from asyncbackup.engine import VerifyReport
+from asyncbackup.engine import BackupInfo, VerifyReport
 from asyncbackup.manifest import Manifest
 from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
@@ -55,16 +55,29 @@ def report(args: argparse.Namespace, result: object) -> int:
         print(json.dumps(show.document(result), indent=1))
     elif isinstance(result, Manifest):
         print(show.text(result, files=args.files))
-    elif isinstance(result, list) and args.json:
-        print(json.dumps([asdict(i) for i in result], indent=1))
     elif isinstance(result, list):
-        if not result:  # say so: a mistyped store path also lists nothing
-            log.info("no backups in %s", args.store)
-        for i in result:
-            where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
-            print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+        return _report_list(args, result)
     else:
         log.info("deleted backup %s (its chunks stay until a prune)", args.name)
+    return EXIT_OK
+
+
+def _report_list(args: argparse.Namespace, infos: list[BackupInfo]) -> int:
+    if args.json:
+        print(json.dumps([asdict(i) for i in infos], indent=1))
+    else:
+        if not infos:  # say so: a mistyped store path also lists nothing
+            log.info("no backups in %s", args.store)
+        for i in infos:
+            where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+    bad = [i.name for i in infos if i.problem]
+    if bad:  # every readable backup is listed; the exit code says that some are not
+        log.error(
+            "%d of %d backups cannot be read: %s (see PROBLEM above)",
+            len(bad), len(infos), ", ".join(bad),
+        )  # fmt: skip
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -90,6 +90,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         config = EngineConfig(
             concurrency=args.concurrency,
+            max_manifest_size=args.max_manifest_size,
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
