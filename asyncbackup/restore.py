@@ -200,14 +200,14 @@ class RestoreJob:
         self.holes += len(entry.chunks) - len(wanted)
         pending = _PendingFile(entry, parent, name, len(wanted))
         self.unfinished.add(pending)
-        await settled(fs.create_temp, parent, pending.temp, entry.size)
+        await settled(fs.create_temp, parent, pending.temp, entry.size, name)
         if not wanted:  # all of it zeros: nothing to fetch
             await self._finish_file(pending)
             return
 
         async def fetch(index: int) -> None:
             data = await self._fetch(entry, index, chunk_size)
-            await settled(fs.write_at, parent, pending.temp, index * chunk_size, data)
+            await settled(fs.write_at, parent, pending.temp, index * chunk_size, data, name)
             pending.remaining -= 1
             if pending.remaining == 0:
                 await self._finish_file(pending)

@@ -137,9 +137,10 @@ def remove_leftovers(tree: DirectoryTree, entries: tuple[FileEntry, ...]) -> int
     return removed
 
 
-def create_temp(parent: Directory, name: str, size: int) -> None:
-    """Create an empty temporary file of ``size`` bytes, all of it a hole until written."""
-    with writing(parent.path / name):
+def create_temp(parent: Directory, name: str, size: int, final: str) -> None:
+    """Create the temporary file ``name`` for the file ``final``: ``size`` bytes, all of it a
+    hole until written."""
+    with writing(parent.path / final):
         fd = os.open(name, _CREATE, 0o600, dir_fd=parent.fd)
         try:
             os.ftruncate(fd, size)  # chunks of zeros are never written: they stay holes
@@ -147,8 +148,9 @@ def create_temp(parent: Directory, name: str, size: int) -> None:
             os.close(fd)
 
 
-def write_at(parent: Directory, name: str, offset: int, data: bytes) -> None:
-    with writing(parent.path / name):
+def write_at(parent: Directory, name: str, offset: int, data: bytes, final: str) -> None:
+    """Write ``data`` at ``offset`` of the temporary file ``name`` (of the file ``final``)."""
+    with writing(parent.path / final):
         # No O_CREAT: a temporary file removed by a failed restore stays removed.
         fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
         try:
