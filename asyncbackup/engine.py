@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -18,8 +18,6 @@ from asyncbackup.errors import (
     BackupError,
     BackupFailed,
     ConfigError,
-    IntegrityError,
-    ObjectNotFoundError,
 )
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
@@ -32,6 +30,7 @@ from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
+from asyncbackup.verify import VerifyJob, VerifyReport
 
 T = TypeVar("T")
 log = logging.getLogger("asyncbackup")
@@ -50,21 +49,6 @@ class BackupInfo:
     bytes: int = 0
     chunks: int = 0
     problem: str = ""
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """What ``verify`` found: chunks missing or corrupt, each with the files that need it."""
-
-    name: str
-    deep: bool
-    chunks_checked: int
-    missing: dict[str, list[str]] = field(default_factory=dict)
-    corrupt: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.corrupt
 
 
 class BackupEngine:
@@ -160,36 +144,18 @@ class BackupEngine:
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
 
-    async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
-        """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
-        download every chunk and check its hash.
+    async def verify(self, name: str | None = None, *, deep: bool = False) -> VerifyReport:
+        """Check that every chunk of backup ``name`` (of every backup, when None) is in the
+        store (one listing); with ``deep``, download each chunk once, check its hash, and check
+        each file's whole size and sha256 from its chunks, as a restore would (see verify.py).
 
         Raises:
-            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            ManifestError: ``name`` is given and there is no such backup, or its MANIFEST is
+                corrupt, unsafe or too large (with no name, such a backup is reported instead).
             BackupFailed: the store failed (not: a chunk is missing or corrupt, which is reported).
         """
-        repo = self._repository("verify")
-        manifest = await repo.load_manifest(check_backup_name(name))
-        users, sizes = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: a thread
-        stored = await repo.stored_refs()
-        missing = {d: paths for d, paths in users.items() if d not in stored}
-        corrupt: dict[str, list[str]] = {}
-        if deep:
-
-            async def check(digest: str) -> None:
-                path, label = users[digest][0], digest[:12]
-                try:
-                    size = sizes[digest]  # its raw length: decoding stops past it
-                    await repo.get_chunk(digest, limit=size, path=path, label=label, size=size)
-                except IntegrityError:
-                    corrupt[digest] = users[digest]
-                except ObjectNotFoundError:
-                    missing[digest] = users[digest]
-
-            async with TaskPool("verify", limit=self.config.buffered_chunks) as pool:
-                for digest in users.keys() - missing.keys():
-                    await pool.spawn(digest, partial(check, digest))
-        return VerifyReport(name, deep, len(users), missing, corrupt)
+        job = VerifyJob(self._repository("verify"), self.config)
+        return await job.run(None if name is None else check_backup_name(name), deep=deep)
 
     async def list_backups(self) -> list[BackupInfo]:
         """Every committed backup, oldest name first, with what its MANIFEST says; one whose
@@ -259,17 +225,6 @@ class BackupEngine:
             self.metrics.duration.labels(operation).set(time.monotonic() - started)
         self.metrics.last_success.labels(operation).set_to_current_time()
         return result
-
-
-def _chunk_users(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Each chunk's ref, the paths of the files that hold it, and its raw length."""
-    users: dict[str, list[str]] = {}
-    sizes: dict[str, int] = {}
-    for entry in manifest.entries:
-        for index, digest in enumerate(entry.chunks):
-            users.setdefault(digest, []).append(entry.path)
-            sizes[digest] = min(manifest.chunk_size, entry.size - index * manifest.chunk_size)
-    return users, sizes
 
 
 __all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]

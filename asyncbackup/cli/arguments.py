@@ -223,10 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     showing.add_argument("name", metavar="NAME")
     showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
     showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
-    verify = commands.add_parser("verify", parents=[common], help="check a backup's chunks")
+    verify = commands.add_parser(
+        "verify", parents=[common], help="check that a backup (or every backup) would restore"
+    )
     verify.add_argument("store", metavar="STORE")
-    verify.add_argument("name", metavar="NAME")
-    verify.add_argument("--deep", action="store_true", help="download and re-hash every chunk")
+    verify.add_argument(
+        "name", metavar="NAME", nargs="?", help="the backup to check (default: every backup)"
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="download every chunk once, re-hash it, and check each file's size and sha256",
+    )
     delete = commands.add_parser("delete", parents=[common], help="delete a backup")
     delete.add_argument("store", metavar="STORE")
     delete.add_argument("name", metavar="NAME")

@@ -82,18 +82,26 @@ def _report_list(args: argparse.Namespace, infos: list[BackupInfo]) -> int:
 
 
 def _report_verify(report: VerifyReport) -> int:
+    for name, problem in sorted(report.unreadable.items()):
+        log.error("backup %s cannot be read: %s", name, problem)
     for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
         for digest, paths in sorted(damaged.items()):
             shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
             log.error("chunk %s is %s; it holds part of: %s", digest, what, shown)
+    for path, why in sorted(report.bad_files.items()):
+        log.error("%s: %s", path, why)
     kind = "deep" if report.deep else "presence"
+    what = report.name or f"{len(report.backups)} backups"
     if not report.ok:
         log.error(
-            "verify (%s) of %s: %d missing and %d corrupt of %d chunks",
-            kind, report.name, len(report.missing), len(report.corrupt), report.chunks_checked,
+            "verify (%s) of %s: %d missing and %d corrupt of %d chunks; %d files that would "
+            "not restore; %d backups unreadable",
+            kind, what, len(report.missing), len(report.corrupt), report.chunks_checked,
+            len(report.bad_files), len(report.unreadable),
         )  # fmt: skip
         return EXIT_FAILED
-    log.info("verify (%s) of %s: all %d chunks ok", kind, report.name, report.chunks_checked)
+    files = f", {report.files_checked} files ok" if report.deep else ""
+    log.info("verify (%s) of %s: all %d chunks ok%s", kind, what, report.chunks_checked, files)
     return EXIT_OK
 
 
