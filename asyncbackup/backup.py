@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.chunking import ChunkReader, reread_chunk
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
@@ -26,21 +27,24 @@ from asyncbackup.errors import (
     PermanentStorageError,
     SourceChangedError,
     SourceError,
+    SourceVanishedError,
     StorageError,
     TransientStorageError,
 )
 from asyncbackup.layout import manifest_key
-from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
+from asyncbackup.stream import StreamSource, store_stream
 from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
 READS_OF_A_CHANGING_FILE = 3
-"""A file that changes while it is read is read again; after this many reads, the backup fails."""
+"""A file that changes while it is read is read again; the last of this many reads is stored as
+read, with a warning (or, with ``strict``, the backup fails)."""
 Upload = Callable[[str, bytes, str], Awaitable[None]]
 """Stores one chunk: (digest, data, label)."""
 Clock = Callable[[], datetime]
@@ -62,6 +66,7 @@ class BackupSummary:
     bytes_uploaded: int
     retries: int
     seconds: float
+    warnings: tuple[SourceWarning, ...] = ()  # files skipped, or stored while they changed
 
 
 def utc_clock() -> datetime:
@@ -84,12 +89,15 @@ class BackupJob:
         progress: Progress,
         *,
         clock: Clock = utc_clock,
+        options: BackupOptions | None = None,
     ) -> None:
         self.repo = repo
         self.config = config
         self.metrics = metrics
         self.progress = progress
         self.clock = clock
+        self.options = options if options is not None else BackupOptions()
+        self.warnings: list[SourceWarning] = []
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
@@ -99,17 +107,19 @@ class BackupJob:
         self.uploaded = 0
         self.bytes_uploaded = 0
 
-    async def run(self, source: Path, name: str) -> BackupSummary:
-        """Back up ``source`` as backup ``name``; nothing is committed unless every chunk is stored.
+    async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
+        """Back up directory (or stream) ``source`` as backup ``name``; nothing is committed
+        unless every chunk is stored.
 
         Raises:
             ConfigError: the source is not a directory, or the name is taken.
             BackupFailed: a file or chunk failed; each is named, and no MANIFEST was written.
         """
         started_clock, started = time.monotonic(), self._now()
-        source = await asyncio.to_thread(source.absolute)
-        if not await asyncio.to_thread(source.is_dir):
-            raise ConfigError(f"source {source} does not exist or is not a directory")
+        if isinstance(source, Path):
+            source = await asyncio.to_thread(source.absolute)
+            if not await asyncio.to_thread(source.is_dir):
+                raise ConfigError(f"source {source} does not exist or is not a directory")
         budget = self.repo.retrier.budget
 
         def hint() -> str:
@@ -131,8 +141,11 @@ class BackupJob:
         self.scheduled = set(self.stored)
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
-            async for entry in walk(source):
-                await self._add(pool, entry)
+            if isinstance(source, StreamSource):
+                await store_stream(self, pool, source)
+            else:
+                async for entry in walk(source):
+                    await self._add(pool, entry)
         try:
             await self._recheck(source, hint)
         except PermanentStorageError:
@@ -160,10 +173,11 @@ class BackupJob:
                 started=started,
                 finished=finished,
                 host=socket.gethostname(),
-                source=str(source),
+                source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
+                warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
             )
 
         manifest = await asyncio.to_thread(build_manifest)
@@ -193,12 +207,13 @@ class BackupJob:
             bytes_uploaded=self.bytes_uploaded,
             retries=budget.spent,
             seconds=time.monotonic() - started_clock,
+            warnings=manifest.warnings,
         )
 
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
 
-    async def _recheck(self, source: Path, hint: Callable[[], str]) -> None:
+    async def _recheck(self, source: Path | StreamSource, hint: Callable[[], str]) -> None:
         """Just before the commit, list the chunks again and upload once more any this backup
         needs that are gone (read again from the source, and checked against their hash).
 
@@ -227,6 +242,11 @@ class BackupJob:
         self.stored.update(moved)
         if not gone:
             return
+        if isinstance(source, StreamSource):
+            raise SourceError(
+                f"{len(gone)} chunks of the stream left the store while it was backed up "
+                "(a prune?), and a stream cannot be read again: run the backup again"
+            )
         log.warning(
             "%d chunks this backup needs left the store while it ran (a prune?): "
             "reading them from the source again and uploading them",
@@ -249,7 +269,7 @@ class BackupJob:
                 "no longer matches): back it up again once it is quiet"
             )
         self.stored.pop(digest, None)
-        await self._upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
+        await self.upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
 
     async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat
@@ -263,12 +283,12 @@ class BackupJob:
             )
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
-            upload_here = partial(self._upload, entry.path)
+            upload_here = partial(self.upload, entry.path)
             await pool.spawn(entry.path, partial(self._add_file, entry, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
             async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
-                await pool.spawn(entry.path, partial(self._upload, entry.path, digest, data, label))
+                await pool.spawn(entry.path, partial(self.upload, entry.path, digest, data, label))
 
             try:
                 await self._add_file(entry, upload_in_pool)
@@ -282,16 +302,21 @@ class BackupJob:
 
     async def _add_file(self, entry: SourceEntry, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being
-        written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all.
+        written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all. Unless
+        ``strict``, the last read is stored as read, and a file that vanished or cannot be read
+        is skipped; each with a warning the MANIFEST records.
 
         Raises:
-            SourceError: the file cannot be read, or it changed during every read.
+            SourceError: with ``strict`` only: the file cannot be read, or it changed during
+                every read.
         """
+        strict = self.options.strict
         for read in range(1, READS_OF_A_CHANGING_FILE + 1):
+            last = read == READS_OF_A_CHANGING_FILE
             try:
-                return await self._read_file(entry, upload)
+                return await self._read_file(entry, upload, accept_changes=last and not strict)
             except SourceChangedError as exc:
-                if read == READS_OF_A_CHANGING_FILE:
+                if last:
                     raise SourceChangedError(
                         f"{exc}; it changed during each of {read} reads: back it up again "
                         "once it is quiet"
@@ -301,9 +326,29 @@ class BackupJob:
                 log.warning(
                     "%s; reading it again (%d of %d)", exc, read + 1, READS_OF_A_CHANGING_FILE
                 )
+            except SourceError as exc:
+                if strict:
+                    raise
+                kind: WarningKind = (
+                    "vanished" if isinstance(exc, SourceVanishedError) else "unreadable"
+                )
+                self._warn(SourceWarning(entry.path, kind, f"{exc}; skipped"))
+                self.metrics.files.labels(OPERATION, "skipped").inc()
+                return
 
-    async def _read_file(self, entry: SourceEntry, upload: Upload) -> None:
-        reader = ChunkReader(entry.shown, self.config.chunk_size, opener=entry.open)
+    def _warn(self, warning: SourceWarning) -> None:
+        log.warning("%s", warning.message)
+        self.warnings.append(warning)
+
+    async def _read_file(
+        self, entry: SourceEntry, upload: Upload, *, accept_changes: bool = False
+    ) -> None:
+        reader = ChunkReader(
+            entry.shown,
+            self.config.chunk_size,
+            accept_changes=accept_changes,
+            opener=entry.open,
+        )
         chunks: list[str] = []
         try:
             while (chunk := await reader.next_chunk()) is not None:
@@ -319,6 +364,16 @@ class BackupJob:
         finally:
             await reader.aclose()
         assert reader.stat is not None
+        if reader.changed:
+            self._warn(
+                SourceWarning(
+                    entry.path,
+                    "changed",
+                    f"{reader.changed}, during each of {READS_OF_A_CHANGING_FILE} reads: "
+                    f"stored as last read ({reader.size} bytes), which may not be a consistent "
+                    "copy",
+                )
+            )
         self.entries.append(
             FileEntry(
                 entry.path,
@@ -333,7 +388,8 @@ class BackupJob:
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
 
-    async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+    async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+        """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""
         compression = self.config.compression
         if compression.codec == "none":
             stored, ref, stored_sha256 = data, digest, digest

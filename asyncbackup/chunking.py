@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from asyncbackup.errors import SourceChangedError, SourceError
+from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
 from asyncbackup.walk import unreadable
 
 Opener = Callable[[int], int]
@@ -27,14 +27,25 @@ class ChunkReader:
 
     Each ``next_chunk`` is one worker-thread call that reads and hashes, so the event loop never
     blocks. The file is opened without following links and checked at the end: if its size or
-    mtime changed while it was read, ``SourceError`` is raised rather than storing bytes that do
-    not match the recorded size and hash.
+    mtime changed while it was read, ``SourceChangedError`` is raised rather than storing bytes
+    that do not match the recorded size and hash. With ``accept_changes``, the change is noted in
+    ``changed`` instead: ``size`` and ``sha256`` then describe exactly the bytes that were read
+    (and handed out as chunks), so what is recorded always matches what is stored.
     """
 
-    def __init__(self, path: Path, chunk_size: int, *, opener: Opener | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        chunk_size: int,
+        *,
+        accept_changes: bool = False,
+        opener: Opener | None = None,
+    ) -> None:
         self.path = path  # for messages; ``opener`` (if given) is how the file is opened
         self._opener = opener
         self.chunk_size = chunk_size
+        self.accept_changes = accept_changes
+        self.changed = ""  # why the file is not a consistent copy, when a change was accepted
         self.size = 0
         self.stat: os.stat_result | None = None
         self._hash = hashlib.sha256()
@@ -76,6 +87,8 @@ class ChunkReader:
                 # 8 MiB buffer. Growth or shrinking since the open is caught by the final check.
                 want = min(self.chunk_size, self.stat.st_size - self.size)
                 data = _read_up_to(self._fd, want) if want > 0 else b""
+            except FileNotFoundError as exc:
+                raise SourceVanishedError(f"{self.path} vanished before it was read") from exc
             except OSError as exc:
                 raise unreadable(self.path, exc) from exc
             digest = sha256_hex(data)
@@ -114,10 +127,13 @@ class ChunkReader:
             or after.st_mtime_ns != before.st_mtime_ns
             or self.size != before.st_size
         ):
-            raise SourceChangedError(
+            message = (
                 f"{self.path} changed while it was being read "
                 f"(size {before.st_size} -> {after.st_size}, read {self.size} bytes)"
             )
+            if not self.accept_changes:
+                raise SourceChangedError(message)
+            self.changed = message
 
     def _close(self) -> None:
         with self._lock:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
+from asyncbackup.cat import Write, find_file, write_file
 from asyncbackup.config import EngineConfig
+from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
     BackupError,
     BackupFailed,
@@ -22,6 +25,7 @@ from asyncbackup.errors import (
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.patterns import Patterns, select
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -30,6 +34,7 @@ from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
+from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 from asyncbackup.verify import VerifyJob, VerifyReport
 
 T = TypeVar("T")
@@ -104,8 +109,16 @@ class BackupEngine:
             manifest_limit=self.config.max_manifest_size,
         )
 
-    async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
+    async def backup(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        options: BackupOptions | None = None,
+    ) -> BackupSummary:
+        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        skipped or stored while changing are in the summary's ``warnings`` (see
+        ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
@@ -113,25 +126,87 @@ class BackupEngine:
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
-        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        job = BackupJob(
+            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
+        )
         return await self._timed("backup", job.run(Path(source), name))
 
-    async def restore(
-        self, name: str, target: str | Path, *, overwrite: bool = False, delete: bool = False
-    ) -> RestoreSummary:
-        """Restore backup ``name`` into directory ``target``. With ``overwrite``, into a
-        non-empty directory: files already there with the backup's size and sha256 are kept
-        (not fetched), others replaced, and entries the backup does not have are left alone;
-        ``delete`` removes those too (it implies ``overwrite``). See docs/restore.md.
+    async def backup_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        filename: str,
+        name: str | None = None,
+        source: str = "stream",
+        mode: int = DEFAULT_STREAM_MODE,
+    ) -> BackupSummary:
+        """Back up the bytes ``chunks`` yields (pieces of any size, in order) as one file named
+        ``filename``, uploading chunks while the iterator still produces; ``source`` is what
+        the MANIFEST records as where they came from. If the iterator raises, nothing is
+        committed.
 
         Raises:
-            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file.
+            ConfigError: a bad name or file name, or a name already taken.
+            BackupFailed: the job gave up, or the iterator raised a ``BackupError``; no MANIFEST
+                was written.
+        """
+        name = check_backup_name(name if name is not None else default_name())
+        stream = StreamSource(chunks, filename, source, mode)
+        repo = self._repository("backup")
+        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        return await self._timed("backup", job.run(stream, name))
+
+    async def restore_file(self, name: str, path: str, write: Write) -> int:
+        """Write file ``path`` of backup ``name`` to ``write``, in order, each chunk checked
+        against its hash before it is written; the number of bytes written.
+
+        Raises:
+            ManifestError: no such backup or file, or the MANIFEST is corrupt or unsafe.
+            ConfigError: ``path`` is a directory or a link.
+            IntegrityError: a chunk or the whole file does not match its hash.
+            BackupFailed: the store failed.
+        """
+        repo = self._repository("restore")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        entry = find_file(manifest, path)
+        ahead = self.config.concurrency
+        return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
+
+    async def restore(
+        self,
+        name: str,
+        target: str | Path,
+        *,
+        overwrite: bool = False,
+        delete: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> RestoreSummary:
+        """Restore backup ``name`` into directory ``target``; with ``include`` or ``exclude``
+        (gitignore patterns), only the entries they select and the directories above them.
+        With ``overwrite``, into a non-empty directory: files already there with the backup's
+        size and sha256 are kept (not fetched), others replaced, and entries the backup does
+        not have are left alone; ``delete`` removes those too (it implies ``overwrite``, and
+        cannot be combined with patterns). See docs/restore.md.
+
+        Raises:
+            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file; a
+                pattern is invalid, or the patterns select nothing; ``delete`` with patterns.
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
             TargetError: the target cannot be written (a full disk, a permission).
             BackupFailed: a chunk was missing or corrupt, or the store failed.
         """
+        if delete and (include or exclude):
+            raise ConfigError(
+                "--delete removes what the backup does not have, and with --include or "
+                "--exclude that would be everything left out: use one or the other"
+            )
+        wanted = Patterns(include, what="--include pattern")
+        unwanted = Patterns(exclude, what="--exclude pattern")
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
+        if wanted or unwanted:
+            manifest = await asyncio.to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
         run = job.run(manifest, Path(target), overwrite=overwrite, delete=delete)
         return await self._timed("restore", run)
@@ -143,6 +218,18 @@ class BackupEngine:
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
+
+    async def diff(self, old: str, new: str) -> BackupDiff:
+        """What was added, removed and changed from backup ``old`` to backup ``new``, from
+        their MANIFESTs alone.
+
+        Raises:
+            ManifestError: either backup is missing, or its MANIFEST is corrupt or unsafe.
+        """
+        repo = self._repository("verify")
+        before = await repo.load_manifest(check_backup_name(old))
+        after = await repo.load_manifest(check_backup_name(new))
+        return await asyncio.to_thread(diff, before, after)
 
     async def verify(self, name: str | None = None, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` (of every backup, when None) is in the

@@ -12,14 +12,31 @@ from asyncbackup.errors import ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
 
 FORMAT_VERSION = 3
-"""Version 2 named compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 (every new
-MANIFEST) adds the source directory itself as a ``dir`` entry of path ``ROOT_PATH``, so a restore
-gives the target the source's mode and mtime; fields added in version 3 are optional when read,
+"""Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 adds optional
+fields: ``warnings`` (what a backup skipped or stored while it changed), and the source directory
+itself as a ``dir`` entry of path ``ROOT_PATH``, so a restore gives the target the source's mode
+and mtime. A MANIFEST is written with the lowest version that holds what it says (every backup
+made now records its root: version 3); every field added since version 1 is optional when read,
 and MANIFESTs of versions 1 and 2 still restore."""
 READABLE_VERSIONS = (1, 2, 3)
 ROOT_PATH = "."
 """The path of the entry that records the source directory itself (version 3)."""
 EntryType = Literal["file", "dir", "symlink"]
+WarningKind = Literal["vanished", "unreadable", "changed"]
+WARNING_KINDS: tuple[WarningKind, ...] = ("vanished", "unreadable", "changed")
+
+
+@dataclass(frozen=True)
+class SourceWarning:
+    """A file the backup could not take as it was: skipped (it vanished, or could not be read),
+    or stored as read while it kept changing (``changed``: not a consistent copy)."""
+
+    path: str
+    kind: WarningKind
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)  # slots: a million entries cost half the memory
@@ -74,6 +91,7 @@ class Manifest:
     chunk_size: int
     entries: tuple[FileEntry, ...]
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
+    warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,8 +113,12 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """The version this MANIFEST is written as: always the newest."""
-        return FORMAT_VERSION
+        """3 with a version 3 field (warnings, the root's entry); else 1 while every chunk is
+        stored raw, else 2."""
+        if self.warnings or self.root is not None:
+            return 3
+        raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
+        return 1 if raw else 2
 
     @property
     def root(self) -> FileEntry | None:
@@ -122,6 +144,8 @@ class Manifest:
             "compression": self.compression,
             "totals": self.totals.__dict__,
         }
+        if self.warnings:
+            head["warnings"] = [w.to_json() for w in self.warnings]
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
         return f'{_compact(head)[:-1]},"entries":[\n{lines}\n]}}\n'.encode("ascii")
 
@@ -217,6 +241,7 @@ def _parse(doc: Any) -> Manifest:
         raise ManifestError(f"compression {compression!r} is not a codec name")
     entries = tuple(_parse_entry(e, chunk_size, version) for e in doc["entries"])
     _check_tree(entries)
+    warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
     return Manifest(
         name=str(doc["name"]),
         job_id=str(doc["job_id"]),
@@ -227,7 +252,18 @@ def _parse(doc: Any) -> Manifest:
         chunk_size=chunk_size,
         entries=entries,
         compression=compression,
+        warnings=warnings,
     )
+
+
+def _parse_warning(raw: dict[str, Any]) -> SourceWarning:
+    kind = raw["kind"]
+    if kind not in WARNING_KINDS:
+        raise ManifestError(f"unknown warning kind {kind!r}")
+    path, message = raw["path"], raw["message"]
+    if not isinstance(path, str) or not isinstance(message, str):
+        raise ManifestError(f"a warning's path and message must be text, not {raw!r}")
+    return SourceWarning(path, kind, message)
 
 
 def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:

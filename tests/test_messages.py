@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import BackupEngine, BackupFailed, MemoryStorage, SourceAccessError, TargetError
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.restore import TEMP_MARK
 from tests.conftest import SMALL_CHUNK, fast_config, make_tree
 from tests.test_cli import EXIT_FAILED, cli
@@ -118,8 +119,9 @@ async def test_a_file_the_backup_may_not_read_is_named_with_what_to_do(
         os, "open", failing(os.open, lambda name, *a, **k: name == "secret.key", errno.EACCES)
     )
 
+    strict = BackupOptions(strict=True)  # without it, the file is skipped with this warning
     with pytest.raises(BackupFailed) as caught:
-        await BackupEngine(MemoryStorage(), fast_config()).backup(source, name="b")
+        await BackupEngine(MemoryStorage(), fast_config()).backup(source, name="b", options=strict)
 
     [failure] = caught.value.failures
     assert failure.path == "secret.key"

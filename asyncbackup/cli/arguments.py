@@ -19,6 +19,7 @@ from asyncbackup.errors import ConfigError
 from asyncbackup.exposition import DEFAULT_METRICS_ADDRESS, DEFAULT_PUSH_JOB
 from asyncbackup.prune import DEFAULT_GRACE
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
+from asyncbackup.stream import DEFAULT_STDIN_NAME
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
 
@@ -169,8 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Back up a directory to S3, GCS or a local store, and restore it.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    backup = commands.add_parser("backup", parents=[common], help="back up a directory")
-    backup.add_argument("source", type=Path, metavar="SOURCE_DIR")
+    backup = commands.add_parser(
+        "backup", parents=[common], help="back up a directory, or standard input ('-')"
+    )
+    backup.add_argument(
+        "source", type=Path, metavar="SOURCE_DIR", help="the directory, or '-': standard input"
+    )
     backup.add_argument("store", metavar="STORE")
     backup.add_argument("--name", help="backup name (default: the UTC time, 20261124T140724Z)")
     backup.add_argument(
@@ -200,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
     )
+    backup.add_argument(
+        "--stdin-name",
+        metavar="NAME",
+        help="with SOURCE '-': the name of the one file standard input is stored as "
+        f"(default {DEFAULT_STDIN_NAME})",
+    )
+    backup.add_argument(
+        "--stdin-from-command",
+        metavar="COMMAND",
+        help="with SOURCE '-': run COMMAND (no shell) and store its output; if it exits "
+        "non-zero the backup fails and nothing is committed",
+    )
+    backup.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
+        "keeps changing (default: skip it or store it as read, warn, and exit 3)",
+    )
     restore = commands.add_parser("restore", parents=[common], help="restore a backup")
     restore.add_argument("store", metavar="STORE")
     restore.add_argument("name", metavar="NAME")
@@ -215,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="like --overwrite, and remove what the backup does not have (as rsync --delete)",
     )
+    restore.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only the entries this gitignore-style pattern matches, and the "
+        "directories above them (repeatable)",
+    )
+    restore.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="do not restore the entries this gitignore-style pattern matches (repeatable)",
+    )
     listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
     listing.add_argument("store", metavar="STORE")
     listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")
@@ -223,6 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     showing.add_argument("name", metavar="NAME")
     showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
     showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
+    cat = commands.add_parser(
+        "cat", parents=[common], help="write one file of a backup to standard output"
+    )
+    cat.add_argument("store", metavar="STORE")
+    cat.add_argument("name", metavar="NAME")
+    cat.add_argument("path", metavar="PATH", help="the file's path in the backup")
+    differ = commands.add_parser(
+        "diff", parents=[common], help="what was added, removed and changed between two backups"
+    )
+    differ.add_argument("store", metavar="STORE")
+    differ.add_argument("old", metavar="A")
+    differ.add_argument("new", metavar="B")
+    differ.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     verify = commands.add_parser(
         "verify", parents=[common], help="check that a backup (or every backup) would restore"
     )

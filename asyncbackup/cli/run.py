@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import build_parser
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
@@ -29,6 +30,7 @@ from asyncbackup.progress import BarProgress, LogProgress
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
 from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
+from asyncbackup.stream import DEFAULT_STDIN_NAME, command_output, read_stdin
 
 log = logging.getLogger("asyncbackup")
 
@@ -173,17 +175,59 @@ async def _command(
     return report(args, result)
 
 
+async def _backup_stream(args: argparse.Namespace, engine: BackupEngine) -> object:
+    filename = args.stdin_name if args.stdin_name is not None else DEFAULT_STDIN_NAME
+    if args.stdin_from_command is None:
+        return await engine.backup_stream(
+            read_stdin(), filename=filename, name=args.name, source="stdin"
+        )
+    async with command_output(args.stdin_from_command) as output:
+        return await engine.backup_stream(
+            output, filename=filename, name=args.name, source=f"command: {args.stdin_from_command}"
+        )
+
+
+async def _write_stdout(data: bytes) -> None:
+    # Straight to the file descriptor: nothing else goes to stdout during cat, and a buffer
+    # would only add a copy of every chunk.
+    await asyncio.to_thread(_write_all, sys.stdout.fileno(), data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
+    if args.command == "backup" and str(args.source) == "-":
+        return await _backup_stream(args, engine)
     if args.command == "backup":
-        return await engine.backup(args.source, name=args.name)
+        if args.stdin_name is not None or args.stdin_from_command is not None:
+            raise ConfigError(
+                "--stdin-name and --stdin-from-command need SOURCE '-' (standard input), "
+                f"not {args.source}"
+            )
+        options = BackupOptions(strict=args.strict)
+        return await engine.backup(args.source, name=args.name, options=options)
+    if args.command == "cat":
+        await engine.restore_file(args.name, args.path, _write_stdout)
+        return None
     if args.command == "restore":
         return await engine.restore(
-            args.name, args.target, overwrite=args.overwrite, delete=args.delete
+            args.name,
+            args.target,
+            overwrite=args.overwrite,
+            delete=args.delete,
+            include=args.include,
+            exclude=args.exclude,
         )
     if args.command == "list":
         return await engine.list_backups()
     if args.command == "show":
         return await engine.manifest(args.name)
+    if args.command == "diff":
+        return await engine.diff(args.old, args.new)
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
     if args.command == "prune":
