@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import hashlib
 import os
 import stat
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
+from asyncbackup.reuse import zero_digest
 from asyncbackup.walk import unreadable
 
 Opener = Callable[[int], int]
@@ -86,12 +89,19 @@ class ChunkReader:
                 # Ask for what the file holds, not a whole chunk: a 4 KiB file must not cost an
                 # 8 MiB buffer. Growth or shrinking since the open is caught by the final check.
                 want = min(self.chunk_size, self.stat.st_size - self.size)
-                data = _read_up_to(self._fd, want) if want > 0 else b""
+                # A whole chunk inside a hole of a sparse file is zeros: not read, not hashed.
+                hole = want == self.chunk_size and _in_a_hole(self._fd, self.size, want)
+                if hole:
+                    data = _zeros(want)
+                elif want > 0:
+                    data = _read_up_to(self._fd, want)
+                else:
+                    data = b""
             except FileNotFoundError as exc:
                 raise SourceVanishedError(f"{self.path} vanished before it was read") from exc
             except OSError as exc:
                 raise unreadable(self.path, exc) from exc
-            digest = sha256_hex(data)
+            digest = _zero_digest(want) if hole else sha256_hex(data)
             first = self.size == 0
             self.size += len(data)
             done = len(data) < want or self.size >= self.stat.st_size
@@ -143,6 +153,29 @@ class ChunkReader:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _in_a_hole(fd: int, offset: int, length: int) -> bool:
+    """Whether ``length`` bytes at ``offset`` (the file's position) are all a hole; the
+    position is left where the next read starts. A file system without SEEK_DATA says no."""
+    hole = False
+    try:
+        hole = os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as exc:
+        hole = exc.errno == errno.ENXIO  # no data at all past ``offset``
+    finally:
+        os.lseek(fd, offset + length if hole else offset, os.SEEK_SET)
+    return hole
+
+
+@functools.lru_cache(maxsize=1)
+def _zeros(size: int) -> bytes:
+    return bytes(size)  # immutable: one buffer serves every hole of the job
+
+
+@functools.lru_cache(maxsize=2)
+def _zero_digest(size: int) -> str:
+    return zero_digest(size)
 
 
 def _read_up_to(fd: int, size: int) -> bytes:

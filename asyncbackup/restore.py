@@ -6,6 +6,7 @@ The file-system side (descriptors, temporary names, placing, directories, links)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -115,10 +116,13 @@ class RestoreJob:
         chunk_size = manifest.chunk_size
         self.zero = {chunk_size: await settled(zero_digest, chunk_size)}
         files = [e for e in manifest.entries if e.type == "file"]
-        self.shared = SharedChunks(
-            (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, self.zero)),
-            budget=self.config.concurrency * chunk_size,
-        )
+
+        def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
+            refs = (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero))
+            return SharedChunks(refs, budget=self.config.concurrency * chunk_size)
+
+        zero = self.zero
+        self.shared = await asyncio.to_thread(count_uses)
         budget = self.repo.retrier.budget
 
         def hint() -> str:

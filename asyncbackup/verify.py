@@ -85,7 +85,8 @@ class VerifyJob:
         unreadable: dict[str, str] = {}
         if name is not None:
             names = [name]
-            self._add(await self.repo.load_manifest(name), prefix="")
+            manifest = await self.repo.load_manifest(name)
+            await asyncio.to_thread(self._add, manifest, "")  # 100,000 entries: not on the loop
         else:
             sizes = await self.repo.backup_sizes()
             names = sorted(sizes)
@@ -95,7 +96,7 @@ class VerifyJob:
                 except ManifestError as exc:
                     unreadable[each] = str(exc)
                     continue
-                self._add(manifest, prefix=f"{each}:")
+                await asyncio.to_thread(self._add, manifest, f"{each}:")
         stored = await self.repo.stored_refs()
         missing = {ref: users for ref, users in self.users.items() if ref not in stored}
         corrupt: dict[str, list[str]] = {}
@@ -116,7 +117,7 @@ class VerifyJob:
             files_checked=len(self.files),
         )
 
-    def _add(self, manifest: Manifest, *, prefix: str) -> None:
+    def _add(self, manifest: Manifest, prefix: str) -> None:
         for entry in manifest.entries:
             if entry.type != "file":
                 continue
@@ -134,10 +135,13 @@ class VerifyJob:
 
     async def _read_everything(self, missing: set[str]) -> None:
         files = list(self.files.values())
-        self.shared = SharedChunks(
-            (ref for f in files for ref in f.entry.chunks if ref not in missing),
-            budget=self.config.concurrency * max((f.chunk_size for f in files), default=0),
-        )
+
+        def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
+            refs = (ref for f in files for ref in f.entry.chunks if ref not in missing)
+            largest = max((f.chunk_size for f in files), default=0)
+            return SharedChunks(refs, budget=self.config.concurrency * largest)
+
+        self.shared = await asyncio.to_thread(count_uses)
         for ref in missing:
             self.failed[ref] = ObjectNotFoundError(f"chunks/{ref} is missing")
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks) as pool:
