@@ -19,7 +19,7 @@ from asyncbackup.layout import chunk_key
 from asyncbackup.restore import TEMP_MARK
 from tests.conftest import SMALL_CHUNK, assert_same_tree, fast_config, make_tree, snapshot
 from tests.stores import WatchedStorage
-from tests.test_cli import EXIT_OK, ROOT, cli
+from tests.test_cli import EXIT_INTERRUPTED, EXIT_OK, ROOT, cli
 
 MiB = 1024 * 1024
 
@@ -69,6 +69,35 @@ def test_leftovers_of_three_killed_restores_are_removed_and_counted(tmp_path: Pa
     )
     assert temporary_names(target) == []
     assert_same_tree(source, target)
+
+
+def test_an_interrupted_restore_says_what_is_in_the_target_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(8):
+        (source / f"big-{i}.bin").write_bytes(os.urandom(6 * SMALL_CHUNK + i))
+    store = tmp_path / "store"
+    assert cli("backup", source, store, "--name", "b", "--chunk-size", "64K").returncode == 0
+    target = tmp_path / "target"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asyncbackup", "restore", str(store), "b", str(target),
+         "--concurrency", "2", "--inject-latency", "100"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not temporary_names(target):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert "nothing was committed" not in stderr
+    assert f"interrupted: the files restored until then are in place in {target}" in stderr
+    assert "run the same restore again with --overwrite" in stderr
+    assert temporary_names(target) == []  # an interrupt, unlike SIGKILL, cleans up
 
 
 async def test_overwrite_keeps_files_already_in_place_and_fetches_only_the_rest(
