@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.repository import Repository
+from asyncbackup.threads import to_thread
 
 Write = Callable[[bytes], Awaitable[object]]
 """Takes the next bytes of the file, in order: an aiofiles file's ``write``, say."""
@@ -69,7 +70,7 @@ async def write_file(
     async def write_next() -> None:
         nonlocal written
         data = await pending.pop(0)  # checked against its hash by get_chunk
-        await asyncio.to_thread(whole.update, data)
+        await to_thread(whole.update, data)
         await write(data)
         written += len(data)
 

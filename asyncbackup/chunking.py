@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
 import hashlib
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
 from asyncbackup.reuse import zero_digest
+from asyncbackup.threads import to_thread
 from asyncbackup.walk import unreadable
 
 Opener = Callable[[int], int]
@@ -71,12 +71,12 @@ class ChunkReader:
         """
         if self._done:  # the step that read the last chunk also checked and closed the file
             return None
-        return await asyncio.to_thread(self._step)
+        return await to_thread(self._step)
 
     async def aclose(self) -> None:
         """Close the file; safe to call at any point, and more than once."""
         if not self._done:
-            await asyncio.to_thread(self._close)
+            await to_thread(self._close)
 
     def _step(self) -> tuple[bytes, str] | None:
         with self._lock:
@@ -199,7 +199,7 @@ async def reread_chunk(
     Raises:
         SourceError: the file cannot be opened or read.
     """
-    return await asyncio.to_thread(_reread, path, index, chunk_size, opener)
+    return await to_thread(_reread, path, index, chunk_size, opener)
 
 
 def _reread(path: Path, index: int, chunk_size: int, opener: Opener | None) -> tuple[bytes, str]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.backup_options import BackupOptions
@@ -35,9 +38,11 @@ from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
 from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
+from asyncbackup.threads import to_thread, using
 from asyncbackup.verify import VerifyJob, VerifyReport
 
 T = TypeVar("T")
+P = ParamSpec("P")
 log = logging.getLogger("asyncbackup")
 
 
@@ -56,6 +61,19 @@ class BackupInfo:
     problem: str = ""
 
 
+def _on_own_threads(
+    method: Callable[Concatenate[BackupEngine, P], Awaitable[T]],
+) -> Callable[Concatenate[BackupEngine, P], Coroutine[Any, Any, T]]:
+    """Run an engine method with its thread calls on the engine's pool (see ``threads.py``)."""
+
+    async def run(self: BackupEngine, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._thread_pool() as pool, using(pool):
+            return await method(self, *args, **kwargs)
+
+    functools.update_wrapper(run, method)  # its name and docstring, for help() and the docs
+    return run
+
+
 class BackupEngine:
     """Backs up directories into a store and restores them.
 
@@ -65,6 +83,12 @@ class BackupEngine:
     a backup's started and finished times (and prune's "now"), injectable so tests of retention
     can make backups days apart in a second. ``bandwidth`` caps the rate of chunk uploads and
     downloads; one ``Bandwidth`` may be shared by engines.
+
+    File reads and writes, hashing, compression and MANIFEST parsing run in worker threads:
+    on ``executor`` if given (the caller owns it and shuts it down), else on a pool of
+    ``concurrency + 4`` threads named ``asyncbackup_*`` that each call makes and shuts down.
+    Never on the loop's default executor, so a service's own ``asyncio.to_thread`` calls do
+    not queue behind a backup.
     """
 
     def __init__(
@@ -77,8 +101,10 @@ class BackupEngine:
         sleep: Sleep = asyncio.sleep,
         bandwidth: Bandwidth | None = None,
         clock: Clock = utc_clock,
+        executor: Executor | None = None,
     ) -> None:
         self.store = store
+        self._executor = executor
         self.config = config if config is not None else EngineConfig()
         limit = store.max_connections
         if limit is not None and limit < self.config.concurrency:
@@ -92,6 +118,19 @@ class BackupEngine:
         self._sleep = sleep
         self._bandwidth = bandwidth
         self._clock = clock
+
+    @contextmanager
+    def _thread_pool(self) -> Iterator[Executor]:
+        if self._executor is not None:
+            yield self._executor
+            return
+        pool = ThreadPoolExecutor(self.config.concurrency + 4, thread_name_prefix="asyncbackup")
+        try:
+            yield pool
+        finally:
+            # Every call of this job has returned (``settled`` ones waited for): drop the
+            # threads without blocking the loop; queued reads of a cancelled job never start.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _repository(self, operation: str) -> Repository:
         self.metrics.start(operation)
@@ -109,6 +148,7 @@ class BackupEngine:
             manifest_limit=self.config.max_manifest_size,
         )
 
+    @_on_own_threads
     async def backup(
         self,
         source: str | Path,
@@ -116,21 +156,24 @@ class BackupEngine:
         name: str | None = None,
         options: BackupOptions | None = None,
     ) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        """Back up directory ``source`` as backup ``name`` (default: ``default_name()``). Files
         skipped or stored while changing are in the summary's ``warnings`` (see
         ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
+            NameTakenError: another job committed a backup of this name while this one ran.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(
             repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
         )
         return await self._timed("backup", job.run(Path(source), name))
 
+    @_on_own_threads
     async def backup_stream(
         self,
         chunks: AsyncIterable[bytes],
@@ -153,9 +196,11 @@ class BackupEngine:
         name = check_backup_name(name if name is not None else default_name())
         stream = StreamSource(chunks, filename, source, mode)
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
         return await self._timed("backup", job.run(stream, name))
 
+    @_on_own_threads
     async def restore_file(self, name: str, path: str, write: Write) -> int:
         """Write file ``path`` of backup ``name`` to ``write``, in order, each chunk checked
         against its hash before it is written; the number of bytes written.
@@ -172,6 +217,7 @@ class BackupEngine:
         ahead = self.config.concurrency
         return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
 
+    @_on_own_threads
     async def restore(
         self,
         name: str,
@@ -206,11 +252,12 @@ class BackupEngine:
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
         if wanted or unwanted:
-            manifest = await asyncio.to_thread(select, manifest, include=wanted, exclude=unwanted)
+            manifest = await to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
         run = job.run(manifest, Path(target), overwrite=overwrite, delete=delete)
         return await self._timed("restore", run)
 
+    @_on_own_threads
     async def manifest(self, name: str) -> Manifest:
         """Backup ``name``'s MANIFEST.
 
@@ -219,6 +266,7 @@ class BackupEngine:
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
 
+    @_on_own_threads
     async def diff(self, old: str, new: str) -> BackupDiff:
         """What was added, removed and changed from backup ``old`` to backup ``new``, from
         their MANIFESTs alone.
@@ -229,8 +277,9 @@ class BackupEngine:
         repo = self._repository("verify")
         before = await repo.load_manifest(check_backup_name(old))
         after = await repo.load_manifest(check_backup_name(new))
-        return await asyncio.to_thread(diff, before, after)
+        return await to_thread(diff, before, after)
 
+    @_on_own_threads
     async def verify(self, name: str | None = None, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` (of every backup, when None) is in the
         store (one listing); with ``deep``, download each chunk once, check its hash, and check
@@ -244,10 +293,11 @@ class BackupEngine:
         job = VerifyJob(self._repository("verify"), self.config)
         return await job.run(None if name is None else check_backup_name(name), deep=deep)
 
+    @_on_own_threads
     async def list_backups(self) -> list[BackupInfo]:
         """Every committed backup, oldest name first, with what its MANIFEST says; one whose
         MANIFEST cannot be read (too large, corrupt, unsafe) is listed with its ``problem``."""
-        repo = self._repository("verify")
+        repo = self._repository("list")
         sizes = await repo.backup_sizes()  # one listing gives each MANIFEST's size
         names = sorted(sizes)
         infos: dict[str, BackupInfo] = {}
@@ -268,6 +318,7 @@ class BackupEngine:
                 await pool.spawn(name, partial(describe, name))
         return [infos[n] for n in names]
 
+    @_on_own_threads
     async def delete(self, name: str) -> None:
         """Delete backup ``name``'s MANIFEST. Its chunks stay until a prune removes unused ones.
 
@@ -276,6 +327,7 @@ class BackupEngine:
         """
         await self._repository("verify").delete_manifest(check_backup_name(name))
 
+    @_on_own_threads
     async def prune(
         self, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
     ) -> PruneReport:

@@ -9,6 +9,7 @@
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
     │   └── ManifestTooLarge        a MANIFEST over the size limit: not read
+    ├── NameTakenError              another job committed a backup of this name first
     ├── IntegrityError              a chunk or file whose hash or size does not match
     ├── StorageError
     │   ├── TransientStorageError   timeouts, resets, 408, 429, 5xx, SlowDown: retried
@@ -54,6 +55,12 @@ class SourceAccessError(SourceError):
 
 class TargetError(BackupError):
     """The restore target cannot be written: permissions, a full disk, a file in the way."""
+
+
+class NameTakenError(BackupError):
+    """Another job committed a backup of the same name while this one ran (a lost race, not
+    bad usage: the CLI exits 1). Nothing of this job was committed; its chunks are reused by
+    a run under another name."""
 
 
 class ManifestError(BackupError):

@@ -38,7 +38,6 @@ which the default of 24 hours does by far. ``--grace 0`` is for tests and quiet 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,16 +45,17 @@ from datetime import UTC, datetime
 from functools import partial
 
 from asyncbackup.config import EngineConfig
+from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
 from asyncbackup.errors import IntegrityError, ManifestError
 from asyncbackup.layout import CHUNKS, chunk_key, manifest_key, ref_of_chunk_key
 from asyncbackup.manifest import Manifest
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
 from asyncbackup.retention import Decision, RetentionPolicy, decide
+from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
-DEFAULT_GRACE = 24 * 3600.0
 DELETE_BATCH = 1000
 """Chunks deleted between two listings of the MANIFESTs (step 6)."""
 
@@ -166,7 +166,7 @@ class PruneJob:
         removed = [d.name for d in decisions if not d.kept]
         if not self.dry_run:
             await self._delete_all([manifest_key(n) for n in removed], label="backup")
-        marked = await asyncio.to_thread(_union, [backups[n].refs for n in kept])
+        marked = await to_thread(_union, [backups[n].refs for n in kept])
         del backups
 
         cutoff = began - self.grace
@@ -232,7 +232,7 @@ class PruneJob:
             except ManifestError as exc:
                 broken[name] = str(exc)
                 return
-            refs = await asyncio.to_thread(self._refs_of, manifest)
+            refs = await to_thread(self._refs_of, manifest)
             backups[name] = _Backup(finished, refs)
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
@@ -267,7 +267,7 @@ class PruneJob:
         self.seen.update(names)
         self.late.extend(names)
         log.info("prune: %d backups committed meanwhile; their chunks stay", len(names))
-        return await asyncio.to_thread(_union, [b.refs for b in backups.values()])
+        return await to_thread(_union, [b.refs for b in backups.values()])
 
     async def _check_late_backups(self, deleted: set[str]) -> None:
         names = [n for n in await self.repo.backup_names() if n not in self.seen]

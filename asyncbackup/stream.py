@@ -17,15 +17,16 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from asyncbackup.chunking import sha256_hex
+from asyncbackup.defaults import DEFAULT_STDIN_NAME as DEFAULT_STDIN_NAME  # re-exported
 from asyncbackup.errors import ConfigError, SourceError
 from asyncbackup.manifest import FileEntry, check_relative_path
 from asyncbackup.pool import TaskPool
+from asyncbackup.threads import to_thread
 
 if TYPE_CHECKING:
     from asyncbackup.backup import BackupJob
 
 READ_SIZE = 1024 * 1024  # one read from a pipe; chunks are cut from these
-DEFAULT_STDIN_NAME = "stdin"
 DEFAULT_STREAM_MODE = 0o600  # a dump is often a secret: readable by its owner only, once restored
 
 
@@ -87,7 +88,7 @@ async def store_stream(job: BackupJob, pool: TaskPool, source: StreamSource) -> 
 
     try:
         async for data in rechunk(source.chunks, job.config.chunk_size):
-            digest = await asyncio.to_thread(hash_chunk, data)
+            digest = await to_thread(hash_chunk, data)
             chunks.append(digest)
             size += len(data)
             job.progress.advance(nbytes=len(data))
@@ -129,7 +130,7 @@ async def read_stdin() -> AsyncIterator[bytes]:
             "'pg_dump app | asyncbackup backup - STORE --stdin-name app.sql'"
         )
     if stat.S_ISREG(mode):  # `< file`: a read never waits, so a worker thread serves
-        while piece := await asyncio.to_thread(os.read, fd, READ_SIZE):
+        while piece := await to_thread(os.read, fd, READ_SIZE):
             yield piece
         return
     # A pipe: read through the event loop, so that a cancelled backup never leaves a thread

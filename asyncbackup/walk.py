@@ -7,19 +7,24 @@ link while the backup runs is refused rather than followed out of the source.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from asyncbackup.dirfd import Directory, NotADirectoryBeneath
+from asyncbackup.dirfd import DIRECTORY_FLAGS, Directory, NotADirectoryBeneath
 from asyncbackup.errors import SourceAccessError, SourceError
+from asyncbackup.threads import to_thread
+
+if TYPE_CHECKING:  # chunking.py imports this module: every command, so nothing heavy here
+    from asyncbackup.excludes import Decision, Probe
 
 Kind = Literal["file", "dir", "symlink", "special"]
+Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
+"""Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
 ROOT = "."
 """The path of the source directory itself, as the walk yields it and as a MANIFEST records it."""
 _ACCESS = (errno.EACCES, errno.EPERM)
@@ -37,6 +42,7 @@ class SourceEntry:
     stat: os.stat_result
     target: str | None = None  # the link text of a symlink
     parent: Directory | None = None  # set by ``walk``; for the root, the root itself
+    descend: bool = True  # False: a directory recorded without what it holds
 
     @property
     def name(self) -> str:
@@ -59,25 +65,28 @@ class SourceEntry:
         return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent.fd)
 
 
-async def walk(root: Path) -> AsyncIterator[SourceEntry]:
+async def walk(root: Path, *, decide: Decide | None = None) -> AsyncIterator[SourceEntry]:
     """Yield the root itself (path ``ROOT``), then every entry below it, each directory before
-    its contents, names in sorted order.
+    its contents, names in sorted order. ``decide`` (run in the walk's worker thread) leaves
+    entries out, and directories unlisted; the root is always taken.
 
     Raises:
         SourceError: the root or a directory cannot be opened or listed.
         SourceAccessError: ... because permission is denied (a rerun will not help).
     """
-    top, st = await asyncio.to_thread(_open_root, root)
+    top, st = await to_thread(_open_root, root)
     yield SourceEntry(ROOT, "dir", st, parent=top)
     # Each pending directory with the open directory that holds it: only the ancestors of what
     # is being walked (and the directories of files still being read) are open at once.
     pending: list[tuple[Directory, str]] = [(top, "")]
     while pending:
         holder, relative = pending.pop()
-        entries = await asyncio.to_thread(_scan, holder, relative)
+        entries = await to_thread(_scan, holder, relative, decide)
         for entry in entries:
             yield entry
-        pending.extend((_holder(e), e.path) for e in reversed(entries) if e.kind == "dir")
+        pending.extend(
+            (_holder(e), e.path) for e in reversed(entries) if e.kind == "dir" and e.descend
+        )
 
 
 def _holder(entry: SourceEntry) -> Directory:
@@ -93,7 +102,7 @@ def _open_root(root: Path) -> tuple[Directory, os.stat_result]:
         raise _listing_error(root, exc) from exc
 
 
-def _scan(holder: Directory, relative: str) -> list[SourceEntry]:
+def _scan(holder: Directory, relative: str, decide: Decide | None) -> list[SourceEntry]:
     """List the directory ``relative``, opened through ``holder`` (unless it is the root)."""
     if relative:
         shown = holder.path / relative.rpartition("/")[2]
@@ -126,8 +135,40 @@ def _scan(holder: Directory, relative: str) -> list[SourceEntry]:
             continue  # gone between the listing and the lstat: it is not part of this backup
         except OSError as exc:
             raise unreadable(directory.path / name, exc) from exc
-        found.append(SourceEntry(path, _kind(st.st_mode), st, target, parent=directory))
+        kind = _kind(st.st_mode)
+        decision = decide(path, kind, st, _probe(directory, name)) if decide else "keep"
+        if decision != "exclude":
+            found.append(
+                SourceEntry(path, kind, st, target, parent=directory, descend=decision == "keep")
+            )
     return found
+
+
+def _probe(directory: Directory, name: str) -> Probe:
+    """A ``Probe`` inside the directory ``name`` of ``directory``, through descriptors, never
+    following a link in its place (opened only if the probe is used: most entries are files)."""
+
+    def probe(inside: str, size: int) -> bytes | None:
+        try:
+            fd = os.open(name, DIRECTORY_FLAGS, dir_fd=directory.fd)
+        except OSError:
+            return None  # not a directory (any more), or unreadable
+        try:
+            if size == 0:  # is it there at all (of any type, as restic's --exclude-if-present)
+                os.stat(inside, dir_fd=fd, follow_symlinks=False)
+                return b""
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            marker = os.open(inside, flags, dir_fd=fd)
+            try:
+                return os.read(marker, size)
+            finally:
+                os.close(marker)
+        except OSError:
+            return None  # absent, or a link, or unreadable: not a marker we can trust
+        finally:
+            os.close(fd)
+
+    return probe
 
 
 def _listing_error(path: Path, exc: OSError) -> SourceError:
