@@ -6,7 +6,6 @@ The file-system side (descriptors, temporary names, placing, directories, links)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
 from asyncbackup.reuse import SharedChunks, is_zero_chunk, zero_digest
 from asyncbackup.target import TEMP_MARK
-from asyncbackup.threads import settled
+from asyncbackup.threads import settled, to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "restore"
@@ -122,7 +121,7 @@ class RestoreJob:
             return SharedChunks(refs, budget=self.config.concurrency * chunk_size)
 
         zero = self.zero
-        self.shared = await asyncio.to_thread(count_uses)
+        self.shared = await to_thread(count_uses)
         budget = self.repo.retrier.budget
 
         def hint() -> str:

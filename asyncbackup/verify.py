@@ -25,6 +25,7 @@ from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
 from asyncbackup.reuse import SharedChunks
+from asyncbackup.threads import to_thread
 
 OPERATION = "verify"
 
@@ -86,7 +87,7 @@ class VerifyJob:
         if name is not None:
             names = [name]
             manifest = await self.repo.load_manifest(name)
-            await asyncio.to_thread(self._add, manifest, "")  # 100,000 entries: not on the loop
+            await to_thread(self._add, manifest, "")  # 100,000 entries: not on the loop
         else:
             sizes = await self.repo.backup_sizes()
             names = sorted(sizes)
@@ -96,7 +97,7 @@ class VerifyJob:
                 except ManifestError as exc:
                     unreadable[each] = str(exc)
                     continue
-                await asyncio.to_thread(self._add, manifest, f"{each}:")
+                await to_thread(self._add, manifest, f"{each}:")
         stored = await self.repo.stored_refs()
         missing = {ref: users for ref, users in self.users.items() if ref not in stored}
         corrupt: dict[str, list[str]] = {}
@@ -141,7 +142,7 @@ class VerifyJob:
             largest = max((f.chunk_size for f in files), default=0)
             return SharedChunks(refs, budget=self.config.concurrency * largest)
 
-        self.shared = await asyncio.to_thread(count_uses)
+        self.shared = await to_thread(count_uses)
         for ref in missing:
             self.failed[ref] = ObjectNotFoundError(f"chunks/{ref} is missing")
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks) as pool:
@@ -190,7 +191,7 @@ class VerifyJob:
                 data = await ahead.pop(0)
                 if data is None:
                     return  # a chunk is missing or corrupt: reported as such
-                await asyncio.to_thread(digest.update, data)  # hashing 8 MiB: off the loop
+                await to_thread(digest.update, data)  # hashing 8 MiB: off the loop
                 size += len(data)
         finally:
             for task in ahead:

@@ -19,12 +19,12 @@ from asyncbackup.dirfd import DIRECTORY_FLAGS, Directory, NotADirectoryBeneath
 from asyncbackup.errors import SourceAccessError, SourceError
 from asyncbackup.threads import to_thread
 
+Kind = Literal["file", "dir", "symlink", "special"]
 if TYPE_CHECKING:  # chunking.py imports this module: every command, so nothing heavy here
     from asyncbackup.excludes import Decision, Probe
 
-Kind = Literal["file", "dir", "symlink", "special"]
-Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
-"""Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
+    Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
+    """Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
 ROOT = "."
 """The path of the source directory itself, as the walk yields it and as a MANIFEST records it."""
 _ACCESS = (errno.EACCES, errno.EPERM)
