@@ -30,7 +30,7 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.patterns import Patterns, select
 from asyncbackup.pool import TaskPool
-from asyncbackup.progress import NoProgress, Progress
+from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
 from asyncbackup.repository import Repository
 from asyncbackup.restore import RestoreJob, RestoreSummary
@@ -254,6 +254,7 @@ class BackupEngine:
         if wanted or unwanted:
             manifest = await to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
+        expect(self.progress, files=manifest.totals.files, nbytes=manifest.totals.bytes)
         run = job.run(manifest, Path(target), overwrite=overwrite, delete=delete)
         return await self._timed("restore", run)
 
@@ -290,7 +291,7 @@ class BackupEngine:
                 corrupt, unsafe or too large (with no name, such a backup is reported instead).
             BackupFailed: the store failed (not: a chunk is missing or corrupt, which is reported).
         """
-        job = VerifyJob(self._repository("verify"), self.config)
+        job = VerifyJob(self._repository("verify"), self.config, self.progress)
         return await job.run(None if name is None else check_backup_name(name), deep=deep)
 
     @_on_own_threads

@@ -114,7 +114,11 @@ class RestoreJob:
         await settled(fs.make_dirs, tree, manifest.entries)
         chunk_size = manifest.chunk_size
         self.zero = {chunk_size: await settled(zero_digest, chunk_size)}
-        files = [e for e in manifest.entries if e.type == "file"]
+        # A file with several names is restored once, under its first name; the others are
+        # linked to it at the end (an older reader, or a partial restore without the first
+        # name, has each name restored from its chunks instead).
+        leaders = {e.path for e in manifest.entries if e.type == "file" and not e.hardlink}
+        files = [e for e in manifest.entries if e.type == "file" and e.hardlink not in leaders]
 
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
             refs = (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero))
@@ -145,7 +149,7 @@ class RestoreJob:
         finally:
             if self.unfinished:
                 await settled(_remove_temps, list(self.unfinished))
-        await settled(fs.finish_tree, tree, manifest.entries)
+        await settled(fs.finish_tree, tree, manifest.entries, leaders)
         totals = manifest.totals
         return RestoreSummary(
             name=manifest.name,
@@ -182,7 +186,7 @@ class RestoreJob:
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
         digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
         await settled(fs.write_whole, parent, name, entry, data, digest)
-        self._file_done()
+        self._file_done(entry)
 
     async def _start_file(
         self,
@@ -263,11 +267,12 @@ class RestoreJob:
     async def _finish_file(self, pending: _PendingFile) -> None:
         await settled(fs.check_and_place, pending.parent, pending.temp, pending.name, pending.entry)
         self.unfinished.discard(pending)
-        self._file_done()
+        self._file_done(pending.entry)
 
-    def _file_done(self) -> None:
+    def _file_done(self, entry: FileEntry) -> None:
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
+        log.debug("restored %s (%d bytes)", entry.path, entry.size)
 
 
 async def _parent(tree: DirectoryTree, entry: FileEntry) -> tuple[Directory, str]:

@@ -11,9 +11,11 @@ slot and the timeout (see ``bandwidth.py``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -21,13 +23,18 @@ import backoff
 
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import RetryPolicy
-from asyncbackup.errors import TransientStorageError
+from asyncbackup.errors import PermanentStorageError, TransientStorageError
 from asyncbackup.metrics import Metrics
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
 log = logging.getLogger("asyncbackup")
+
+_FIRST_ATTEMPT_SECONDS: ContextVar[float] = ContextVar("first_attempt_seconds", default=0.0)
+"""How long the first attempt of the call being retried took: it ran before python-backoff's
+loop started, and counts toward ``max_time`` all the same. Per task, so concurrent calls never
+see each other's."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,9 @@ class Retrier:
         self._metrics = metrics
         self._sleep = sleep
         self._bandwidth = bandwidth
+        self._answered = False  # has any request of this job succeeded yet?
+        self._timeout = policy.attempt_timeout
+        self._series: dict[str, tuple[Any, Any]] = {}  # operation -> (inflight, duration) children
         # python-backoff drives the loop (tries, max_time, giveup, handlers). It sleeps with
         # asyncio.sleep, which tests cannot replace, so it is handed zero waits and the jittered
         # sleep happens in _before_retry through the injected ``sleep``.
@@ -113,21 +123,60 @@ class Retrier:
             TransientStorageError,
             jitter=None,
             max_tries=policy.max_attempts,
-            max_time=policy.max_time,
+            max_time=self._time_left if policy.max_time is not None else None,
             giveup=self._give_up,
             on_backoff=self._before_retry,
             on_giveup=self._after_last_try,
             logger=None,
-        )(self._attempt)
+        )(self._replay_or_attempt)
 
     async def run(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` until it succeeds, a permanent error occurs, or the retries run out.
 
         Raises:
             TransientStorageError: the last attempt's error, once the retries are spent.
-            PermanentStorageError: at once, never retried.
+            PermanentStorageError: at once, never retried; also a connection refused before
+                any request of the job succeeded.
         """
-        return cast(T, await self._retrying(transfer, call))
+        try:
+            return await self._run(transfer, call)
+        except TransientStorageError as exc:
+            if self._answered or not _refused(exc):
+                raise
+            # Nothing listens there: almost always a wrong address, and ten retries would only
+            # hide that for half a minute. Once the store has answered, a refusal is a restart
+            # or an overloaded server, and is retried like any transient error.
+            raise PermanentStorageError(
+                f"{exc}: the connection was refused at the job's first request: wrong address? "
+                "Check the store URL, --endpoint-url or $AWS_ENDPOINT_URL, or "
+                "$STORAGE_EMULATOR_HOST"
+            ) from exc
+
+    async def _run(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
+        # The first attempt runs bare: nearly every call succeeds at once, and python-backoff's
+        # loop costs more than the rest of the retry layer (benchmarks/lean.py). Only a
+        # transient failure enters the loop, whose first try replays that failure, so tries,
+        # max_time, the budget, the handlers and the log lines are those of one loop from the
+        # first attempt on.
+        started = time.monotonic()
+        try:
+            return await self._attempt(transfer, call)
+        except TransientStorageError as exc:
+            first_failure = exc
+        _FIRST_ATTEMPT_SECONDS.set(time.monotonic() - started)
+        return cast(T, await self._retrying(transfer, call, [first_failure]))
+
+    async def _replay_or_attempt(
+        self, transfer: Transfer, call: Callable[[], Awaitable[T]], replay: list[Exception]
+    ) -> T:
+        if replay:
+            raise replay.pop()
+        return await self._attempt(transfer, call)
+
+    def _time_left(self) -> float:
+        """``max_time`` for python-backoff's loop: what the first attempt left of it."""
+        assert self.policy.max_time is not None
+        return self.policy.max_time - _FIRST_ATTEMPT_SECONDS.get()
 
     def delay_before_retry(self, tries: int) -> float:
         """The sleep after failed attempt ``tries``: full jitter over a capped exponential."""
@@ -140,26 +189,36 @@ class Retrier:
             # Before the slot and the timeout: waiting for tokens is neither a transfer nor a hang.
             waited = await self._bandwidth.acquire(transfer.nbytes)
             self._metrics.throttled.labels(transfer.operation).inc(waited)
-        inflight = self._metrics.inflight.labels(transfer.operation)
-        async with self._slots:
+        series = self._series.get(transfer.operation)
+        if series is None:  # labels bound once per operation, not looked up per call
+            series = self._series[transfer.operation] = (
+                self._metrics.inflight.labels(transfer.operation),
+                self._metrics.chunk_duration.labels(transfer.operation),
+            )
+        inflight, duration = series
+        await self._slots.acquire()
+        try:
             inflight.inc()
             started = time.monotonic()
             try:
-                async with asyncio.timeout(self.policy.attempt_timeout):
+                async with asyncio.Timeout(asyncio.get_running_loop().time() + self._timeout):
                     result = await call()
             except TimeoutError as exc:
                 raise TransientStorageError(
-                    f"{transfer}: no answer within {self.policy.attempt_timeout:g}s"
+                    f"{transfer}: no answer within {self._timeout:g}s"
                 ) from exc
             finally:
                 inflight.dec()
-            self._metrics.chunk_duration.labels(transfer.operation).observe(
-                time.monotonic() - started
-            )
+            duration.observe(time.monotonic() - started)
+        finally:
+            self._slots.release()
+        self._answered = True
         self.budget.refill()
         return result
 
     def _give_up(self, exc: Exception) -> bool:
+        if not self._answered and _refused(exc):
+            return True  # see run()
         return not self.budget.allows_retry()
 
     async def _before_retry(self, details: Any) -> None:
@@ -167,7 +226,8 @@ class Retrier:
         tries: int = details["tries"]
         delay = self.delay_before_retry(tries)
         if self.policy.max_time is not None:
-            delay = max(0.0, min(delay, self.policy.max_time - details["elapsed"]))
+            elapsed = details["elapsed"] + _FIRST_ATTEMPT_SECONDS.get()
+            delay = max(0.0, min(delay, self.policy.max_time - elapsed))
         self.budget.spend()
         self._metrics.retries.labels(transfer.operation).inc()
         log.warning(
@@ -183,6 +243,8 @@ class Retrier:
     async def _after_last_try(self, details: Any) -> None:
         transfer: Transfer = details["args"][0]
         why = "retry budget of the job exhausted" if self.budget.exhausted else "no attempts left"
+        if not self._answered and _refused(details["exception"]):
+            why = "connection refused before the store ever answered"
         log.error(
             "giving up: %s after %d attempt(s) (%s): %s",
             transfer,
@@ -190,3 +252,28 @@ class Retrier:
             why,
             details["exception"],
         )
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a refused TCP connection, however deep the SDK wrapped it
+    (aiohttp keeps the OSError in ``os_error``, botocore in ``kwargs["error"]``)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        kwargs = getattr(current, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        pending += [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "os_error", None),
+            inner,
+        ]
+    return False

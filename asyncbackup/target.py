@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -23,7 +24,9 @@ from pathlib import Path
 from asyncbackup.dirfd import Directory, DirectoryTree, NotADirectoryBeneath
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
 from asyncbackup.manifest import ROOT_PATH, FileEntry
+from asyncbackup.metadata import apply_owner_and_xattrs
 
+log = logging.getLogger("asyncbackup")
 TEMP_MARK = ".asyncbackup-"
 """Temporary names are this and 16 hex digits; a killed restore's leftovers are found by it."""
 _TEMP_NAME = re.compile(r"\.asyncbackup-[0-9a-f]{16}")
@@ -170,7 +173,7 @@ def write_whole(parent: Directory, final: str, entry: FileEntry, data: bytes, sh
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                _finish_file(fd, entry)
+                _finish_file(fd, entry, parent, temp)
             finally:
                 os.close(fd)
             os.replace(temp, final, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
@@ -186,7 +189,7 @@ def check_and_place(parent: Directory, temp: str, final: str, entry: FileEntry) 
         try:
             size, sha256 = _hash_fd(fd)
             check(entry, size, sha256)
-            _finish_file(fd, entry)
+            _finish_file(fd, entry, parent, temp)
         finally:
             os.close(fd)
         os.replace(temp, final, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
@@ -222,8 +225,9 @@ def check(entry: FileEntry, size: int, sha256: str) -> None:
         )
 
 
-def _finish_file(fd: int, entry: FileEntry) -> None:
+def _finish_file(fd: int, entry: FileEntry, parent: Directory, name: str) -> None:
     os.fsync(fd)
+    _owner_and_xattrs(entry, parent, name)  # before the chmod: a chown clears set-user-ID bits
     os.chmod(fd, entry.mode)
     os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))  # last: nothing writes after it
 
@@ -246,10 +250,15 @@ def _unlink_quietly(parent: Directory, name: str) -> None:
         os.unlink(name, dir_fd=parent.fd)
 
 
-def finish_tree(tree: DirectoryTree, entries: tuple[FileEntry, ...]) -> None:
-    """Create the symlinks, then set every directory's mode and mtime, the root's last."""
-    # Links come after every file, so no write can pass through one; directory modes and
-    # mtimes come last and deepest first, since adding to a directory changes its mtime.
+def finish_tree(tree: DirectoryTree, entries: tuple[FileEntry, ...], leaders: set[str]) -> None:
+    """Link the other names of hard-linked files (``leaders``: the first names, in place),
+    create the symlinks, then set every directory's owner, mode and mtime, the root's last."""
+    # Hard links and then symlinks come after every file, so no write can pass through a link;
+    # directory modes and mtimes come last and deepest first, since adding to a directory
+    # changes its mtime.
+    for entry in entries:
+        if entry.type == "file" and entry.hardlink in leaders:
+            _hard_link(tree, entry)
     for entry in entries:
         if entry.type == "symlink":
             parent_path, name = split(entry.path)
@@ -258,6 +267,7 @@ def finish_tree(tree: DirectoryTree, entries: tuple[FileEntry, ...]) -> None:
             with writing(parent.path / name):
                 os.symlink(entry.target, temp, dir_fd=parent.fd)
                 try:
+                    _owner_and_xattrs(entry, parent, temp)
                     os.utime(
                         temp,
                         ns=(entry.mtime_ns, entry.mtime_ns),
@@ -272,8 +282,55 @@ def finish_tree(tree: DirectoryTree, entries: tuple[FileEntry, ...]) -> None:
     for entry in sorted(dirs, key=_depth, reverse=True):
         here = tree.root if entry.path == ROOT_PATH else directory(tree, entry.path, entry.path)
         with writing(here.path):
+            if entry.path != ROOT_PATH:
+                parent_path, name = split(entry.path)
+                _owner_and_xattrs(entry, directory(tree, parent_path, entry.path), name)
+            else:  # the target itself: a path the user gave, short enough
+                _owner_and_xattrs(entry, None, str(tree.root.path))
             os.chmod(here.fd, entry.mode)
             os.utime(here.fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _hard_link(tree: DirectoryTree, entry: FileEntry) -> None:
+    first_parent, first_name = split(entry.hardlink)
+    source = directory(tree, first_parent, entry.path)
+    parent_path, name = split(entry.path)
+    parent = directory(tree, parent_path, entry.path)
+    temp = temp_name()
+    with writing(parent.path / name):
+        os.link(
+            first_name,
+            temp,
+            src_dir_fd=source.fd,
+            dst_dir_fd=parent.fd,
+            follow_symlinks=False,
+        )
+        try:
+            os.replace(temp, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+        except BaseException:
+            _unlink_quietly(parent, temp)
+            raise
+
+
+def _owner_and_xattrs(entry: FileEntry, parent: Directory | None, name: str) -> None:
+    """Give ``name`` in ``parent`` (a path, without one) the entry's owner (as root) and
+    extended attributes. Those calls take a path, never a descriptor with
+    ``follow_symlinks=False``: the path goes through ``/proc/self/fd``, so it stays one name
+    long, however deep the directory."""
+    if entry.uid is None and not entry.xattrs:
+        return
+    shown = name if parent is None else str(parent.path / name)
+    path = shown
+    if parent is not None and os.path.isdir(_PROC_FD):
+        path = f"{_PROC_FD}/{parent.fd}/{name}"
+    problems = apply_owner_and_xattrs(
+        path, uid=entry.uid, gid=entry.gid, xattrs=entry.xattrs, as_root=os.geteuid() == 0
+    )
+    for problem in problems:  # the bytes are restored; what is missing is said
+        log.warning("%s: %s", entry.path, problem.replace(path, shown))
+
+
+_PROC_FD = "/proc/self/fd"
 
 
 def _depth(entry: FileEntry) -> int:

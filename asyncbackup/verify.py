@@ -23,6 +23,7 @@ from asyncbackup.errors import BackupError, IntegrityError, ManifestError, Objec
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.pool import TaskPool
+from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.repository import Repository
 from asyncbackup.reuse import SharedChunks
 from asyncbackup.threads import to_thread
@@ -66,9 +67,12 @@ class _File:
 class VerifyJob:
     """Verifies the backups ``names`` (every backup when None)."""
 
-    def __init__(self, repo: Repository, config: EngineConfig) -> None:
+    def __init__(
+        self, repo: Repository, config: EngineConfig, progress: Progress | None = None
+    ) -> None:
         self.repo = repo
         self.config = config
+        self.progress: Progress = progress if progress is not None else NoProgress()
         self.files: dict[tuple[object, ...], _File] = {}
         self.users: dict[str, list[str]] = {}  # ref -> the files that need it
         self.failed: dict[str, BackupError] = {}  # ref -> why it could not be read
@@ -145,6 +149,12 @@ class VerifyJob:
         self.shared = await to_thread(count_uses)
         for ref in missing:
             self.failed[ref] = ObjectNotFoundError(f"chunks/{ref} is missing")
+        sizes: dict[str, int] = {}  # what each chunk to read weighs: the bar's total
+        for file in files:
+            for index, ref in enumerate(file.entry.chunks):
+                if ref not in missing:
+                    sizes.setdefault(ref, file.expected(index))
+        expect(self.progress, files=len(files), nbytes=sum(sizes.values()))
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks) as pool:
             for file in files:
                 if len(file.entry.chunks) <= 1:
@@ -163,11 +173,22 @@ class VerifyJob:
         fetch = partial(
             self.repo.get_chunk, ref, limit=size, path=file.entry.path, label=label, size=size
         )
+        fetched = False
+
+        async def fetch_once() -> bytes:
+            nonlocal fetched
+            data = await fetch()
+            fetched = True
+            return data
+
         try:
-            return await self.shared.get(ref, fetch)
+            data = await self.shared.get(ref, fetch_once)
         except (IntegrityError, ObjectNotFoundError) as exc:
             self.failed[ref] = exc
             return None
+        if fetched:
+            self.progress.advance(nbytes=size)
+        return data
 
     async def _check_small(self, file: _File) -> None:
         entry = file.entry
@@ -200,6 +221,7 @@ class VerifyJob:
         self._compare(file, size, digest.hexdigest())
 
     def _compare(self, file: _File, size: int, sha256: str) -> None:
+        self.progress.advance(files=1)
         entry = file.entry
         if size == entry.size and sha256 == entry.sha256:
             return

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from asyncbackup.dirfd import DIRECTORY_FLAGS, Directory, NotADirectoryBeneath
-from asyncbackup.errors import SourceAccessError, SourceError
+from asyncbackup.errors import SourceAccessError, SourceError, SourceVanishedError
 from asyncbackup.threads import to_thread
 
 Kind = Literal["file", "dir", "symlink", "special"]
+Unlistable = Callable[[str, SourceError], None]
+"""Told of a directory (its relative path) that could not be listed, and why."""
 if TYPE_CHECKING:  # chunking.py imports this module: every command, so nothing heavy here
     from asyncbackup.excludes import Decision, Probe
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # chunking.py imports this module: every command, so nothing 
 ROOT = "."
 """The path of the source directory itself, as the walk yields it and as a MANIFEST records it."""
 _ACCESS = (errno.EACCES, errno.EPERM)
+_PROC_FD = "/proc/self/fd"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,15 @@ class SourceEntry:
         assert self.parent is not None
         return self.parent.path / self.name
 
+    @property
+    def reachable(self) -> str:
+        """A path to the entry for calls that take only a path (extended attributes): through
+        ``/proc/self/fd``, one name long however deep the entry, where Linux offers it."""
+        assert self.parent is not None
+        if os.path.isdir(_PROC_FD):
+            return f"{_PROC_FD}/{self.parent.fd}/{self.name}"
+        return str(self.shown)
+
     def open(self, flags: int) -> int:
         """Open this entry through its directory's descriptor, never following a link in its
         place; a descriptor.
@@ -65,13 +77,18 @@ class SourceEntry:
         return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent.fd)
 
 
-async def walk(root: Path, *, decide: Decide | None = None) -> AsyncIterator[SourceEntry]:
+async def walk(
+    root: Path, *, decide: Decide | None = None, unlistable: Unlistable | None = None
+) -> AsyncIterator[SourceEntry]:
     """Yield the root itself (path ``ROOT``), then every entry below it, each directory before
     its contents, names in sorted order. ``decide`` (run in the walk's worker thread) leaves
-    entries out, and directories unlisted; the root is always taken.
+    entries out, and directories unlisted; the root is always taken. ``unlistable`` is told of
+    a directory below the root that cannot be listed (or vanished since its parent was), and
+    the walk goes on without its contents.
 
     Raises:
-        SourceError: the root or a directory cannot be opened or listed.
+        SourceError: the root cannot be opened or listed; or a directory below it, without
+            ``unlistable``.
         SourceAccessError: ... because permission is denied (a rerun will not help).
     """
     top, st = await to_thread(_open_root, root)
@@ -81,7 +98,13 @@ async def walk(root: Path, *, decide: Decide | None = None) -> AsyncIterator[Sou
     pending: list[tuple[Directory, str]] = [(top, "")]
     while pending:
         holder, relative = pending.pop()
-        entries = await to_thread(_scan, holder, relative, decide)
+        try:
+            entries = await to_thread(_scan, holder, relative, decide)
+        except SourceError as exc:
+            if not relative or unlistable is None:
+                raise
+            unlistable(relative, exc)
+            continue
         for entry in entries:
             yield entry
         pending.extend(
@@ -108,8 +131,8 @@ def _scan(holder: Directory, relative: str, decide: Decide | None) -> list[Sourc
         shown = holder.path / relative.rpartition("/")[2]
         try:
             directory = holder.child(relative.rpartition("/")[2])
-        except FileNotFoundError:
-            return []  # gone since its parent was listed: not part of this backup
+        except FileNotFoundError as exc:
+            raise SourceVanishedError(f"{shown} vanished before it was listed") from exc
         except NotADirectoryBeneath as exc:
             raise SourceError(
                 f"{shown} was a directory when its parent was listed and is now a link or a "
@@ -122,6 +145,8 @@ def _scan(holder: Directory, relative: str, decide: Decide | None) -> list[Sourc
     try:
         with os.scandir(directory.fd) as it:
             names = sorted(e.name for e in it)
+    except FileNotFoundError as exc:
+        raise SourceVanishedError(f"{directory} vanished before it was listed") from exc
     except OSError as exc:
         raise _listing_error(directory.path, exc) from exc
     found: list[SourceEntry] = []
@@ -172,6 +197,8 @@ def _probe(directory: Directory, name: str) -> Probe:
 
 
 def _listing_error(path: Path, exc: OSError) -> SourceError:
+    if isinstance(exc, FileNotFoundError):
+        return SourceVanishedError(f"{path} vanished before it was listed")
     if exc.errno in _ACCESS:
         return SourceAccessError(
             f"cannot list directory {path}: {exc.strerror}: give the user running the backup "

@@ -271,7 +271,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     for key in ("name", "format_version", "job_id", "started", "finished", "host", "source",
                 "chunk_size", "totals", "entries"):  # fmt: skip
         assert doc[key] == manifest[key], key
-    assert doc["format_version"] == 3
+    assert doc["format_version"] == 3  # owners are recorded
     assert doc["totals"] == {"files": 13, "dirs": 5, "symlinks": 3, "bytes": file_bytes(tree),
                              "chunks": 16, "unique_chunks": 15}  # fmt: skip
     assert 0 <= doc["seconds"] < 60

@@ -1,6 +1,6 @@
 """The command line: each command's own arguments and options, the groups of options they
 share, and how values are parsed. Each option also reads an ``ASYNCBACKUP_*`` variable
-(``environment.py``); docs/commands.md is generated from this parser (``docs.py``)."""
+(``environment.py``); docs/commands.md is generated from this parser (``reference.py``)."""
 
 from __future__ import annotations
 
@@ -193,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not descend into directories on another file system (mount points are kept, "
         "empty)",
+    )
+    backup.add_argument(
+        "--xattrs",
+        action="store_true",
+        help="record extended attributes (a listing per entry, so off by default); a restore "
+        "puts back whatever a backup recorded",
     )
     backup.add_argument(
         "--json",

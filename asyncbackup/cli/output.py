@@ -30,7 +30,10 @@ def report(args: argparse.Namespace, result: object) -> int:
             b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
             b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
         )  # fmt: skip
-        print(b.name)
+        if getattr(args, "json", False):  # the summary for a script: one JSON document
+            print(json.dumps(asdict(b), indent=1, default=str))
+        else:
+            print(b.name)
         if b.warnings:  # a cron job must be able to tell this from a clean success
             log.warning(
                 "backup %s committed with %d warnings (files skipped or stored while changing; "

@@ -28,13 +28,15 @@ from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.metrics import Metrics
 from asyncbackup.patterns import read_pattern_files
-from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.progress import BarProgress, LogProgress, NoProgress
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
 from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
 from asyncbackup.stream import DEFAULT_STDIN_NAME, command_output, read_stdin
 
 log = logging.getLogger("asyncbackup")
+MOVES_DATA = frozenset({"backup", "restore", "cat"})
+"""The commands that show a progress bar (and ``verify --deep``)."""
 
 
 def release_freed_buffers_to_the_os() -> None:
@@ -60,11 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Run the command ``args`` (as ``parse_args`` returns it); returns the exit code."""
     release_freed_buffers_to_the_os()
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    if not args.verbose:  # botocore says "Found credentials in ..." at INFO on every run
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-        logging.getLogger("aiobotocore").setLevel(logging.WARNING)
+    # -v: our own DEBUG lines (one per file stored or restored), not the SDKs' wire traces;
+    # botocore also says "Found credentials in ..." at INFO on every run.
+    logging.getLogger("asyncbackup").setLevel(logging.DEBUG if args.verbose else logging.NOTSET)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("aiobotocore").setLevel(logging.WARNING)
     try:
         code = asyncio.run(_run(args))
         sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
@@ -176,7 +180,7 @@ async def _command(
             "(a store is made by its first backup)"
         )
     interactive = sys.stderr.isatty() and not args.quiet
-    progress = BarProgress(args.command) if interactive else LogProgress(args.command)
+    progress = progress_for(args, interactive=interactive)
     limit = getattr(args, "bwlimit", None)
     bandwidth = Bandwidth(limit) if limit is not None else None
     engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
@@ -214,6 +218,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def progress_for(
+    args: argparse.Namespace, *, interactive: bool
+) -> BarProgress | LogProgress | NoProgress:
+    """A bar on a terminal, log lines otherwise; nothing for commands that move no file data
+    (an empty byte bar beside ``list`` or ``prune`` would only say nothing is happening)."""
+    if args.command not in MOVES_DATA and not getattr(args, "deep", False):
+        return NoProgress()
+    return BarProgress(args.command) if interactive else LogProgress(args.command)
+
+
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "backup" and str(args.source) == "-":
         return await _backup_stream(args, engine)
@@ -230,7 +244,7 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             exclude_if_present=tuple(args.exclude_if_present),
             one_file_system=args.one_file_system,
         )
-        options = BackupOptions(strict=args.strict, excludes=excludes)
+        options = BackupOptions(strict=args.strict, excludes=excludes, xattrs=args.xattrs)
         return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "cat":
         await engine.restore_file(args.name, args.path, _write_stdout)
