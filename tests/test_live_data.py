@@ -123,10 +123,14 @@ def test_an_unreadable_directory_is_recorded_empty_with_a_warning(
         (source / "locked").chmod(0o755)
     assert backup.returncode == EXIT_WARNINGS, backup.stderr
     message = f"cannot list directory {source / 'locked'}: Permission denied"
-    assert f"WARNING {message}; what it holds is skipped" in backup.stderr
+    advice = "give the user running the backup read and search permission on it"  # issue 13
+    assert f"WARNING {message}: {advice}, or run the backup as a user who has them; what it " in (
+        backup.stderr
+    )
+    assert "what it holds is skipped" in backup.stderr
     doc = json.loads(cli("show", store_url, "n", "--json").stdout)
     assert [(w["path"], w["kind"]) for w in doc["warnings"]] == [("locked", "unreadable")]
-    assert [e["path"] for e in doc["entries"]] == ["locked", "open.txt"]
+    assert [e["path"] for e in doc["entries"]] == [".", "locked", "open.txt"]
     assert strict.returncode == EXIT_FAILED, strict.stderr
     assert message in strict.stderr and "nothing was committed" in strict.stderr
     target = tmp_path / "restored"
