@@ -87,7 +87,7 @@ def _report_list(args: argparse.Namespace, infos: list[BackupInfo]) -> int:
     if args.json:
         print(json.dumps([asdict(i) for i in infos], indent=1))
     else:
-        if not infos:  # say so: a mistyped store path also lists nothing
+        if not infos:  # say so: on S3 or GCS a mistyped prefix also lists nothing
             log.info("no backups in %s", args.store)
         for i in infos:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
