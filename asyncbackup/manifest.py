@@ -21,11 +21,15 @@ from asyncbackup.metadata import (
 
 FORMAT_VERSION = 3
 """Version 2 named compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 records each
-file's ctime and inode (what an incremental backup compares), the backup's tags and parent, what
-it skipped or stored while it changed (``warnings``) and what it was told to leave out
-(``excludes``), and is stored compressed with zstd (see ``manifest_encoding.py``). Every field
-added since version 1 is optional when read, and every version is still read."""
+file's ctime and inode (what an incremental backup compares), owners, xattrs and hard links, the
+source directory itself as a ``dir`` entry of path ``ROOT_PATH`` (so a restore gives the target
+the source's mode and mtime), the backup's tags and parent, what it skipped or stored while it
+changed (``warnings``) and what it was told to leave out (``excludes``); it is stored compressed
+with zstd (see ``manifest_encoding.py``). Every backup writes version 3; every field added since
+version 1 is optional when read, and MANIFESTs of versions 1 and 2 still restore."""
 READABLE_VERSIONS = (1, 2, 3)
+ROOT_PATH = "."
+"""The path of the entry that records the source directory itself (version 3)."""
 EntryType = Literal["file", "dir", "symlink"]
 WarningKind = Literal["vanished", "unreadable", "changed"]
 WARNING_KINDS: tuple[WarningKind, ...] = ("vanished", "unreadable", "changed")
@@ -80,7 +84,7 @@ class ExcludeRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # slots: a million entries cost half the memory
 class FileEntry:
     """One file, directory or symlink of a backup. ``path`` is relative and POSIX."""
 
@@ -92,16 +96,16 @@ class FileEntry:
     sha256: str = ""
     chunks: tuple[str, ...] = ()  # chunk refs: the raw sha256, plus a codec suffix if compressed
     target: str = ""
-    # What an incremental backup compares besides size and mtime (files only); 0: not recorded
-    # (a MANIFEST of version 1 or 2), so the file is read.
-    ctime_ns: int = 0
-    inode: int = 0
     # Version 3 (see metadata.py): the numeric owner, extended attributes, and for a file that
     # is a hard link to an earlier entry, that entry's path (its content is recorded as well).
     uid: int | None = None
     gid: int | None = None
     xattrs: Xattrs = ()
     hardlink: str = ""
+    # What an incremental backup compares besides size and mtime (files only); 0: not recorded
+    # (a MANIFEST of version 1 or 2), so the file is read.
+    ctime_ns: int = 0
+    inode: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -112,10 +116,10 @@ class FileEntry:
         }
         if self.type == "file":
             out.update(size=self.size, sha256=self.sha256, chunks=list(self.chunks))
-            if self.ctime_ns or self.inode:
-                out.update(ctime_ns=self.ctime_ns, inode=self.inode)
             if self.hardlink:
                 out["hardlink"] = self.hardlink
+            if self.ctime_ns or self.inode:
+                out.update(ctime_ns=self.ctime_ns, inode=self.inode)
         elif self.type == "symlink":
             out["target"] = self.target
         out.update(owner_json(self.uid, self.gid))
@@ -152,11 +156,11 @@ class Manifest:
     chunk_size: int
     entries: tuple[FileEntry, ...]
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
+    warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
+    excludes: ExcludeRecord | None = None  # what the backup was told to leave out
     tags: tuple[str, ...] = ()
     parent: str = ""  # the backup whose unchanged entries this one took, if any
     format_version: int = FORMAT_VERSION  # as read; a backup always writes FORMAT_VERSION
-    warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
-    excludes: ExcludeRecord | None = None  # what the backup was told to leave out
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -164,7 +168,7 @@ class Manifest:
         chunks = [c for e in files for c in e.chunks]
         totals = Totals(
             files=len(files),
-            dirs=sum(e.type == "dir" for e in self.entries),
+            dirs=sum(e.type == "dir" and e.path != ROOT_PATH for e in self.entries),
             symlinks=sum(e.type == "symlink" for e in self.entries),
             bytes=sum(e.size for e in files),
             chunks=len(chunks),
@@ -175,6 +179,14 @@ class Manifest:
     def refs(self) -> set[str]:
         """Every chunk this backup needs, by ref (the name of its key under ``chunks/``)."""
         return {c for e in self.entries for c in e.chunks}
+
+    @property
+    def root(self) -> FileEntry | None:
+        """The entry of the source directory itself; None in MANIFESTs before version 3."""
+        first = self.entries[0] if self.entries else None
+        if first is not None and first.path == ROOT_PATH:
+            return first
+        return next((e for e in self.entries if e.path == ROOT_PATH), None)
 
     def head(self) -> dict[str, Any]:
         """Everything but the entries: what ``list`` shows, and the first line of the MANIFEST."""
@@ -212,36 +224,69 @@ class Manifest:
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
         return f"{lines}\n]}}\n".encode("ascii")
 
+    def to_bytes(self) -> bytes:
+        """The MANIFEST as stored: ``to_json``'s head and entries, each a zstd frame.
+        Blocking: callers run it in a worker thread."""
+        return manifest_encoding.encode(self.head_line(), self.entry_lines())
+
     @classmethod
-    def from_json(cls, data: bytes, *, where: str) -> Manifest:
+    def from_json(
+        cls, data: bytes, *, where: str, limit: int = manifest_encoding.MAX_DECODED_BYTES
+    ) -> Manifest:
         """Parse and validate a MANIFEST read from ``where``.
 
         Raises:
             ManifestError: it is not valid JSON, is of an unknown format version, or names a path
                 that is absolute, climbs with '..', repeats, or lies beneath a file or link.
         """
-        text = manifest_encoding.decode(data, where=where)
+        # zstd (version 3) or plain JSON; decompressed to at most ``limit`` bytes.
+        data = manifest_encoding.decode(data, where=where, limit=limit)
         try:
-            split = manifest_encoding.split_lines(text)
-            if split is None:  # not laid out by line (written by hand): parsed whole
-                doc = json.loads(text)
-                if not isinstance(doc, dict):
-                    raise ManifestError("the MANIFEST is not a JSON object")
-                head, raw_entries = doc, iter(doc["entries"])
-            else:
-                head, raw_entries = split
-            return _parse(head, raw_entries)
-        except json.JSONDecodeError as exc:
+            doc = _entry_by_entry(data)
+            if doc is None:  # not as ``to_json`` writes it (edited by hand?): read it whole
+                doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
+        try:
+            return _parse(doc)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
         except ManifestError as exc:
             raise ManifestError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is malformed ({exc!r})") from exc
 
-    def to_bytes(self) -> bytes:
-        """The MANIFEST as stored: ``to_json``'s head and entries, each a zstd frame.
-        Blocking: callers run it in a worker thread."""
-        return manifest_encoding.encode(self.head_line(), self.entry_lines())
+
+_ENTRIES_OPEN = b',"entries":['
+_ENTRIES_CLOSE = b"\n]}\n"
+
+
+def _entry_by_entry(data: bytes) -> dict[str, Any] | None:
+    """The MANIFEST's head, with its entries as an iterator that decodes one line at a time,
+    if ``data`` is laid out as ``to_json`` writes it; else None. ``json.loads`` of the whole
+    would hold the text decoded (a copy of the document) and every entry as a dict at once."""
+    first = data.find(b"\n")
+    if first < 0 or not data.endswith(_ENTRIES_CLOSE):
+        return None
+    if not data[:first].endswith(_ENTRIES_OPEN):
+        return None
+    head = json.loads(data[: first - len(_ENTRIES_OPEN)] + b"}")
+    if not isinstance(head, dict) or "entries" in head:
+        return None
+
+    def entries() -> Iterator[Any]:
+        end = len(data) - len(_ENTRIES_CLOSE)
+        start = first + 1
+        while start < end:
+            stop = data.find(b"\n", start, end)
+            stop = end if stop < 0 else stop
+            line = data[start:stop].removesuffix(b",")
+            if line:
+                yield json.loads(line)
+            start = stop + 1
+
+    head["entries"] = entries()
+    return head
 
 
 def _compact(value: dict[str, Any]) -> str:
@@ -262,7 +307,9 @@ def check_relative_path(path: str) -> str:
     return path
 
 
-def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
+def _parse(doc: Any) -> Manifest:
+    if not isinstance(doc, dict):
+        raise ManifestError("the MANIFEST is not a JSON object")
     version = doc.get("format_version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ManifestError(
@@ -282,7 +329,7 @@ def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
     parent = doc.get("parent", "")
     if not isinstance(parent, str):
         raise ManifestError(f"parent {parent!r} is not a backup name")
-    entries = tuple(_parse_entry(e, chunk_size, version) for e in raw_entries)
+    entries = tuple(_parse_entry(e, chunk_size, version) for e in doc["entries"])
     _check_tree(entries)
     warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
     excludes = ExcludeRecord.from_json(doc["excludes"]) if "excludes" in doc else None
@@ -296,11 +343,11 @@ def _parse(doc: dict[str, Any], raw_entries: Iterator[Any]) -> Manifest:
         chunk_size=chunk_size,
         entries=entries,
         compression=compression,
+        warnings=warnings,
+        excludes=excludes,
         tags=tuple(tags),
         parent=parent,
         format_version=version,
-        warnings=warnings,
-        excludes=excludes,
     )
 
 
@@ -330,8 +377,9 @@ def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntr
 
 
 def _parse_entry_body(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
-    path = check_relative_path(raw["path"])
     kind = raw["type"]
+    is_root = raw["path"] == ROOT_PATH and kind == "dir" and version >= 3
+    path = ROOT_PATH if is_root else check_relative_path(raw["path"])
     mode = _int(raw["mode"], "mode")
     if not 0 <= mode <= 0o7777:
         raise ManifestError(f"{path!r}: mode {mode} is out of range")

@@ -14,31 +14,32 @@ listing a store costs one small GET per backup, whatever the size of each backup
 own frame because a zstd frame cannot be decoded before its beginning, and a frame of its own
 keeps the head's compressed length small and independent of the entries.
 
-Why one entry per line: parsing is incremental. A single ``json.loads`` of a 14 MB document holds
-the GIL for over a second, so even in a worker thread it freezes the event loop; one small
-``json.loads`` per line lets the interpreter hand the GIL back to the loop between lines (every
-5 ms at most, ``sys.getswitchinterval``). Decompression itself releases the GIL.
+Why one entry per line: parsing is incremental (``manifest._entry_by_entry``). A single
+``json.loads`` of a 14 MB document holds the GIL for over a second, so even in a worker thread
+it freezes the event loop; one small ``json.loads`` per line lets the interpreter hand the GIL
+back to the loop between lines (every 5 ms at most, ``sys.getswitchinterval``). Decompression
+itself releases the GIL.
 
 Older MANIFESTs (format 1 and 2) are the same document, uncompressed; both are read. A document
-that is valid JSON but not laid out by line (written by hand) is still read, whole.
+that is valid JSON but not laid out by line (written by hand) is still read, whole, within the
+size limits of ``repository.load_manifest``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import zstandard
 
-from asyncbackup.errors import ManifestError
+from asyncbackup.errors import ManifestError, ManifestTooLarge
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 HEAD_READ = 64 * 1024
 """How many bytes ``list`` reads of each MANIFEST: the head's frame is far smaller."""
 MAX_DECODED_BYTES = 1024 * 1024 * 1024
-"""A MANIFEST that decompresses to more than this is refused, not held: a few bytes of zstd can
-claim terabytes. 1 GiB is about five million entries."""
+"""The default bound of a decompressed MANIFEST (callers pass ``max_manifest_size``): one that
+decompresses to more is refused, not held, for a few bytes of zstd can claim terabytes."""
 _ENTRIES_OPEN = ',"entries":['
 _LEVEL = 3
 
@@ -52,33 +53,30 @@ def encode(head_line: bytes, entry_lines: bytes) -> bytes:
     return compressor.compress(head_line) + compressor.compress(entry_lines)
 
 
-def decode(data: bytes, *, where: str) -> str:
-    """The MANIFEST's JSON text: decompressed if it is zstd, as it is otherwise (formats 1, 2).
+def decode(data: bytes, *, where: str, limit: int = MAX_DECODED_BYTES) -> bytes:
+    """The MANIFEST's JSON: decompressed if it is zstd, as it is otherwise (formats 1, 2).
 
     Raises:
-        ManifestError: the zstd data is damaged, or expands past ``MAX_DECODED_BYTES``.
+        ManifestTooLarge: it decompresses to more than ``limit`` bytes (not held: refused).
+        ManifestError: the zstd data is damaged.
     """
     if not data.startswith(ZSTD_MAGIC):
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
+        return data
     out = bytearray()
     reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
     try:
         while piece := reader.read(1024 * 1024):
             out += piece
-            if len(out) > MAX_DECODED_BYTES:
-                raise ManifestError(
-                    f"{where}: the MANIFEST expands past {MAX_DECODED_BYTES >> 20} MiB; "
-                    "it is damaged or was not written by asyncbackup"
+            if len(out) > limit:
+                raise ManifestTooLarge(
+                    f"{where}: the MANIFEST decompresses to more than {limit:,} bytes, over the "
+                    "limit; if the backup really is that large, raise the limit "
+                    "(--max-manifest-size, EngineConfig.max_manifest_size), else the file was "
+                    "written by someone else: delete that backup"
                 )
     except zstandard.ZstdError as exc:
         raise ManifestError(f"{where}: the MANIFEST's compressed data is damaged ({exc})") from exc
-    try:
-        return out.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
+    return bytes(out)
 
 
 def head_of(prefix: bytes) -> dict[str, Any] | None:
@@ -99,31 +97,6 @@ def head_of(prefix: bytes) -> dict[str, Any] | None:
             return None
         first_line = prefix[: end + 1].decode("utf-8", errors="replace")
     return _parse_head_line(first_line)
-
-
-def split_lines(text: str) -> tuple[dict[str, Any], Iterator[Any]] | None:
-    """The head and an iterator over the raw entries of a MANIFEST laid out by line, parsed one
-    line at a time; None when the text is not laid out so (the caller parses it whole).
-
-    The iterator raises ``json.JSONDecodeError`` on a damaged line.
-    """
-    end = text.find("\n")
-    head = _parse_head_line(text[: end + 1]) if end >= 0 else None
-    if head is None or not text.endswith("\n]}\n"):
-        return None
-    return head, _entries(text, end + 1, len(text) - len("]}\n"))
-
-
-def _entries(text: str, start: int, stop: int) -> Iterator[Any]:
-    position = start
-    while position < stop:
-        end = text.find("\n", position, stop)
-        if end < 0:
-            end = stop
-        line = text[position:end]
-        position = end + 1
-        if line:
-            yield json.loads(line[:-1] if line.endswith(",") else line)
 
 
 def _parse_head_line(line: str) -> dict[str, Any] | None:

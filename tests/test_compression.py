@@ -160,7 +160,7 @@ async def test_a_compressed_backup_is_smaller_and_restores_identically(
     stored = sum(len(v) for k, v in objects.items() if k.startswith("chunks/"))
     assert stored < manifest.totals.bytes - len(TEXT) // 2  # the text shrank
     assert summary.bytes_uploaded == stored
-    # Version 3: every backup writes it now (zstd, ctime and inode, owners).
+    # Version 3: every backup writes it now (zstd, ctime and inode, owners, the root).
     assert manifest.format_version == 3 and manifest.compression == codec
     doc = json.loads(decode_manifest(objects[manifest_key("z")], where="test"))
     assert doc["format_version"] == 3
@@ -199,13 +199,14 @@ async def test_a_manifest_of_the_first_format_still_restores(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     """A MANIFEST as the first version wrote it: format 1, uncompressed JSON, no "compression",
-    "tags" or "parent" field, no ctime or inode in its entries."""
+    "tags" or "parent" field, no entry for the root directory, no ctime, inode or owner."""
     source = make_tree(tmp_path / "src")
     memory = MemoryStorage()
     await BackupEngine(memory, fast_config(), sleep=sleep).backup(source, name="old")
     doc = json.loads(decode_manifest(memory.objects[manifest_key("old")], where="test"))
     for field in ("compression", "tags", "parent"):  # what version 1 lacked, with version 3's
         del doc[field]
+    doc["entries"] = [e for e in doc["entries"] if e["path"] != "."]  # the root's entry
     for entry in doc["entries"]:
         for field in ("ctime_ns", "inode", "uid", "gid", "xattrs", "hardlink"):
             entry.pop(field, None)
@@ -223,6 +224,7 @@ async def test_a_suffix_in_a_first_format_manifest_is_refused(
     await BackupEngine(memory, zstd_config(), sleep=sleep).backup(source, name="z")
     doc = json.loads(decode_manifest(memory.objects[manifest_key("z")], where="test"))
     doc["format_version"] = 1
+    doc["entries"] = [e for e in doc["entries"] if e["path"] != "."]  # version 1 had no root
     memory.objects[manifest_key("z")] = json.dumps(doc).encode()
     with pytest.raises(ManifestError, match="a chunk hash is not a sha256"):
         await BackupEngine(memory).manifest("z")

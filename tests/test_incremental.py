@@ -36,9 +36,9 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counts: Counter[str] = Counter()
     real = chunking.open_source
 
-    def counting(path: Path) -> int:
+    def counting(path: Path, opener: chunking.Opener | None = None) -> int:
         counts[os.fsdecode(path)] += 1
-        return real(path)
+        return real(path, opener)
 
     monkeypatch.setattr(chunking, "open_source", counting)
     return counts
