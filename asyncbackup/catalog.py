@@ -54,12 +54,12 @@ class Filters:
 async def read_catalog(repo: Repository, *, concurrency: int) -> list[BackupInfo]:
     """Every committed backup, sorted by finish time, oldest first (then by name); a backup
     whose MANIFEST cannot be read is listed last, with its problem."""
-    names = await repo.backup_names()
+    sizes = await repo.backup_sizes()  # one listing: each MANIFEST's name and size
     infos: dict[str, BackupInfo] = {}
 
     async def describe(name: str) -> None:
         try:
-            head = await repo.read_head(name)
+            head = await repo.read_head(name, size=sizes[name])
             infos[name] = _info(name, head)
         except BackupError as exc:
             infos[name] = BackupInfo(name, problem=str(exc))
@@ -67,7 +67,7 @@ async def read_catalog(repo: Repository, *, concurrency: int) -> list[BackupInfo
             infos[name] = BackupInfo(name, problem=f"its MANIFEST's head is malformed ({exc!r})")
 
     async with TaskPool("list", limit=concurrency) as pool:
-        for name in names:
+        for name in sorted(sizes):
             await pool.spawn(name, partial(describe, name))
     return sorted(infos.values(), key=lambda i: (bool(i.problem), i.finished, i.name))
 

@@ -201,7 +201,7 @@ class Repository:
                 "was written by someone else: delete that backup"
             )
 
-    async def read_head(self, name: str) -> dict[str, Any]:
+    async def read_head(self, name: str, *, size: int | None = None) -> dict[str, Any]:
         """Backup ``name``'s MANIFEST head (times, host, source, totals, tags), from one range
         request of its first bytes; a MANIFEST whose head does not fit them is read whole.
 
@@ -218,7 +218,8 @@ class Repository:
             ) from None
         head = manifest_encoding.head_of(prefix)  # one small frame: microseconds
         if head is None or head.get("format_version") not in READABLE_VERSIONS:
-            return (await self.load_manifest(name)).head()  # refused clearly if it is bad
+            # Refused clearly if it is bad, or too large (``size``: as listed, if known).
+            return (await self.load_manifest(name, size=size)).head()
         return head
 
     async def commit(self, manifest: Manifest) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from asyncbackup import BackupEngine, LocalStorage, ManifestError, MemoryStorage, Storage
 from asyncbackup.manifest import FORMAT_VERSION
+from asyncbackup.manifest_encoding import decode
 from asyncbackup.restore import TEMP_MARK
 from tests.conftest import SMALL_CHUNK, RecordingSleep, fast_config
 
@@ -171,7 +172,7 @@ async def test_the_root_of_an_older_manifest_is_left_as_it_is(tmp_path: Path) ->
     store = MemoryStorage()
     await BackupEngine(store, fast_config()).backup(source, name="b")
     key = "backups/b/MANIFEST"
-    text = store.objects[key].decode()
+    text = decode(store.objects[key], where="test").decode()
     lines = [line for line in text.split("\n") if not line.startswith('{"path":".",')]
     store.objects[key] = (
         "\n".join(lines).replace('"format_version":3', '"format_version":2').encode()

@@ -11,6 +11,7 @@ from typing import Any
 
 from asyncbackup import BackupEngine, MemoryStorage
 from asyncbackup.layout import manifest_key
+from asyncbackup.manifest_encoding import decode
 from tests.conftest import SMALL_CHUNK, fast_config, make_tree
 from tests.remote import StoreUnderTest
 from tests.stores import WatchedStorage
@@ -18,7 +19,7 @@ from tests.test_cli import EXIT_FAILED, EXIT_OK, cli
 
 
 def edit(store: MemoryStorage, name: str, change: Any) -> None:
-    document = json.loads(store.objects[manifest_key(name)])
+    document = json.loads(decode(store.objects[manifest_key(name)], where="test"))
     change({e["path"]: e for e in document["entries"]})
     store.objects[manifest_key(name)] = json.dumps(document).encode()
 
@@ -35,7 +36,7 @@ async def test_a_file_that_names_another_files_chunk_fails_verify_deep_as_restor
     async with any_store.store() as store:
         await BackupEngine(store, fast_config()).backup(source, name="b")
     key = "c/" + manifest_key("b")
-    document = json.loads(await any_store.read(key))
+    document = json.loads(decode(await any_store.read(key), where="test"))
     entries = {e["path"]: e for e in document["entries"]}
     entries["a.txt"]["chunks"] = entries["b.txt"]["chunks"]  # valid JSON; the chunk exists
     entries["big-1.bin"]["chunks"][1] = entries["big-2.bin"]["chunks"][1]
