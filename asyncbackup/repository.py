@@ -206,9 +206,12 @@ class Repository:
         request of its first bytes; a MANIFEST whose head does not fit them is read whole.
 
         Raises:
+            ManifestTooLarge: its size as listed (``size``) is over the limit; it was not read.
             ManifestError: there is no such backup, or its MANIFEST is corrupt.
         """
         key = manifest_key(name)
+        if size is not None:  # a MANIFEST no restore would read is no backup to list either
+            self._check_manifest_size(size, f"{self.store.url}/{key}")
         what = Transfer(self.operation, "read manifest head", key)
         try:
             prefix = await self.retrier.run(what, lambda: self.store.get_range(key, 0, HEAD_READ))
