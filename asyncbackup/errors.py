@@ -7,6 +7,7 @@
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
     ├── IntegrityError              a chunk or file whose hash or size does not match
+    ├── LockError                   the repository lock could not be taken, or was lost
     ├── StorageError
     │   ├── TransientStorageError   timeouts, resets, 408, 429, 5xx, SlowDown: retried
     │   └── PermanentStorageError   401, 403, NoSuchBucket, 400: never retried
@@ -51,6 +52,11 @@ class ManifestError(BackupError):
 
 class IntegrityError(BackupError):
     """Stored bytes whose hash or size differs from what the manifest promises."""
+
+
+class LockError(BackupError):
+    """The repository lock could not be taken within ``--lock-wait``, or a job could no longer
+    trust its own lock: the job stopped before its next destructive or committing step."""
 
 
 class StorageError(BackupError):

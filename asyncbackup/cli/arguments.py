@@ -11,6 +11,7 @@ from asyncbackup.compression import CODECS
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.errors import ConfigError
 from asyncbackup.exposition import DEFAULT_METRICS_ADDRESS, DEFAULT_PUSH_JOB
+from asyncbackup.locks import DEFAULT_LOCK_WAIT
 from asyncbackup.prune import DEFAULT_GRACE
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
 
@@ -211,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", parents=[common], help="delete a backup")
     delete.add_argument("store", metavar="STORE")
     delete.add_argument("name", metavar="NAME")
+    unlocking = commands.add_parser(
+        "unlock", parents=[common], help="remove stale repository locks (of jobs that died)"
+    )
+    unlocking.add_argument("store", metavar="STORE")
+    unlocking.add_argument(
+        "--force",
+        action="store_true",
+        help="remove every lock, live ones too: only when no job runs on the store",
+    )
     prune = commands.add_parser(
         "prune", parents=[common], help="remove old backups, then the chunks no backup needs"
     )
@@ -232,4 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--dry-run", action="store_true", help="say what would be removed, and remove nothing"
     )
+    for command in (backup, delete, prune):
+        command.add_argument(
+            "--lock-wait",
+            type=parse_duration,
+            default=DEFAULT_LOCK_WAIT,
+            metavar="DURATION",
+            help="how long to wait for a conflicting job's repository lock before failing "
+            "(default 5m)",
+        )
     return parser

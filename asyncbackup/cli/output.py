@@ -10,6 +10,7 @@ from dataclasses import asdict
 from asyncbackup import show
 from asyncbackup.backup import BackupSummary
 from asyncbackup.engine import VerifyReport
+from asyncbackup.locks import UnlockReport
 from asyncbackup.manifest import Manifest
 from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
@@ -44,6 +45,14 @@ def report(args: argparse.Namespace, result: object) -> int:
         for line in result.decision_lines():  # stdout: what a script needs
             print(line)
         log.info("%s", result.summary())
+    elif isinstance(result, UnlockReport):
+        for line in result.removed:
+            print(line)
+        for line in result.kept:
+            log.info("left the live lock of %s (--force removes it)", line)
+        log.info(
+            "unlock: removed %d locks, left %d live ones", len(result.removed), len(result.kept)
+        )
     elif isinstance(result, Manifest) and args.json:
         print(json.dumps(show.document(result), indent=1))
     elif isinstance(result, Manifest):

@@ -24,6 +24,7 @@ from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.exposition import check_pushgateway_url, push, serving
+from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import BarProgress, LogProgress
 from asyncbackup.retention import RetentionPolicy
@@ -154,7 +155,10 @@ async def _command(
     interactive = sys.stderr.isatty() and not args.quiet
     progress = BarProgress(args.command) if interactive else LogProgress(args.command)
     bandwidth = Bandwidth(args.bwlimit) if args.bwlimit is not None else None
-    engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
+    locking = LockSettings(wait=getattr(args, "lock_wait", LockSettings().wait))
+    engine = BackupEngine(
+        store, config, metrics=metrics, progress=progress, bandwidth=bandwidth, locking=locking
+    )
     redirect: Any = nullcontext()
     if interactive:
         redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
@@ -181,5 +185,7 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly
         )
         return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
+    if args.command == "unlock":
+        return await engine.unlock(force=args.force)
     await engine.delete(args.name)
     return None
