@@ -5,9 +5,11 @@ async with open_storage("file:///var/backups/app") as store:
 """
 
 from asyncbackup.backup import BackupSummary
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.compression import Compression
 from asyncbackup.config import EngineConfig, RetryPolicy
+from asyncbackup.diff import BackupDiff, Change
 from asyncbackup.engine import BackupEngine, BackupInfo, VerifyReport
 from asyncbackup.errors import (
     BackupError,
@@ -21,11 +23,12 @@ from asyncbackup.errors import (
     PermanentStorageError,
     SourceChangedError,
     SourceError,
+    SourceVanishedError,
     StorageError,
     TargetError,
     TransientStorageError,
 )
-from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.manifest import FileEntry, Manifest, SourceWarning
 from asyncbackup.metrics import Metrics
 from asyncbackup.progress import Progress
 from asyncbackup.prune import PruneReport
@@ -41,12 +44,15 @@ from asyncbackup.storage import (
 )
 
 __all__ = [
+    "BackupDiff",
     "BackupEngine",
     "BackupError",
     "BackupFailed",
     "BackupInfo",
+    "BackupOptions",
     "BackupSummary",
     "Bandwidth",
+    "Change",
     "Compression",
     "ConfigError",
     "Decision",
@@ -70,6 +76,8 @@ __all__ = [
     "RetryPolicy",
     "SourceChangedError",
     "SourceError",
+    "SourceVanishedError",
+    "SourceWarning",
     "Storage",
     "StorageError",
     "StoreOptions",

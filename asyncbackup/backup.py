@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
@@ -25,12 +26,13 @@ from asyncbackup.errors import (
     PermanentStorageError,
     SourceChangedError,
     SourceError,
+    SourceVanishedError,
     StorageError,
     TransientStorageError,
 )
 from asyncbackup.layout import manifest_key
 from asyncbackup.locks import SHARED, RepositoryLock
-from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
@@ -40,7 +42,8 @@ from asyncbackup.walk import SourceEntry, walk
 log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
 READS_OF_A_CHANGING_FILE = 3
-"""A file that changes while it is read is read again; after this many reads, the backup fails."""
+"""A file that changes while it is read is read again; the last of this many reads is stored as
+read, with a warning (or, with ``strict``, the backup fails)."""
 Upload = Callable[[str, bytes, str], Awaitable[None]]
 """Stores one chunk: (digest, data, label)."""
 Clock = Callable[[], datetime]
@@ -62,6 +65,7 @@ class BackupSummary:
     bytes_uploaded: int
     retries: int
     seconds: float
+    warnings: tuple[SourceWarning, ...] = ()  # files skipped, or stored while they changed
 
 
 def utc_clock() -> datetime:
@@ -84,6 +88,7 @@ class BackupJob:
         progress: Progress,
         *,
         clock: Clock = utc_clock,
+        options: BackupOptions | None = None,
         lock: RepositoryLock | None = None,
     ) -> None:
         self.repo = repo
@@ -94,6 +99,8 @@ class BackupJob:
         self.metrics = metrics
         self.progress = progress
         self.clock = clock
+        self.options = options if options is not None else BackupOptions()
+        self.warnings: list[SourceWarning] = []
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
@@ -141,6 +148,7 @@ class BackupJob:
             bytes_uploaded=self.bytes_uploaded,
             retries=self.repo.retrier.budget.spent,
             seconds=time.monotonic() - started_clock,
+            warnings=manifest.warnings,
         )
 
     async def _locked_run(self, source: Path, name: str) -> Manifest:
@@ -193,6 +201,7 @@ class BackupJob:
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
+                warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
             )
 
         manifest = await asyncio.to_thread(build_manifest)
@@ -248,16 +257,23 @@ class BackupJob:
 
     async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being
-        written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all.
+        written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all. Unless
+        ``strict``, the last read is stored as read, and a file that vanished or cannot be read
+        is skipped; each with a warning the MANIFEST records.
 
         Raises:
-            SourceError: the file cannot be read, or it changed during every read.
+            SourceError: with ``strict`` only: the file cannot be read, or it changed during
+                every read.
         """
+        strict = self.options.strict
         for read in range(1, READS_OF_A_CHANGING_FILE + 1):
+            last = read == READS_OF_A_CHANGING_FILE
             try:
-                return await self._read_file(source, relative, upload)
+                return await self._read_file(
+                    source, relative, upload, accept_changes=last and not strict
+                )
             except SourceChangedError as exc:
-                if read == READS_OF_A_CHANGING_FILE:
+                if last:
                     raise SourceChangedError(
                         f"{exc}; it changed during each of {read} reads: back it up again "
                         "once it is quiet"
@@ -267,9 +283,26 @@ class BackupJob:
                 log.warning(
                     "%s; reading it again (%d of %d)", exc, read + 1, READS_OF_A_CHANGING_FILE
                 )
+            except SourceError as exc:
+                if strict:
+                    raise
+                kind: WarningKind = (
+                    "vanished" if isinstance(exc, SourceVanishedError) else "unreadable"
+                )
+                self._warn(SourceWarning(relative, kind, f"{exc}; skipped"))
+                self.metrics.files.labels(OPERATION, "skipped").inc()
+                return
 
-    async def _read_file(self, source: Path, relative: str, upload: Upload) -> None:
-        reader = ChunkReader(source / relative, self.config.chunk_size)
+    def _warn(self, warning: SourceWarning) -> None:
+        log.warning("%s", warning.message)
+        self.warnings.append(warning)
+
+    async def _read_file(
+        self, source: Path, relative: str, upload: Upload, *, accept_changes: bool = False
+    ) -> None:
+        reader = ChunkReader(
+            source / relative, self.config.chunk_size, accept_changes=accept_changes
+        )
         chunks: list[str] = []
         try:
             while (chunk := await reader.next_chunk()) is not None:
@@ -285,6 +318,16 @@ class BackupJob:
         finally:
             await reader.aclose()
         assert reader.stat is not None
+        if reader.changed:
+            self._warn(
+                SourceWarning(
+                    relative,
+                    "changed",
+                    f"{reader.changed}, during each of {READS_OF_A_CHANGING_FILE} reads: "
+                    f"stored as last read ({reader.size} bytes), which may not be a consistent "
+                    "copy",
+                )
+            )
         self.entries.append(
             FileEntry(
                 relative,

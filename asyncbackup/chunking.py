@@ -9,7 +9,7 @@ import stat
 import threading
 from pathlib import Path
 
-from asyncbackup.errors import SourceChangedError, SourceError
+from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
 
 
 def sha256_hex(data: bytes) -> str:
@@ -22,13 +22,17 @@ class ChunkReader:
 
     Each ``next_chunk`` is one worker-thread call that reads and hashes, so the event loop never
     blocks. The file is opened without following links and checked at the end: if its size or
-    mtime changed while it was read, ``SourceError`` is raised rather than storing bytes that do
-    not match the recorded size and hash.
+    mtime changed while it was read, ``SourceChangedError`` is raised rather than storing bytes
+    that do not match the recorded size and hash. With ``accept_changes``, the change is noted in
+    ``changed`` instead: ``size`` and ``sha256`` then describe exactly the bytes that were read
+    (and handed out as chunks), so what is recorded always matches what is stored.
     """
 
-    def __init__(self, path: Path, chunk_size: int) -> None:
+    def __init__(self, path: Path, chunk_size: int, *, accept_changes: bool = False) -> None:
         self.path = path
         self.chunk_size = chunk_size
+        self.accept_changes = accept_changes
+        self.changed = ""  # why the file is not a consistent copy, when a change was accepted
         self.size = 0
         self.stat: os.stat_result | None = None
         self._hash = hashlib.sha256()
@@ -70,6 +74,8 @@ class ChunkReader:
                 # 8 MiB buffer. Growth or shrinking since the open is caught by the final check.
                 want = min(self.chunk_size, self.stat.st_size - self.size)
                 data = _read_up_to(self._fd, want) if want > 0 else b""
+            except FileNotFoundError as exc:
+                raise SourceVanishedError(f"{self.path} vanished before it was read") from exc
             except OSError as exc:
                 raise SourceError(f"cannot read {self.path}: {exc.strerror}") from exc
             digest = sha256_hex(data)
@@ -107,10 +113,13 @@ class ChunkReader:
             or after.st_mtime_ns != before.st_mtime_ns
             or self.size != before.st_size
         ):
-            raise SourceChangedError(
+            message = (
                 f"{self.path} changed while it was being read "
                 f"(size {before.st_size} -> {after.st_size}, read {self.size} bytes)"
             )
+            if not self.accept_changes:
+                raise SourceChangedError(message)
+            self.changed = message
 
     def _close(self) -> None:
         with self._lock:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import EngineConfig
+from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
     BackupError,
     BackupFailed,
@@ -144,8 +146,16 @@ class BackupEngine:
             sleep=self._lock_sleep,
         )
 
-    async def backup(self, source: str | Path, *, name: str | None = None) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp).
+    async def backup(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        options: BackupOptions | None = None,
+    ) -> BackupSummary:
+        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        skipped or stored while changing are in the summary's ``warnings`` (see
+        ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
@@ -159,6 +169,7 @@ class BackupEngine:
             self.metrics,
             self.progress,
             clock=self._clock,
+            options=options,
             lock=self.lock(repo, SHARED),
         )
         return await self._timed("backup", job.run(Path(source), name))
@@ -185,6 +196,18 @@ class BackupEngine:
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
+
+    async def diff(self, old: str, new: str) -> BackupDiff:
+        """What was added, removed and changed from backup ``old`` to backup ``new``, from
+        their MANIFESTs alone.
+
+        Raises:
+            ManifestError: either backup is missing, or its MANIFEST is corrupt or unsafe.
+        """
+        repo = self._repository("verify")
+        before = await repo.load_manifest(check_backup_name(old))
+        after = await repo.load_manifest(check_backup_name(new))
+        return await asyncio.to_thread(diff, before, after)
 
     async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,

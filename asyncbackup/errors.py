@@ -3,7 +3,8 @@
     BackupError
     ├── ConfigError                 bad URL or option, backup name taken, target not empty
     ├── SourceError                 unreadable input, a file that vanished or changed while read
-    │   └── SourceChangedError      a file that kept changing while it was read
+    │   ├── SourceChangedError      a file that kept changing while it was read
+    │   └── SourceVanishedError     a file that was gone by the time it was read
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
     ├── IntegrityError              a chunk or file whose hash or size does not match
@@ -40,6 +41,10 @@ class SourceError(BackupError):
 
 class SourceChangedError(SourceError):
     """A file whose size or mtime changed while it was read: its bytes and hash may not match."""
+
+
+class SourceVanishedError(SourceError):
+    """A file listed by the walk that was gone when it was opened (a log rotated, a temp file)."""
 
 
 class TargetError(BackupError):

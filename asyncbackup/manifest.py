@@ -10,11 +10,28 @@ from typing import Any, Literal
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
 
-FORMAT_VERSION = 2
-"""Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``); it is written only
-when a backup holds such a chunk, so a backup without any stays readable by version 1 readers."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 adds optional
+fields (``warnings``: what a backup skipped or stored while it changed). A MANIFEST is written
+with the lowest version that holds what it says, so a backup without those stays readable by
+older readers; every field added since version 1 is optional when read."""
+READABLE_VERSIONS = (1, 2, 3)
 EntryType = Literal["file", "dir", "symlink"]
+WarningKind = Literal["vanished", "unreadable", "changed"]
+WARNING_KINDS: tuple[WarningKind, ...] = ("vanished", "unreadable", "changed")
+
+
+@dataclass(frozen=True)
+class SourceWarning:
+    """A file the backup could not take as it was: skipped (it vanished, or could not be read),
+    or stored as read while it kept changing (``changed``: not a consistent copy)."""
+
+    path: str
+    kind: WarningKind
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,7 @@ class Manifest:
     chunk_size: int
     entries: tuple[FileEntry, ...]
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
+    warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,9 +108,11 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """1 while every chunk is stored raw (older readers can restore it), else 2."""
+        """3 with a version 3 field; else 1 while every chunk is stored raw, else 2."""
+        if self.warnings:
+            return 3
         raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
-        return 1 if raw else FORMAT_VERSION
+        return 1 if raw else 2
 
     def to_json(self) -> bytes:
         """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
@@ -110,6 +130,8 @@ class Manifest:
             "compression": self.compression,
             "totals": self.totals.__dict__,
         }
+        if self.warnings:
+            head["warnings"] = [w.to_json() for w in self.warnings]
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
         return f'{_compact(head)[:-1]},"entries":[\n{lines}\n]}}\n'.encode("ascii")
 
@@ -169,6 +191,7 @@ def _parse(doc: Any) -> Manifest:
         raise ManifestError(f"compression {compression!r} is not a codec name")
     entries = tuple(_parse_entry(e, chunk_size, version) for e in doc["entries"])
     _check_tree(entries)
+    warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
     return Manifest(
         name=str(doc["name"]),
         job_id=str(doc["job_id"]),
@@ -179,7 +202,18 @@ def _parse(doc: Any) -> Manifest:
         chunk_size=chunk_size,
         entries=entries,
         compression=compression,
+        warnings=warnings,
     )
+
+
+def _parse_warning(raw: dict[str, Any]) -> SourceWarning:
+    kind = raw["kind"]
+    if kind not in WARNING_KINDS:
+        raise ManifestError(f"unknown warning kind {kind!r}")
+    path, message = raw["path"], raw["message"]
+    if not isinstance(path, str) or not isinstance(message, str):
+        raise ManifestError(f"a warning's path and message must be text, not {raw!r}")
+    return SourceWarning(path, kind, message)
 
 
 def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:

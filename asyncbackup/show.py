@@ -38,6 +38,7 @@ def document(manifest: Manifest) -> dict[str, Any]:
         "compression": manifest.compression,
         "compressed_chunks": compressed_chunks(manifest),
         "totals": dict(manifest.totals.__dict__),
+        "warnings": [w.to_json() for w in manifest.warnings],
         "entries": [e.to_json() for e in manifest.entries],
     }
 
@@ -61,7 +62,11 @@ def text(manifest: Manifest, *, files: bool) -> str:
         f"compression     {_compression(manifest)}",
         f"format version  {manifest.format_version}",
         f"job id          {manifest.job_id}",
+        f"warnings        {len(manifest.warnings)}",
     ]
+    lines.extend(
+        f"  {w.kind:<10} {printable(w.path)}: {printable(w.message)}" for w in manifest.warnings
+    )
     if files:
         lines.append("")
         lines.extend(_entry_line(e) for e in manifest.entries)

@@ -242,6 +242,16 @@ def any_store(
     return StoreUnderTest(request.param, bucket, monkeypatch, server)
 
 
+@pytest.fixture(params=["local", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL for command-line tests: a local directory, then a fresh bucket on moto
+    (its endpoint and credentials in the environment the CLI's subprocess inherits)."""
+    if request.param == "local":
+        return str(tmp_path / "store-root")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/repo"
+
+
 # Figures the chaos tests report (faults injected, retries, bytes restored...), printed after
 # the run: `make chaos` shows them, and the README's "What we test against" quotes them.
 CHAOS_FIGURES: list[tuple[str, str]] = []

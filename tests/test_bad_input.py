@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import time
@@ -20,6 +22,7 @@ import pytest
 from asyncbackup import (
     BackupEngine,
     BackupFailed,
+    BackupOptions,
     ConfigError,
     EngineConfig,
     FaultyStorage,
@@ -30,7 +33,8 @@ from asyncbackup import (
     ObjectNotFoundError,
     RetryPolicy,
     SourceChangedError,
-    SourceError,
+    SourceVanishedError,
+    SourceWarning,
     Storage,
 )
 from asyncbackup.layout import chunk_key
@@ -191,20 +195,43 @@ def changing_source(tmp_path: Path) -> Path:
 ONE_AT_A_TIME = EngineConfig(concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy())
 
 
-async def test_a_file_that_vanishes_after_the_walk_fails_the_backup(
+STRICT = BackupOptions(strict=True)
+
+
+async def test_a_file_that_vanishes_after_the_walk_is_skipped_with_a_warning(
+    tmp_path: Path, sleep: RecordingSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = changing_source(tmp_path)
+    store = MemoryStorage()
+    watched = WatchedStorage(store, on_put=on_first_put((source / "z.bin").unlink))
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        summary = await engine(watched, sleep, ONE_AT_A_TIME).backup(source, name="b")
+    message = f"{source / 'z.bin'} vanished before it was read; skipped"
+    assert summary.warnings == (SourceWarning("z.bin", "vanished", message),)
+    assert message in [r.getMessage() for r in caplog.records]
+    assert committed(store) == ["backups/b/MANIFEST"]
+    manifest = await engine(store, sleep).manifest("b")
+    assert manifest.warnings == summary.warnings and manifest.format_version == 3
+    assert [e.path for e in manifest.entries] == ["a.bin"]
+    await engine(store, sleep).restore("b", tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")  # everything that was still there
+    assert sleep.calls == []  # a vanished file is not something a retry can fix
+
+
+async def test_with_strict_a_file_that_vanishes_after_the_walk_fails_the_backup(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     source = changing_source(tmp_path)
     store = MemoryStorage()
     watched = WatchedStorage(store, on_put=on_first_put((source / "z.bin").unlink))
     with pytest.raises(BackupFailed) as caught:
-        await engine(watched, sleep, ONE_AT_A_TIME).backup(source, name="b")
+        await engine(watched, sleep, ONE_AT_A_TIME).backup(source, name="b", options=STRICT)
     [failure] = caught.value.failures
-    assert isinstance(failure.error, SourceError)
-    assert f"cannot read {source / 'z.bin'}: No such file or directory" in str(failure.error)
+    assert isinstance(failure.error, SourceVanishedError)
+    assert f"{source / 'z.bin'} vanished before it was read" in str(failure.error)
     assert "z.bin" in str(caught.value)
     assert committed(store) == []
-    assert sleep.calls == []  # a vanished file is not something a retry can fix
+    assert sleep.calls == []
 
 
 async def test_a_file_that_changes_while_read_is_read_again(
@@ -227,7 +254,7 @@ async def test_a_file_that_changes_while_read_is_read_again(
     assert_same_tree(source, tmp_path / "restored")  # the bytes as they were after the change
 
 
-async def test_a_file_that_changes_during_every_read_fails_the_backup(
+async def test_with_strict_a_file_that_changes_during_every_read_fails_the_backup(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     source = changing_source(tmp_path)
@@ -239,14 +266,49 @@ async def test_a_file_that_changes_during_every_read_fails_the_backup(
     store = MemoryStorage()
     with pytest.raises(BackupFailed) as caught:
         await engine(WatchedStorage(store, on_put=rewrite_a), sleep, ONE_AT_A_TIME).backup(
-            source, name="b"
+            source, name="b", options=STRICT
         )
     [failure] = caught.value.failures
     assert isinstance(failure.error, SourceChangedError)
     message = str(failure.error)
-    assert f"{source / 'a.bin'} changed while it was being read (size {size} -> {size}" in message
+    # The rewrite truncates first: a read may catch the file empty or half written.
+    assert re.search(
+        f"{re.escape(str(source / 'a.bin'))} changed while it was being read "
+        rf"\(size {size} -> \d+, read \d+ bytes\)",
+        message,
+    )
     assert "it changed during each of 3 reads: back it up again once it is quiet" in message
     assert committed(store) == []
+
+
+async def test_a_file_that_changes_during_every_read_is_stored_as_read_with_a_warning(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    source = changing_source(tmp_path)
+    size = (source / "a.bin").stat().st_size
+
+    async def rewrite_a(key: str) -> None:  # every upload: new bytes, same size, a new mtime
+        (source / "a.bin").write_bytes(os.urandom(size))
+
+    store = MemoryStorage()
+    summary = await engine(WatchedStorage(store, on_put=rewrite_a), sleep, ONE_AT_A_TIME).backup(
+        source, name="b"
+    )
+    [warning] = summary.warnings
+    assert (warning.path, warning.kind) == ("a.bin", "changed")
+    assert f"{source / 'a.bin'} changed while it was being read" in warning.message
+    assert "during each of 3 reads: stored as last read" in warning.message
+    restored = tmp_path / "restored"
+    # The restore checks every chunk and the whole file against the recorded hash: what was
+    # recorded is exactly what was stored, though the file never held those bytes at one time.
+    await engine(store, sleep).restore("b", restored)
+    data = (restored / "a.bin").read_bytes()
+    assert 0 < len(data) <= size  # a read may catch the rewrite half done: stored as read
+    assert (restored / "z.bin").read_bytes() == b"last file\n"
+    manifest = await engine(store, sleep).manifest("b")
+    assert manifest.warnings == summary.warnings
+    [entry] = [e for e in manifest.entries if e.path == "a.bin"]
+    assert entry.sha256 == hashlib.sha256(data).hexdigest()
 
 
 async def test_a_failed_source_file_is_named_in_the_failures(
@@ -255,7 +317,7 @@ async def test_a_failed_source_file_is_named_in_the_failures(
     source = changing_source(tmp_path)
     watched = WatchedStorage(MemoryStorage(), on_put=on_first_put((source / "z.bin").unlink))
     with pytest.raises(BackupFailed) as caught:
-        await engine(watched, sleep, ONE_AT_A_TIME).backup(source, name="b")
+        await engine(watched, sleep, ONE_AT_A_TIME).backup(source, name="b", options=STRICT)
     assert [f.path for f in caught.value.failures] == ["z.bin"]
 
 
@@ -480,7 +542,7 @@ async def test_a_manifest_of_an_unknown_format_version_is_refused(
     await small_backup(store, tmp_path, sleep)
     edit_manifest(store, "b", lambda doc: doc.update(format_version=99))
     with pytest.raises(
-        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2\)"
+        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3\)"
     ) as caught:
         await engine(store, sleep).restore("b", tmp_path / "target")
     assert "another version of asyncbackup" in str(caught.value)

@@ -17,7 +17,7 @@ from asyncbackup import BackupEngine
 from tests.conftest import SMALL_CHUNK, fast_config, snapshot
 from tests.remote import StoreUnderTest
 from tests.test_bad_input import assert_no_half_file
-from tests.test_cli import EXIT_FAILED, EXIT_OK, cli
+from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, cli
 
 MANIFEST = "c/backups/b/MANIFEST"
 
@@ -103,7 +103,9 @@ async def test_a_chunk_altered_in_the_store_fails_restore_and_verify_names_it(
     assert shallow.returncode == EXIT_OK, shallow.stderr
 
 
-def test_a_file_that_keeps_growing_while_it_is_read_is_reported_not_stored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_file_that_keeps_growing_while_it_is_read(tmp_path: Path, strict: bool) -> None:
+    """Stored as last read with a WARNING and exit 3; with --strict, the backup fails."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "steady.txt").write_text("steady\n")
@@ -124,15 +126,27 @@ def test_a_file_that_keeps_growing_while_it_is_read_is_reported_not_stored(tmp_p
         # 40 chunks at 20 ms per upload, 4 at a time: the file is read over about 0.2 s.
         result = cli(
             "backup", source, tmp_path / "store", "--name", "b", "--chunk-size", "64K",
-            "--concurrency", "4", "--inject-latency", "20",
+            "--concurrency", "4", "--inject-latency", "20", *(["--strict"] if strict else []),
         )  # fmt: skip
     finally:
         stop.set()
         writer.join()
-    assert result.returncode == EXIT_FAILED, result.stderr
     assert f"{growing} changed while it was being read" in result.stderr
     assert "reading it again (2 of 3)" in result.stderr
     assert "reading it again (3 of 3)" in result.stderr
-    assert "it changed during each of 3 reads" in result.stderr
-    assert "nothing was committed" in result.stderr
-    assert not (tmp_path / "store" / "backups").exists()
+    if strict:
+        assert result.returncode == EXIT_FAILED, result.stderr
+        assert "it changed during each of 3 reads" in result.stderr
+        assert "nothing was committed" in result.stderr
+        assert not (tmp_path / "store" / "backups").exists()
+        return
+    assert result.returncode == EXIT_WARNINGS, result.stderr
+    assert "during each of 3 reads: stored as last read" in result.stderr
+    assert "backup b committed with 1 warnings" in result.stderr
+    shown = cli("show", tmp_path / "store", "b")
+    assert "warnings        1" in shown.stdout
+    assert "  changed    growing.log: " in shown.stdout
+    restored = cli("restore", tmp_path / "store", "b", tmp_path / "restored")
+    assert restored.returncode == EXIT_OK, restored.stderr  # every hash checked on the way
+    assert (tmp_path / "restored" / "steady.txt").read_text() == "steady\n"
+    assert (tmp_path / "restored" / "growing.log").stat().st_size >= 40 * SMALL_CHUNK

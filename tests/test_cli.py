@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import SMALL_CHUNK, assert_same_tree, make_tree, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNINGS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def cli(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -287,10 +287,11 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert any(line.endswith("  link-to-leaf -> sub/deeper/leaf.txt") for line in lines)
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
-    assert len(lines) == 13 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
+    assert "warnings        0" in lines
+    assert len(lines) == 14 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
 
     summary_only = cli("show", store, "one")
-    assert summary_only.stdout.splitlines() == lines[:13]
+    assert summary_only.stdout.splitlines() == lines[:14]
 
 
 def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_path: Path) -> None:

@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
     )
+    backup.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
+        "keeps changing (default: skip it or store it as read, warn, and exit 3)",
+    )
     restore = commands.add_parser("restore", parents=[common], help="restore a backup")
     restore.add_argument("store", metavar="STORE")
     restore.add_argument("name", metavar="NAME")
@@ -205,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     showing.add_argument("name", metavar="NAME")
     showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
     showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
+    differ = commands.add_parser(
+        "diff", parents=[common], help="what was added, removed and changed between two backups"
+    )
+    differ.add_argument("store", metavar="STORE")
+    differ.add_argument("old", metavar="A")
+    differ.add_argument("new", metavar="B")
+    differ.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     verify = commands.add_parser("verify", parents=[common], help="check a backup's chunks")
     verify.add_argument("store", metavar="STORE")
     verify.add_argument("name", metavar="NAME")

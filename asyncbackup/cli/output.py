@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from asyncbackup import show
 from asyncbackup.backup import BackupSummary
+from asyncbackup.diff import BackupDiff
 from asyncbackup.engine import VerifyReport
 from asyncbackup.locks import UnlockReport
 from asyncbackup.manifest import Manifest
@@ -16,7 +17,7 @@ from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
 
 log = logging.getLogger("asyncbackup")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNINGS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def report(args: argparse.Namespace, result: object) -> int:
@@ -31,6 +32,19 @@ def report(args: argparse.Namespace, result: object) -> int:
             b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
         )  # fmt: skip
         print(b.name)
+        if b.warnings:  # a cron job must be able to tell this from a clean success
+            log.warning(
+                "backup %s committed with %d warnings (files skipped or stored while changing; "
+                "'asyncbackup show' lists them): exit %d",
+                b.name, len(b.warnings), EXIT_WARNINGS,
+            )  # fmt: skip
+            return EXIT_WARNINGS
+    elif isinstance(result, BackupDiff) and args.json:
+        print(json.dumps(result.document(), indent=1))
+    elif isinstance(result, BackupDiff):
+        for line in result.lines():
+            print(line)
+        log.info("%s", result.summary())
     elif isinstance(result, RestoreSummary):
         r = result
         log.info(

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import build_parser
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
@@ -171,13 +172,16 @@ async def _command(
 
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "backup":
-        return await engine.backup(args.source, name=args.name)
+        options = BackupOptions(strict=args.strict)
+        return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "restore":
         return await engine.restore(args.name, args.target, overwrite=args.overwrite)
     if args.command == "list":
         return await engine.list_backups()
     if args.command == "show":
         return await engine.manifest(args.name)
+    if args.command == "diff":
+        return await engine.diff(args.old, args.new)
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
     if args.command == "prune":
