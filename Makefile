@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint pytest chaos bench bench-quick bench-tools clean
+.PHONY: install run test lint pytest docs chaos bench bench-quick bench-tools clean
 
 install: $(STAMP)
 
@@ -20,14 +20,18 @@ run: install
 	$(BIN)/python -m asyncbackup.demo ./backup-store
 
 lint: install
-	$(BIN)/ruff check asyncbackup tests benchmarks
-	$(BIN)/ruff format --check asyncbackup tests benchmarks
+	$(BIN)/ruff check asyncbackup tests benchmarks examples
+	$(BIN)/ruff format --check asyncbackup tests benchmarks examples
 	$(BIN)/mypy
 
 pytest: install
 	$(BIN)/pytest -q
 
 test: lint pytest
+
+# docs/commands.md's reference part, from the parser (tests/test_docs.py fails when it drifts).
+docs: install
+	$(BIN)/python -m asyncbackup.cli.reference docs/commands.md
 
 # The chaos suite alone (also part of `make test`): faults on the wire through tests/proxy.py in
 # front of moto and fake-gcs-server, killed and interrupted jobs, hostile manifests and chunks.

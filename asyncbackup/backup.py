@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import secrets
 import socket
 import stat
 import time
@@ -30,6 +30,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
+from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
 from asyncbackup.locks import SHARED, RepositoryLock
 from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
@@ -37,6 +38,8 @@ from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
+from asyncbackup.stream import StreamSource, store_stream
+from asyncbackup.threads import to_thread
 from asyncbackup.walk import SourceEntry, walk
 
 log = logging.getLogger("asyncbackup")
@@ -73,8 +76,12 @@ def utc_clock() -> datetime:
 
 
 def default_name() -> str:
-    """A UTC timestamp, the name of a backup when none is given."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """The name of a backup when none is given: the UTC time to the millisecond and six random
+    hex digits (``20261124T140724.123Z-3f9a1c``): two jobs started in the same millisecond pick
+    the same name once in 16.7 million times, with no coordination (and then the loser exits
+    1, nothing lost); names still sort by time."""
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 class BackupJob:
@@ -110,8 +117,9 @@ class BackupJob:
         self.uploaded = 0
         self.bytes_uploaded = 0
 
-    async def run(self, source: Path, name: str) -> BackupSummary:
-        """Back up ``source`` as backup ``name``; nothing is committed unless every chunk is stored.
+    async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
+        """Back up directory (or stream) ``source`` as backup ``name``; nothing is committed
+        unless every chunk is stored.
 
         The job holds a shared repository lock from before it first reads the store until its
         MANIFEST is written, so no prune can remove a chunk it saw (``asyncbackup/locks.py``).
@@ -123,9 +131,10 @@ class BackupJob:
             BackupFailed: a file or chunk failed; each is named, and no MANIFEST was written.
         """
         started_clock = time.monotonic()
-        source = await asyncio.to_thread(source.absolute)
-        if not await asyncio.to_thread(source.is_dir):
-            raise ConfigError(f"source {source} does not exist or is not a directory")
+        if isinstance(source, Path):
+            source = await to_thread(source.absolute)
+            if not await to_thread(source.is_dir):
+                raise ConfigError(f"source {source} does not exist or is not a directory")
         try:
             async with self.lock:
                 manifest = await self._locked_run(source, name)
@@ -151,7 +160,7 @@ class BackupJob:
             warnings=manifest.warnings,
         )
 
-    async def _locked_run(self, source: Path, name: str) -> Manifest:
+    async def _locked_run(self, source: Path | StreamSource, name: str) -> Manifest:
         """Everything between taking the lock and committing: see ``run``."""
         started = self._now()
         budget = self.repo.retrier.budget
@@ -167,16 +176,25 @@ class BackupJob:
                 )
             listed = await self.repo.stored_refs()
         except PermanentStorageError:
-            raise
+            raise  # a missing bucket or refused credentials: the message says what to fix
         except StorageError as exc:
             failure = FailedItem(self.repo.store.url, exc)
             raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         self.stored = preferred_refs(listed, self.config.compression.codec)
         self.scheduled = set(self.stored)
         log.info("backup %s: %d chunks already in the store", name, len(self.stored))
+        excluder: Excluder | None = None
+        if isinstance(source, Path):
+            excluder = await to_thread(
+                excluder_for, source, self.repo.store.url, self.options.excludes
+            )
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
-            async for entry in walk(source):
-                await self._add(pool, source, entry)
+            if isinstance(source, StreamSource):
+                await store_stream(self, pool, source)
+            else:
+                assert excluder is not None
+                async for entry in walk(source, decide=excluder.decide):
+                    await self._add(pool, source, entry)
         finished = self._now()
         stored = dict(self.stored)
 
@@ -197,14 +215,15 @@ class BackupJob:
                 started=started,
                 finished=finished,
                 host=socket.gethostname(),
-                source=str(source),
+                source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
                 warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
+                excludes=excluder.record() if excluder is not None else None,
             )
 
-        manifest = await asyncio.to_thread(build_manifest)
+        manifest = await to_thread(build_manifest)
         try:
             # The lock must still be ours: else a prune may have taken it as stale and removed
             # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.
@@ -238,12 +257,12 @@ class BackupJob:
             )
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
-            upload_here = partial(self._upload, entry.path)
+            upload_here = partial(self.upload, entry.path)
             await pool.spawn(entry.path, partial(self._add_file, source, entry.path, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
             async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
-                await pool.spawn(entry.path, partial(self._upload, entry.path, digest, data, label))
+                await pool.spawn(entry.path, partial(self.upload, entry.path, digest, data, label))
 
             try:
                 await self._add_file(source, entry.path, upload_in_pool)
@@ -341,15 +360,15 @@ class BackupJob:
         )
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
+        log.debug("stored %s (%d bytes, %d chunks)", relative, reader.size, len(chunks))
 
-    async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+    async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+        """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""
         compression = self.config.compression
         if compression.codec == "none":
             stored, ref, stored_sha256 = data, digest, digest
         else:  # each chunk on its own, in a worker thread: the loop never compresses
-            stored, ref, stored_sha256 = await asyncio.to_thread(
-                encode_chunk, data, digest, compression
-            )
+            stored, ref, stored_sha256 = await to_thread(encode_chunk, data, digest, compression)
         await self.repo.put_chunk(ref, stored, data_sha256=stored_sha256, path=path, label=label)
         self.stored[digest] = ref
         self.uploaded += 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from asyncbackup.excludes import ExcludeOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,6 +16,10 @@ class BackupOptions:
     every read is stored as last read, with a warning; the backup commits, records each warning
     in its MANIFEST, and the command line exits 3. With it, any of those fails the backup and
     nothing is committed.
+
+    ``excludes``: what to leave out (patterns, caches, marked directories, other file systems);
+    a local store inside the source is always left out, with a log line.
     """
 
     strict: bool = False
+    excludes: ExcludeOptions = field(default_factory=ExcludeOptions)

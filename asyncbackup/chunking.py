@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import stat
@@ -10,6 +9,7 @@ import threading
 from pathlib import Path
 
 from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
+from asyncbackup.threads import to_thread
 
 
 def sha256_hex(data: bytes) -> str:
@@ -55,12 +55,12 @@ class ChunkReader:
         """
         if self._done:  # the step that read the last chunk also checked and closed the file
             return None
-        return await asyncio.to_thread(self._step)
+        return await to_thread(self._step)
 
     async def aclose(self) -> None:
         """Close the file; safe to call at any point, and more than once."""
         if not self._done:
-            await asyncio.to_thread(self._close)
+            await to_thread(self._close)
 
     def _step(self) -> tuple[bytes, str] | None:
         with self._lock:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
+from asyncbackup.cat import Write, find_file, write_file
 from asyncbackup.config import EngineConfig
 from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
@@ -35,16 +39,20 @@ from asyncbackup.locks import (
 )
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.patterns import Patterns, select
 from asyncbackup.pool import TaskPool
-from asyncbackup.progress import NoProgress, Progress
+from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
 from asyncbackup.repository import Repository
 from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
+from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
+from asyncbackup.threads import to_thread, using
 
 T = TypeVar("T")
+P = ParamSpec("P")
 log = logging.getLogger("asyncbackup")
 
 
@@ -78,6 +86,19 @@ class VerifyReport:
         return not self.missing and not self.corrupt
 
 
+def _on_own_threads(
+    method: Callable[Concatenate[BackupEngine, P], Awaitable[T]],
+) -> Callable[Concatenate[BackupEngine, P], Coroutine[Any, Any, T]]:
+    """Run an engine method with its thread calls on the engine's pool (see ``threads.py``)."""
+
+    async def run(self: BackupEngine, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._thread_pool() as pool, using(pool):
+            return await method(self, *args, **kwargs)
+
+    functools.update_wrapper(run, method)  # its name and docstring, for help() and the docs
+    return run
+
+
 class BackupEngine:
     """Backs up directories into a store and restores them.
 
@@ -90,6 +111,12 @@ class BackupEngine:
     ``locking`` says how long a job waits for the repository lock and how often it refreshes it;
     ``lock_sleep`` is the lock's own sleep (its back-off and refresh interval), injectable so
     tests can order a backup and a prune step by step.
+
+    File reads and writes, hashing, compression and MANIFEST parsing run in worker threads:
+    on ``executor`` if given (the caller owns it and shuts it down), else on a pool of
+    ``concurrency + 4`` threads named ``asyncbackup_*`` that each call makes and shuts down.
+    Never on the loop's default executor, so a service's own ``asyncio.to_thread`` calls do
+    not queue behind a backup.
     """
 
     def __init__(
@@ -102,10 +129,12 @@ class BackupEngine:
         sleep: Sleep = asyncio.sleep,
         bandwidth: Bandwidth | None = None,
         clock: Clock = utc_clock,
+        executor: Executor | None = None,
         locking: LockSettings | None = None,
         lock_sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.store = store
+        self._executor = executor
         self.config = config if config is not None else EngineConfig()
         limit = store.max_connections
         if limit is not None and limit < self.config.concurrency:
@@ -121,6 +150,19 @@ class BackupEngine:
         self._clock = clock
         self.locking = locking if locking is not None else LockSettings()
         self._lock_sleep = lock_sleep
+
+    @contextmanager
+    def _thread_pool(self) -> Iterator[Executor]:
+        if self._executor is not None:
+            yield self._executor
+            return
+        pool = ThreadPoolExecutor(self.config.concurrency + 4, thread_name_prefix="asyncbackup")
+        try:
+            yield pool
+        finally:
+            # Every call of this job has returned (``settled`` ones waited for): drop the
+            # threads without blocking the loop; queued reads of a cancelled job never start.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _repository(self, operation: str) -> Repository:
         self.metrics.start(operation)
@@ -146,6 +188,7 @@ class BackupEngine:
             sleep=self._lock_sleep,
         )
 
+    @_on_own_threads
     async def backup(
         self,
         source: str | Path,
@@ -153,16 +196,18 @@ class BackupEngine:
         name: str | None = None,
         options: BackupOptions | None = None,
     ) -> BackupSummary:
-        """Back up directory ``source`` as backup ``name`` (default: a UTC timestamp). Files
+        """Back up directory ``source`` as backup ``name`` (default: ``default_name()``). Files
         skipped or stored while changing are in the summary's ``warnings`` (see
         ``BackupOptions.strict``).
 
         Raises:
             ConfigError: a bad name, a source that is not a directory, or a name already taken.
+            NameTakenError: another job committed a backup of this name while this one ran.
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
         repo = self._repository("backup")
+        await self.store.mark_as_repository()
         job = BackupJob(
             repo,
             self.config,
@@ -174,21 +219,87 @@ class BackupEngine:
         )
         return await self._timed("backup", job.run(Path(source), name))
 
-    async def restore(
-        self, name: str, target: str | Path, *, overwrite: bool = False
-    ) -> RestoreSummary:
-        """Restore backup ``name`` into directory ``target``.
+    @_on_own_threads
+    async def backup_stream(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        filename: str,
+        name: str | None = None,
+        source: str = "stream",
+        mode: int = DEFAULT_STREAM_MODE,
+    ) -> BackupSummary:
+        """Back up the bytes ``chunks`` yields (pieces of any size, in order) as one file named
+        ``filename``, uploading chunks while the iterator still produces; ``source`` is what
+        the MANIFEST records as where they came from. If the iterator raises, nothing is
+        committed.
 
         Raises:
-            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file.
-            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
-            BackupFailed: a chunk was missing or corrupt, or the store failed.
+            ConfigError: a bad name or file name, or a name already taken.
+            BackupFailed: the job gave up, or the iterator raised a ``BackupError``; no MANIFEST
+                was written.
+        """
+        name = check_backup_name(name if name is not None else default_name())
+        stream = StreamSource(chunks, filename, source, mode)
+        repo = self._repository("backup")
+        await self.store.mark_as_repository()
+        job = BackupJob(
+            repo,
+            self.config,
+            self.metrics,
+            self.progress,
+            clock=self._clock,
+            lock=self.lock(repo, SHARED),
+        )
+        return await self._timed("backup", job.run(stream, name))
+
+    @_on_own_threads
+    async def restore_file(self, name: str, path: str, write: Write) -> int:
+        """Write file ``path`` of backup ``name`` to ``write``, in order, each chunk checked
+        against its hash before it is written; the number of bytes written.
+
+        Raises:
+            ManifestError: no such backup or file, or the MANIFEST is corrupt or unsafe.
+            ConfigError: ``path`` is a directory or a link.
+            IntegrityError: a chunk or the whole file does not match its hash.
+            BackupFailed: the store failed.
         """
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
+        entry = find_file(manifest, path)
+        ahead = self.config.concurrency
+        return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
+
+    @_on_own_threads
+    async def restore(
+        self,
+        name: str,
+        target: str | Path,
+        *,
+        overwrite: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> RestoreSummary:
+        """Restore backup ``name`` into directory ``target``; with ``include`` or ``exclude``
+        (gitignore patterns), only the entries they select and the directories above them.
+
+        Raises:
+            ConfigError: the target is not empty (and ``overwrite`` is False) or is a file; a
+                pattern is invalid, or the patterns select nothing.
+            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            BackupFailed: a chunk was missing or corrupt, or the store failed.
+        """
+        wanted = Patterns(include, what="--include pattern")
+        unwanted = Patterns(exclude, what="--exclude pattern")
+        repo = self._repository("restore")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        if wanted or unwanted:
+            manifest = await to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
+        expect(self.progress, files=manifest.totals.files, nbytes=manifest.totals.bytes)
         return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
 
+    @_on_own_threads
     async def manifest(self, name: str) -> Manifest:
         """Backup ``name``'s MANIFEST.
 
@@ -197,6 +308,7 @@ class BackupEngine:
         """
         return await self._repository("verify").load_manifest(check_backup_name(name))
 
+    @_on_own_threads
     async def diff(self, old: str, new: str) -> BackupDiff:
         """What was added, removed and changed from backup ``old`` to backup ``new``, from
         their MANIFESTs alone.
@@ -207,8 +319,9 @@ class BackupEngine:
         repo = self._repository("verify")
         before = await repo.load_manifest(check_backup_name(old))
         after = await repo.load_manifest(check_backup_name(new))
-        return await asyncio.to_thread(diff, before, after)
+        return await to_thread(diff, before, after)
 
+    @_on_own_threads
     async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
         """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
         download every chunk and check its hash.
@@ -219,7 +332,7 @@ class BackupEngine:
         """
         repo = self._repository("verify")
         manifest = await repo.load_manifest(check_backup_name(name))
-        users, sizes = await asyncio.to_thread(_chunk_users, manifest)  # 100,000 files: a thread
+        users, sizes = await to_thread(_chunk_users, manifest)  # 100,000 files: a thread
         stored = await repo.stored_refs()
         missing = {d: paths for d, paths in users.items() if d not in stored}
         corrupt: dict[str, list[str]] = {}
@@ -234,15 +347,19 @@ class BackupEngine:
                     corrupt[digest] = users[digest]
                 except ObjectNotFoundError:
                     missing[digest] = users[digest]
+                self.progress.advance(nbytes=size)
 
+            to_check = users.keys() - missing.keys()
+            expect(self.progress, nbytes=sum(sizes[d] for d in to_check))
             async with TaskPool("verify", limit=self.config.buffered_chunks) as pool:
-                for digest in users.keys() - missing.keys():
+                for digest in to_check:
                     await pool.spawn(digest, partial(check, digest))
         return VerifyReport(name, deep, len(users), missing, corrupt)
 
+    @_on_own_threads
     async def list_backups(self) -> list[BackupInfo]:
         """Every committed backup, oldest name first, with what its MANIFEST says."""
-        repo = self._repository("verify")
+        repo = self._repository("list")
         names = await repo.backup_names()
         infos: dict[str, BackupInfo] = {}
 
@@ -262,6 +379,7 @@ class BackupEngine:
                 await pool.spawn(name, partial(describe, name))
         return [infos[n] for n in names]
 
+    @_on_own_threads
     async def delete(self, name: str) -> None:
         """Delete backup ``name``'s MANIFEST. Its chunks stay until a prune removes unused ones.
 
@@ -276,6 +394,7 @@ class BackupEngine:
         async with self.lock(repo, SHARED):
             await repo.delete_manifest(check_backup_name(name))
 
+    @_on_own_threads
     async def unlock(self, *, force: bool = False) -> UnlockReport:
         """Remove the store's stale locks (of jobs killed, or not refreshed for the stale
         period); with ``force``, every lock, each live one with a WARNING."""
@@ -286,6 +405,7 @@ class BackupEngine:
             clock=lambda: self._clock().timestamp(),
         )
 
+    @_on_own_threads
     async def prune(
         self, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
     ) -> PruneReport:

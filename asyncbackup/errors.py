@@ -7,6 +7,7 @@
     │   └── SourceVanishedError     a file that was gone by the time it was read
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
+    ├── NameTakenError              another job committed a backup of this name first
     ├── IntegrityError              a chunk or file whose hash or size does not match
     ├── LockError                   the repository lock could not be taken, or was lost
     ├── StorageError
@@ -49,6 +50,12 @@ class SourceVanishedError(SourceError):
 
 class TargetError(BackupError):
     """The restore target cannot be written: permissions, a full disk, a file in the way."""
+
+
+class NameTakenError(BackupError):
+    """Another job committed a backup of the same name while this one ran (a lost race, not
+    bad usage: the CLI exits 1). Nothing of this job was committed; its chunks are reused by
+    a run under another name."""
 
 
 class ManifestError(BackupError):

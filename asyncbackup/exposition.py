@@ -24,12 +24,14 @@ from prometheus_client import CollectorRegistry, pushadd_to_gateway, start_http_
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from asyncbackup.defaults import (  # re-exported
+    DEFAULT_METRICS_ADDRESS as DEFAULT_METRICS_ADDRESS,
+)
+from asyncbackup.defaults import DEFAULT_PUSH_JOB as DEFAULT_PUSH_JOB
 from asyncbackup.errors import ConfigError
 
 log = logging.getLogger("asyncbackup")
 
-DEFAULT_METRICS_ADDRESS = "127.0.0.1"
-DEFAULT_PUSH_JOB = "asyncbackup"
 PUSH_TIMEOUT = 10.0  # seconds; a monitoring outage must not hold a finished job for long
 
 

@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Literal, Self
 
+from asyncbackup.defaults import DEFAULT_LOCK_WAIT as DEFAULT_LOCK_WAIT  # re-exported
 from asyncbackup.errors import ConfigError, LockError, ObjectNotFoundError, StorageError
 from asyncbackup.layout import LOCKS, lock_key
 from asyncbackup.repository import Repository
@@ -59,7 +60,6 @@ log = logging.getLogger("asyncbackup")
 LockKind = Literal["shared", "exclusive"]
 SHARED: LockKind = "shared"
 EXCLUSIVE: LockKind = "exclusive"
-DEFAULT_LOCK_WAIT = 300.0
 DEFAULT_REFRESH = 300.0
 DEFAULT_STALE = 1800.0
 Clock = Callable[[], float]

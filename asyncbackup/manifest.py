@@ -12,7 +12,8 @@ from asyncbackup.layout import is_chunk_ref, is_digest
 
 FORMAT_VERSION = 3
 """Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 adds optional
-fields (``warnings``: what a backup skipped or stored while it changed). A MANIFEST is written
+fields (``warnings``: what a backup skipped or stored while it changed; ``excludes``: what it
+was told to leave out). A MANIFEST is written
 with the lowest version that holds what it says, so a backup without those stays readable by
 older readers; every field added since version 1 is optional when read."""
 READABLE_VERSIONS = (1, 2, 3)
@@ -32,6 +33,42 @@ class SourceWarning:
 
     def to_json(self) -> dict[str, str]:
         return {"path": self.path, "kind": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExcludeRecord:
+    """What a backup was told to leave out (version 3), so that a reader of the MANIFEST knows
+    what is missing on purpose; ``store``: a local store inside the source, left out."""
+
+    patterns: tuple[str, ...] = ()
+    exclude_caches: bool = False
+    exclude_if_present: tuple[str, ...] = ()
+    one_file_system: bool = False
+    store: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patterns": list(self.patterns),
+            "exclude_caches": self.exclude_caches,
+            "exclude_if_present": list(self.exclude_if_present),
+            "one_file_system": self.one_file_system,
+            "store": self.store,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ExcludeRecord:
+        if not isinstance(raw, dict):
+            raise ManifestError(f"excludes {raw!r} is not an object")
+        texts = raw.get("patterns", []), raw.get("exclude_if_present", [])
+        if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in texts):
+            raise ManifestError("excludes: patterns and names must be lists of text")
+        return cls(
+            patterns=tuple(texts[0]),
+            exclude_caches=raw.get("exclude_caches") is True,
+            exclude_if_present=tuple(texts[1]),
+            one_file_system=raw.get("one_file_system") is True,
+            store=str(raw.get("store", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -87,6 +124,7 @@ class Manifest:
     entries: tuple[FileEntry, ...]
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
     warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
+    excludes: ExcludeRecord | None = None  # what the backup was told to leave out
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +147,7 @@ class Manifest:
     @property
     def format_version(self) -> int:
         """3 with a version 3 field; else 1 while every chunk is stored raw, else 2."""
-        if self.warnings:
+        if self.warnings or self.excludes is not None:
             return 3
         raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
         return 1 if raw else 2
@@ -132,6 +170,8 @@ class Manifest:
         }
         if self.warnings:
             head["warnings"] = [w.to_json() for w in self.warnings]
+        if self.excludes is not None:
+            head["excludes"] = self.excludes.to_json()
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
         return f'{_compact(head)[:-1]},"entries":[\n{lines}\n]}}\n'.encode("ascii")
 
@@ -192,6 +232,7 @@ def _parse(doc: Any) -> Manifest:
     entries = tuple(_parse_entry(e, chunk_size, version) for e in doc["entries"])
     _check_tree(entries)
     warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
+    excludes = ExcludeRecord.from_json(doc["excludes"]) if "excludes" in doc else None
     return Manifest(
         name=str(doc["name"]),
         job_id=str(doc["job_id"]),
@@ -203,6 +244,7 @@ def _parse(doc: Any) -> Manifest:
         entries=entries,
         compression=compression,
         warnings=warnings,
+        excludes=excludes,
     )
 
 

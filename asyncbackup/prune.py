@@ -46,7 +46,6 @@ between the two. ``--grace 0`` is safe beside locked backups.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from asyncbackup.config import EngineConfig
+from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import CHUNKS, chunk_key, manifest_key, ref_of_chunk_key
 from asyncbackup.locks import EXCLUSIVE, RepositoryLock
@@ -61,10 +61,10 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
 from asyncbackup.retention import Decision, RetentionPolicy, decide
+from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
-DEFAULT_GRACE = 24 * 3600.0
 DELETE_BATCH = 1000
 """Chunks deleted between two checks of the lock (step 5)."""
 
@@ -181,7 +181,7 @@ class PruneJob:
         if not self.dry_run and removed:
             await self.lock.check()
             await self._delete_all([manifest_key(n) for n in removed], label="backup")
-        marked = await asyncio.to_thread(_union, [backups[n].refs for n in kept])
+        marked = await to_thread(_union, [backups[n].refs for n in kept])
         del backups
 
         cutoff = began - self.grace
@@ -240,7 +240,7 @@ class PruneJob:
             except ManifestError as exc:
                 broken[name] = str(exc)
                 return
-            refs = await asyncio.to_thread(self._refs_of, manifest)
+            refs = await to_thread(self._refs_of, manifest)
             backups[name] = _Backup(finished, refs)
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:

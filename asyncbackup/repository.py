@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.compression import Codec, codec_of_ref, decode
-from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, ObjectExistsError
+from asyncbackup.errors import (
+    IntegrityError,
+    ManifestError,
+    NameTakenError,
+    ObjectExistsError,
+)
 from asyncbackup.errors import ObjectNotFoundError as NotFound
 from asyncbackup.layout import (
     BACKUPS,
@@ -23,6 +27,7 @@ from asyncbackup.layout import (
 from asyncbackup.manifest import Manifest
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
+from asyncbackup.threads import to_thread
 
 T = TypeVar("T")
 Fetch = Callable[[str, str | None], Awaitable[tuple[list[T], str | None]]]
@@ -130,7 +135,7 @@ class Repository:
         if codec == "none" and len(stored) <= _HASH_INLINE_LIMIT:
             data, digest = stored, sha256_hex(stored)
         else:  # decoding and hashing in one trip to a worker thread
-            data, digest = await asyncio.to_thread(_decode_and_hash, stored, codec, limit, where)
+            data, digest = await to_thread(_decode_and_hash, stored, codec, limit, where)
         if digest != digest_of_ref(ref):
             raise IntegrityError(
                 f"{where} is corrupt in {self.store.url}: its bytes do not match its hash; "
@@ -152,18 +157,18 @@ class Repository:
             raise ManifestError(
                 f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
             ) from None
-        return await asyncio.to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
+        return await to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
 
     async def commit(self, manifest: Manifest) -> None:
         """Make every chunk durable, then write the MANIFEST, create-only: the backup's commit.
 
         Raises:
-            ConfigError: another job committed a backup of the same name meanwhile.
+            NameTakenError: another job committed a backup of the same name meanwhile.
         """
         sync = Transfer(self.operation, "sync", self.store.url)
         await self.retrier.run(sync, self._guarded(self.store.sync))
         key = manifest_key(manifest.name)
-        data = await asyncio.to_thread(manifest.to_json)
+        data = await to_thread(manifest.to_json)
         what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
             await self.retrier.run(
@@ -174,7 +179,7 @@ class Repository:
             # retry to find: if it is ours, the backup is committed, exactly once.
             theirs = await self.load_manifest(manifest.name)
             if theirs.job_id != manifest.job_id:
-                raise ConfigError(
+                raise NameTakenError(
                     f"another job committed a backup named {manifest.name!r} while this one ran; "
                     "run again with another --name (the chunks uploaded will be reused)"
                 ) from None

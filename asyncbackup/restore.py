@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import secrets
 import time
@@ -29,6 +30,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 TEMP_MARK = ".asyncbackup-"
 EMPTY_SHA256 = sha256_hex(b"")
+
+
+log = logging.getLogger("asyncbackup")
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class RestoreJob:
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
         digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
         await settled(_write_whole, entry, final, data, digest)
-        self._file_done()
+        self._file_done(entry)
 
     async def _start_file(
         self, pool: TaskPool, entry: FileEntry, final: Path, chunk_size: int
@@ -159,11 +163,12 @@ class RestoreJob:
     async def _finish_file(self, pending: _PendingFile) -> None:
         await settled(_check_and_place, pending)
         self.unfinished.discard(pending)
-        self._file_done()
+        self._file_done(pending.entry)
 
-    def _file_done(self) -> None:
+    def _file_done(self, entry: FileEntry) -> None:
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
+        log.debug("restored %s (%d bytes)", entry.path, entry.size)
 
 
 def _writes_target(write: Callable[P, R]) -> Callable[P, R]:

@@ -11,6 +11,7 @@ slot and the timeout (see ``bandwidth.py``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
@@ -21,7 +22,7 @@ import backoff
 
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import RetryPolicy
-from asyncbackup.errors import TransientStorageError
+from asyncbackup.errors import PermanentStorageError, TransientStorageError
 from asyncbackup.metrics import Metrics
 
 T = TypeVar("T")
@@ -105,6 +106,7 @@ class Retrier:
         self._metrics = metrics
         self._sleep = sleep
         self._bandwidth = bandwidth
+        self._answered = False  # has any request of this job succeeded yet?
         # python-backoff drives the loop (tries, max_time, giveup, handlers). It sleeps with
         # asyncio.sleep, which tests cannot replace, so it is handed zero waits and the jittered
         # sleep happens in _before_retry through the injected ``sleep``.
@@ -125,9 +127,22 @@ class Retrier:
 
         Raises:
             TransientStorageError: the last attempt's error, once the retries are spent.
-            PermanentStorageError: at once, never retried.
+            PermanentStorageError: at once, never retried; also a connection refused before
+                any request of the job succeeded.
         """
-        return cast(T, await self._retrying(transfer, call))
+        try:
+            return cast(T, await self._retrying(transfer, call))
+        except TransientStorageError as exc:
+            if self._answered or not _refused(exc):
+                raise
+            # Nothing listens there: almost always a wrong address, and ten retries would only
+            # hide that for half a minute. Once the store has answered, a refusal is a restart
+            # or an overloaded server, and is retried like any transient error.
+            raise PermanentStorageError(
+                f"{exc}: the connection was refused at the job's first request: wrong address? "
+                "Check the store URL, --endpoint-url or $AWS_ENDPOINT_URL, or "
+                "$STORAGE_EMULATOR_HOST"
+            ) from exc
 
     def delay_before_retry(self, tries: int) -> float:
         """The sleep after failed attempt ``tries``: full jitter over a capped exponential."""
@@ -156,10 +171,13 @@ class Retrier:
             self._metrics.chunk_duration.labels(transfer.operation).observe(
                 time.monotonic() - started
             )
+        self._answered = True
         self.budget.refill()
         return result
 
     def _give_up(self, exc: Exception) -> bool:
+        if not self._answered and _refused(exc):
+            return True  # see run()
         return not self.budget.allows_retry()
 
     async def _before_retry(self, details: Any) -> None:
@@ -183,6 +201,8 @@ class Retrier:
     async def _after_last_try(self, details: Any) -> None:
         transfer: Transfer = details["args"][0]
         why = "retry budget of the job exhausted" if self.budget.exhausted else "no attempts left"
+        if not self._answered and _refused(details["exception"]):
+            why = "connection refused before the store ever answered"
         log.error(
             "giving up: %s after %d attempt(s) (%s): %s",
             transfer,
@@ -190,3 +210,28 @@ class Retrier:
             why,
             details["exception"],
         )
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a refused TCP connection, however deep the SDK wrapped it
+    (aiohttp keeps the OSError in ``os_error``, botocore in ``kwargs["error"]``)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        kwargs = getattr(current, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        pending += [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "os_error", None),
+            inner,
+        ]
+    return False

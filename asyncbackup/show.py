@@ -39,6 +39,7 @@ def document(manifest: Manifest) -> dict[str, Any]:
         "compressed_chunks": compressed_chunks(manifest),
         "totals": dict(manifest.totals.__dict__),
         "warnings": [w.to_json() for w in manifest.warnings],
+        "excludes": manifest.excludes.to_json() if manifest.excludes is not None else None,
         "entries": [e.to_json() for e in manifest.entries],
     }
 
@@ -64,6 +65,8 @@ def text(manifest: Manifest, *, files: bool) -> str:
         f"job id          {manifest.job_id}",
         f"warnings        {len(manifest.warnings)}",
     ]
+    if manifest.excludes is not None:
+        lines.insert(-1, f"excludes        {_excludes(manifest)}")
     lines.extend(
         f"  {w.kind:<10} {printable(w.path)}: {printable(w.message)}" for w in manifest.warnings
     )
@@ -85,6 +88,17 @@ def _compression(manifest: Manifest) -> str:
         return "none"
     unique = manifest.totals.unique_chunks
     return f"{manifest.compression} ({compressed_chunks(manifest)} of {unique} chunks compressed)"
+
+
+def _excludes(manifest: Manifest) -> str:
+    x = manifest.excludes
+    assert x is not None
+    parts = [printable(" ".join(x.patterns))] if x.patterns else []
+    parts += ["--exclude-caches"] if x.exclude_caches else []
+    parts += [f"--exclude-if-present {printable(n)}" for n in x.exclude_if_present]
+    parts += ["--one-file-system"] if x.one_file_system else []
+    parts += [f"the store at {printable(x.store)}"] if x.store else []
+    return "; ".join(parts)
 
 
 def _entry_line(entry: FileEntry) -> str:

@@ -1,13 +1,46 @@
-"""Blocking file-system calls off the event loop, that settle before a cancellation moves on."""
+"""Blocking calls off the event loop, on the engine's own thread pool; and calls that settle
+before a cancellation moves on.
+
+The engine never uses the loop's default executor: a service that embeds it keeps its own
+``asyncio.to_thread`` calls free of our file work. Each public method of ``BackupEngine`` runs
+``using(pool)``, and ``to_thread`` here finds that pool through a context variable, which every
+task the job spawns inherits, down to the stores' own thread calls.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_EXECUTOR: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
+    "asyncbackup_executor", default=None
+)
+
+
+@contextmanager
+def using(executor: Executor) -> Iterator[None]:
+    """Run the ``to_thread`` calls of this context, and of the tasks it starts, on
+    ``executor``."""
+    token = _EXECUTOR.set(executor)
+    try:
+        yield
+    finally:
+        _EXECUTOR.reset(token)
+
+
+async def to_thread(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``asyncio.to_thread`` on the pool ``using`` chose (the loop's default outside one)."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    work = functools.partial(context.run, call, *args, **kwargs)
+    return await loop.run_in_executor(_EXECUTOR.get(), work)
 
 
 async def settled(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -18,7 +51,7 @@ async def settled(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     its clean-up ran. These calls take milliseconds; waiting for them keeps "nothing half-written
     is left" true at the moment a job returns.
     """
-    work = asyncio.ensure_future(asyncio.to_thread(call, *args, **kwargs))
+    work = asyncio.ensure_future(to_thread(call, *args, **kwargs))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from asyncbackup.errors import SourceError
+from asyncbackup.excludes import Decision, Probe, probe_path
+from asyncbackup.threads import to_thread
 
 Kind = Literal["file", "dir", "symlink", "special"]
+Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
+"""Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,12 @@ class SourceEntry:
     kind: Kind
     stat: os.stat_result
     target: str | None = None  # the link text of a symlink
+    descend: bool = True  # False: a directory recorded without what it holds
 
 
-async def walk(root: Path) -> AsyncIterator[SourceEntry]:
+async def walk(root: Path, *, decide: Decide | None = None) -> AsyncIterator[SourceEntry]:
     """Yield every entry below ``root`` (not ``root`` itself), directories before their contents.
+    ``decide`` (run in the walk's worker thread) leaves entries out, and directories unlisted.
 
     Raises:
         SourceError: a directory cannot be listed.
@@ -35,13 +40,13 @@ async def walk(root: Path) -> AsyncIterator[SourceEntry]:
     pending = [""]
     while pending:
         relative = pending.pop()
-        entries = await asyncio.to_thread(_scan, root, relative)
+        entries = await to_thread(_scan, root, relative, decide)
         for entry in entries:
             yield entry
-        pending.extend(e.path for e in reversed(entries) if e.kind == "dir")
+        pending.extend(e.path for e in reversed(entries) if e.kind == "dir" and e.descend)
 
 
-def _scan(root: Path, relative: str) -> list[SourceEntry]:
+def _scan(root: Path, relative: str, decide: Decide | None) -> list[SourceEntry]:
     directory = root / relative if relative else root
     try:
         with os.scandir(directory) as it:
@@ -58,7 +63,10 @@ def _scan(root: Path, relative: str) -> list[SourceEntry]:
             continue  # gone between the listing and the lstat: it is not part of this backup
         except OSError as exc:
             raise SourceError(f"cannot read {directory / name}: {exc.strerror}") from exc
-        found.append(SourceEntry(path, _kind(st.st_mode), st, target))
+        kind = _kind(st.st_mode)
+        decision = decide(path, kind, st, probe_path(directory, name)) if decide else "keep"
+        if decision != "exclude":
+            found.append(SourceEntry(path, kind, st, target, descend=decision == "keep"))
     return found
 
 

@@ -158,15 +158,16 @@ class AuthS3:
     writer: tuple[str, str]  # may do everything
     reader: tuple[str, str]  # may only list and read
     wrong_secret: tuple[str, str]  # the writer's key id with another secret
+    admin: tuple[str, str]  # may manage IAM users and keys (to rotate the writer's keys)
 
 
 @pytest.fixture(scope="session")
 def moto_auth() -> Iterator[AuthS3]:
-    """moto with IAM checks on: the first 6 requests (set-up below) go unchecked, then every
+    """moto with IAM checks on: the first 9 requests (set-up below) go unchecked, then every
     request is checked against the users and policies made here."""
     import boto3  # moto's own dependency; set-up only, the project itself uses aiobotocore
 
-    server = start_moto(free_requests=6)
+    server = start_moto(free_requests=9)
     try:
         iam = boto3.client(
             "iam",
@@ -175,7 +176,11 @@ def moto_auth() -> Iterator[AuthS3]:
             aws_access_key_id="setup",
             aws_secret_access_key="setup",
         )
-        users = {"writer": ["s3:*"], "reader": ["s3:GetObject", "s3:ListBucket"]}
+        users = {
+            "writer": ["s3:*"],
+            "reader": ["s3:GetObject", "s3:ListBucket"],
+            "admin": ["iam:*"],
+        }
         keys: dict[str, tuple[str, str]] = {}
         for user, actions in users.items():
             iam.create_user(UserName=user)
@@ -194,7 +199,8 @@ def moto_auth() -> Iterator[AuthS3]:
             aws_access_key_id=keys["writer"][0],
             aws_secret_access_key=keys["writer"][1],
         ).create_bucket(Bucket=bucket)
-        yield AuthS3(server, bucket, keys["writer"], keys["reader"], (keys["writer"][0], "wrong"))
+        wrong = (keys["writer"][0], "wrong")
+        yield AuthS3(server, bucket, keys["writer"], keys["reader"], wrong, keys["admin"])
     finally:
         server.stop()
 

@@ -131,6 +131,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.rule = rule
         self.requests: list[tuple[str, str]] = []
+        self.heads: list[bytes] = []  # each request's start line and headers, as received
         self.injected: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._stopping = asyncio.Event()
@@ -157,6 +158,7 @@ class FaultProxy:
                 head, body = request
                 method, path = head.split(b" ", 2)[:2]
                 self.requests.append((method.decode(), path.decode()))
+                self.heads.append(head)
                 fault = self.rule(len(self.requests), method.decode(), path.decode())
                 if not await self._answer(fault, head, body, writer):
                     return

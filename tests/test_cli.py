@@ -166,7 +166,7 @@ def test_many_files_survive_injected_faults_both_ways(tmp_path: Path) -> None:
     backup = cli("backup", source, store, *fast, "--metrics-file", metrics)
     assert backup.returncode == EXIT_OK, backup.stderr[-3000:]
     name = backup.stdout.strip()
-    assert re.fullmatch(r"\d{8}T\d{6}Z", name)  # the default name: a UTC timestamp
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}", name)  # the default name
     assert retries_in(metrics, "backup") > 0
     assert "WARNING retry: " in backup.stderr
     assert [e["name"] for e in list_json(store)] == [name]
@@ -413,7 +413,7 @@ def test_verify_finds_a_corrupt_chunk_and_a_missing_one(backed: Backed, store_co
 
 def test_listing_an_empty_or_missing_store_says_so(tmp_path: Path) -> None:
     result = cli("list", str(tmp_path / "no-store-here"))
-    assert result.returncode == EXIT_OK, result.stderr
+    assert result.returncode == EXIT_FAILED, result.stderr
     assert result.stdout == ""
-    assert f"no backups in {tmp_path / 'no-store-here'}" in result.stderr
+    assert f"no store at {tmp_path / 'no-store-here'}" in result.stderr
     assert not (tmp_path / "no-store-here").exists()  # listing never creates a store

@@ -280,9 +280,9 @@ async def test_the_commit_refuses_chunks_never_confirmed_stored(
     """The last guard of the commit: a job whose bookkeeping lost an upload commits nothing."""
 
     class ForgetfulJob(BackupJob):
-        async def _upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+        async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
             if path != "big.bin":
-                await super()._upload(path, digest, data, label)
+                await super().upload(path, digest, data, label)
 
     memory = MemoryStorage()
     engine = BackupEngine(memory, fast_config(), sleep=sleep)

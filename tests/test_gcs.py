@@ -215,7 +215,7 @@ async def test_max_connections_follows_a_given_session_pool(gcs_bucket: str) -> 
 
 async def test_s3_options_are_refused(gcs_env: Server) -> None:
     with pytest.raises(ConfigError, match="STORAGE_EMULATOR_HOST"):
-        open_storage("gs://b/x", StoreOptions(endpoint_url="http://127.0.0.1:1"))
+        open_storage("gs://bucket/x", StoreOptions(endpoint_url="http://127.0.0.1:1"))
 
 
 async def test_the_emulator_needs_no_credentials(

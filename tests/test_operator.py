@@ -51,6 +51,9 @@ class Running:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "asyncbackup", *map(str, args)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # SIGINT as at a terminal, whatever the test runner inherited (a shell starts its
+            # background jobs with SIGINT ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -312,6 +315,8 @@ def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_pat
 
 
 def test_show_of_a_missing_backup_exits_1_and_says_what_to_do(tmp_path: Path) -> None:
+    made = cli("backup", small_files(tmp_path / "source", 3), tmp_path / "store", "--name", "b")
+    assert made.returncode == EXIT_OK, made.stderr
     result = cli("show", tmp_path / "store", "nosuch", "--json")
     assert result.returncode == EXIT_FAILED
     assert "no backup named 'nosuch'" in result.stderr

@@ -29,6 +29,7 @@ from asyncbackup import (
 )
 from asyncbackup.storage.s3 import S3Storage, _from_client_error
 from tests.conftest import SMALL_CHUNK, AuthS3, assert_same_tree, fast_config
+from tests.proxy import FaultProxy
 from tests.servers import Server, free_port, http
 from tests.test_cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli, retries_in, small_files
 
@@ -131,17 +132,26 @@ async def test_a_put_never_copies_its_chunk(s3_bucket: str) -> None:
     assert peak < 2 * 1024 * 1024, f"{peak / 2**20:.1f} MiB allocated to send 8 MiB"
 
 
-async def test_puts_are_not_hashed_on_the_event_loop_to_sign_them(s3_bucket: str) -> None:
-    sent: list[bytes] = []
-
-    def capture(request: Any, **_: Any) -> None:
-        sent.append(request.headers["X-Amz-Content-SHA256"])
-
-    async with s3_store(s3_bucket) as store:  # moto's endpoint is plain http
-        client: Any = await store._s3()
-        client.meta.events.register("before-send.s3.PutObject", capture)
-        await store.put("chunks/a", os.urandom(SMALL_CHUNK), digest="00" * 32)
-    assert sent == [b"UNSIGNED-PAYLOAD"]
+async def test_puts_are_not_hashed_on_the_event_loop_to_sign_them(
+    s3_bucket: str, s3_env: Server
+) -> None:
+    """Over plain http, botocore would hash each body on the event loop to sign it; both paths
+    sign UNSIGNED-PAYLOAD and sign the SHA-256 checksum header instead, which the server checks."""
+    data = os.urandom(SMALL_CHUNK)
+    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode().lower().encode()
+    async with (
+        FaultProxy(s3_env.port, lambda n, m, p: None) as proxy,
+        s3_store(s3_bucket, endpoint_url=proxy.url) as store,  # plain http
+    ):
+        await store.put("chunks/a", data, digest=hashlib.sha256(data).hexdigest())
+        await store.put("backups/b/MANIFEST", data, overwrite=False)
+    puts = [head.lower() for head in proxy.heads if head.startswith(b"PUT ")]
+    assert len(puts) == 2  # the chunk on the lean path, the MANIFEST through botocore
+    for head in puts:
+        assert b"\r\nx-amz-content-sha256: unsigned-payload" in head
+        assert b"\r\nx-amz-checksum-sha256: " + checksum in head
+        signed = re.search(rb"signedheaders=([^,]*)", head)
+        assert signed is not None and b"x-amz-checksum-sha256" in signed.group(1).split(b";")
 
 
 async def test_a_missing_bucket_is_a_permanent_error_that_says_so(s3_env: Server) -> None:
@@ -219,10 +229,8 @@ def test_open_storage_reads_bucket_prefix_and_options() -> None:
 
 
 def connections_in_use(store: S3Storage) -> int:
-    """Connections taken from aiobotocore's pool and not given back (its internals: test only)."""
-    client: Any = store._client
-    sessions = client._endpoint.http_session._sessions.values()
-    return sum(len(session.connector._acquired) for session in sessions)
+    """Connections taken from aiobotocore's pool or the lean path's and not given back."""
+    return store.connections_in_use()
 
 
 CANCEL_AFTER = (0.0, 0.005, 0.01, 0.02, 0.05)  # seconds: before, during and after requests

@@ -5,6 +5,23 @@ Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify 
 while they changed); 130 interrupted (SIGINT or SIGTERM).
 """
 
-from asyncbackup.cli.run import main
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    The arguments are parsed before the engine is imported: ``--help`` and a usage error load
+    neither asyncio nor the SDKs nor the metrics (docs/benchmarks.md, start-up).
+    """
+    from asyncbackup.cli.arguments import parse_args
+
+    args = parse_args(argv)
+    from asyncbackup.cli.run import run_command
+
+    return run_command(args)
+
 
 __all__ = ["main"]

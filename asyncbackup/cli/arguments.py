@@ -1,18 +1,27 @@
-"""The command line's options and how their values are parsed."""
+"""The command line: each command's own arguments and options, the groups of options they
+share, and how values are parsed. Each option also reads an ``ASYNCBACKUP_*`` variable
+(``environment.py``); docs/commands.md is generated from this parser (``docs.py``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import re
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from asyncbackup.bandwidth import parse_rate
+from asyncbackup.cli import environment
 from asyncbackup.compression import CODECS
 from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.defaults import (
+    DEFAULT_GRACE,
+    DEFAULT_LOCK_WAIT,
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_PUSH_JOB,
+    DEFAULT_STDIN_NAME,
+)
 from asyncbackup.errors import ConfigError
-from asyncbackup.exposition import DEFAULT_METRICS_ADDRESS, DEFAULT_PUSH_JOB
-from asyncbackup.locks import DEFAULT_LOCK_WAIT
-from asyncbackup.prune import DEFAULT_GRACE
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
@@ -48,123 +57,70 @@ def _rate(text: str) -> float:
     return value
 
 
+def _target_dir(text: str) -> Path:
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "restore writes a directory tree, not standard output: give a directory "
+            "(./- for a directory named '-'); 'asyncbackup cat STORE NAME PATH' writes one "
+            "file to standard output"
+        )
+    return Path(text)
+
+
 def _bwlimit(text: str) -> float:
     try:
+        from asyncbackup.bandwidth import parse_rate  # asyncio: only when the option is given
+
         return parse_rate(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--concurrency",
-        type=int,
-        default=EngineConfig().concurrency,
-        help="transfers in flight at once (default %(default)s)",
-    )
-    common.add_argument(
-        "--max-retries",
-        type=int,
-        default=RetryPolicy().max_attempts - 1,
-        help="retries per transfer after its first attempt (default %(default)s)",
-    )
-    common.add_argument(
-        "--retry-delay",
-        type=float,
-        default=DEFAULT_BASE_DELAY,
-        help="first backoff ceiling, seconds (default %(default)s)",
-    )
-    common.add_argument(
-        "--attempt-timeout",
-        type=float,
-        default=RetryPolicy().attempt_timeout,
-        help="seconds one attempt may take (default %(default)s)",
-    )
-    common.add_argument(
-        "--retry-budget",
-        type=int,
-        default=RetryPolicy().budget,
-        help="retries the whole job may spend (default %(default)s)",
-    )
-    common.add_argument(
-        "--metrics-file",
-        type=Path,
-        help="write Prometheus metrics here at the end (textfile collector format)",
-    )
-    common.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while the job runs "
-        "(0: a free port, logged)",
-    )
-    common.add_argument(
-        "--metrics-address",
-        default=DEFAULT_METRICS_ADDRESS,
-        metavar="ADDRESS",
-        help="the address --metrics-port binds (default %(default)s; 0.0.0.0 for every one)",
-    )
-    common.add_argument(
-        "--pushgateway",
-        metavar="URL",
-        help="push metrics to this Prometheus Pushgateway when the job ends, failed or not",
-    )
-    common.add_argument(
-        "--push-job",
-        default=DEFAULT_PUSH_JOB,
-        metavar="NAME",
-        help="the job label of the push (default %(default)s); grouped by instance and command",
-    )
-    common.add_argument(
-        "--bwlimit",
-        type=_bwlimit,
-        metavar="RATE",
-        help="cap chunk uploads and downloads at RATE bytes/s, e.g. 512K or 10M (MiB/s)",
-    )
-    common.add_argument(
-        "--inject-faults",
-        type=_rate,
-        default=0.0,
-        metavar="RATE",
-        help="make RATE of store operations fail transiently (testing)",
-    )
-    common.add_argument(
-        "--inject-latency",
-        type=float,
-        default=0.0,
-        metavar="MS",
-        help="add MS milliseconds to every store operation (testing)",
-    )
-    common.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
-    common.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)",
-    )
-    common.add_argument("--region", help="S3 region (default: $AWS_REGION or $AWS_DEFAULT_REGION)")
-    common.add_argument(
-        "--addressing-style",
-        choices=("auto", "path", "virtual"),
-        default="auto",
-        help="S3 bucket addressing (default %(default)s; path for most S3-compatible servers)",
-    )
-    common.add_argument("-v", "--verbose", action="store_true", help="log every step")
-    common.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+# Which commands offer the shared options that do not matter to every command. A new command
+# names the groups it needs in ``add_command(..., offers=...)``; global and testing options
+# come with every command.
+CONCURRENCY, BWLIMIT, METRICS = "concurrency", "bwlimit", "metrics"
+STORE_HELP = (
+    "where the backups live: a path, file:///abs/path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
+)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each option also reads its ``ASYNCBACKUP_*`` variable."""
     parser = argparse.ArgumentParser(
         prog="asyncbackup",
         description="Back up a directory to S3, GCS or a local store, and restore it.",
+        epilog="Every option can also be set by an environment variable, shown beside it in "
+        "each command's --help (the flag wins): ASYNCBACKUP_STORE, ASYNCBACKUP_CONCURRENCY... "
+        "Exit codes: 0 done, 1 failed (nothing committed), 2 bad usage, 3 committed with "
+        "warnings, 130 interrupted.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    backup = commands.add_parser("backup", parents=[common], help="back up a directory")
-    backup.add_argument("source", type=Path, metavar="SOURCE_DIR")
-    backup.add_argument("store", metavar="STORE")
-    backup.add_argument("--name", help="backup name (default: the UTC time, 20261124T140724Z)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands",
+        parser_class=CommandParser,
+    )  # fmt: skip
+
+    backup = add_command(
+        commands, "backup", "back up a directory, or standard input ('-')",
+        offers={CONCURRENCY, BWLIMIT, METRICS},
+        description="Back up SOURCE_DIR into STORE as a new backup; print its name. Only the "
+        "chunks the store lacks are uploaded; the backup exists once its MANIFEST is written.",
+    )  # fmt: skip
+    backup.add_argument(
+        "source", type=Path, metavar="SOURCE_DIR", help="the directory, or '-': standard input"
+    )
+    add_store(backup)
+    backup.add_argument(
+        "--name",
+        help="the backup's name (default: the UTC time to the millisecond and a random "
+        "suffix, such as 20261124T140724.123Z-3f9a1c)",
+    )
     backup.add_argument(
         "--chunk-size",
         type=parse_size,
         default=DEFAULT_CHUNK_SIZE,
+        metavar="SIZE",
         help="split files into chunks of this size (default 8M)",
     )
     backup.add_argument(
@@ -189,55 +145,152 @@ def build_parser() -> argparse.ArgumentParser:
         help="zstd 1-22 (default 3) or gzip 1-9 (default 6)",
     )
     backup.add_argument(
+        "--stdin-name",
+        metavar="NAME",
+        help="with SOURCE '-': the name of the one file standard input is stored as "
+        f"(default {DEFAULT_STDIN_NAME})",
+    )
+    backup.add_argument(
+        "--stdin-from-command",
+        metavar="COMMAND",
+        help="with SOURCE '-': run COMMAND (no shell) and store its output; if it exits "
+        "non-zero the backup fails and nothing is committed",
+    )
+    backup.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out what this gitignore-style pattern matches (repeatable)",
+    )
+    backup.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="read --exclude patterns from FILE, one a line, as in a .gitignore (repeatable)",
+    )
+    backup.add_argument(
+        "--exclude-caches",
+        action="store_true",
+        help="leave out directories that hold a valid CACHEDIR.TAG",
+    )
+    backup.add_argument(
+        "--exclude-if-present",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave out directories that hold a file named NAME (repeatable)",
+    )
+    backup.add_argument(
+        "--one-file-system",
+        action="store_true",
+        help="do not descend into directories on another file system (mount points are kept, "
+        "empty)",
+    )
+    backup.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON document instead of the backup's name",
+    )
+    backup.add_argument(
         "--strict",
         action="store_true",
         help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
         "keeps changing (default: skip it or store it as read, warn, and exit 3)",
     )
-    restore = commands.add_parser("restore", parents=[common], help="restore a backup")
-    restore.add_argument("store", metavar="STORE")
-    restore.add_argument("name", metavar="NAME")
-    restore.add_argument("target", type=Path, metavar="TARGET_DIR")
+
+    restore = add_command(
+        commands, "restore", "restore a backup", offers={CONCURRENCY, BWLIMIT, METRICS},
+        description="Restore backup NAME from STORE into TARGET_DIR. Every chunk's hash and "
+        "every file's size and hash are checked before the file takes its final name.",
+    )  # fmt: skip
+    add_store(restore)
+    add_name(restore, "the backup to restore (see list)")
+    restore.add_argument(
+        "target", type=_target_dir, metavar="TARGET_DIR", help="where to restore: empty or absent"
+    )
     restore.add_argument(
         "--overwrite",
         action="store_true",
         help="restore into a non-empty directory, replacing what is there",
     )
-    listing = commands.add_parser("list", parents=[common], help="list the backups in a store")
-    listing.add_argument("store", metavar="STORE")
+    restore.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only the entries this gitignore-style pattern matches, and the "
+        "directories above them (repeatable)",
+    )
+    restore.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="do not restore the entries this gitignore-style pattern matches (repeatable)",
+    )
+
+    listing = add_command(
+        commands, "list", "list the backups in a store", offers={CONCURRENCY, METRICS},
+        description="List the committed backups in STORE, oldest name first.",
+    )  # fmt: skip
+    add_store(listing)
     listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")
-    showing = commands.add_parser("show", parents=[common], help="describe one backup")
-    showing.add_argument("store", metavar="STORE")
-    showing.add_argument("name", metavar="NAME")
+
+    showing = add_command(
+        commands, "show", "describe one backup",
+        description="Describe backup NAME: when, from where, totals, codec; --files lists it.",
+    )  # fmt: skip
+    add_store(showing)
+    add_name(showing, "the backup to describe")
     showing.add_argument("--json", action="store_true", help="with every entry, for scripts")
     showing.add_argument("--files", action="store_true", help="list every entry, like ls -l")
-    differ = commands.add_parser(
-        "diff", parents=[common], help="what was added, removed and changed between two backups"
-    )
-    differ.add_argument("store", metavar="STORE")
-    differ.add_argument("old", metavar="A")
-    differ.add_argument("new", metavar="B")
+
+    cat = add_command(
+        commands, "cat", "write one file of a backup to standard output",
+        offers={CONCURRENCY, BWLIMIT},
+        description="Write file PATH of backup NAME to standard output, each chunk checked "
+        "before it is written.",
+    )  # fmt: skip
+    add_store(cat)
+    add_name(cat, "the backup that holds the file")
+    cat.add_argument("path", metavar="PATH", help="the file's path in the backup")
+
+    differ = add_command(
+        commands, "diff", "what was added, removed and changed between two backups",
+        description="Compare backups A and B of STORE: entries added, removed and changed "
+        "(type, size, mode, content by hash, link target).",
+    )  # fmt: skip
+    add_store(differ)
+    add_name(differ, "the older backup", metavar="A", dest="old")
+    add_name(differ, "the newer backup", metavar="B", dest="new")
     differ.add_argument("--json", action="store_true", help="one JSON document, for scripts")
-    verify = commands.add_parser("verify", parents=[common], help="check a backup's chunks")
-    verify.add_argument("store", metavar="STORE")
-    verify.add_argument("name", metavar="NAME")
+
+    verify = add_command(
+        commands, "verify", "check a backup's chunks", offers={CONCURRENCY, BWLIMIT, METRICS},
+        description="Check that every chunk backup NAME needs is in STORE (one listing); with "
+        "--deep, download each one and check its hash. Exit 1 if any is missing or corrupt.",
+    )  # fmt: skip
+    add_store(verify)
+    add_name(verify, "the backup to check")
     verify.add_argument("--deep", action="store_true", help="download and re-hash every chunk")
-    delete = commands.add_parser("delete", parents=[common], help="delete a backup")
-    delete.add_argument("store", metavar="STORE")
-    delete.add_argument("name", metavar="NAME")
-    unlocking = commands.add_parser(
-        "unlock", parents=[common], help="remove stale repository locks (of jobs that died)"
-    )
-    unlocking.add_argument("store", metavar="STORE")
-    unlocking.add_argument(
-        "--force",
-        action="store_true",
-        help="remove every lock, live ones too: only when no job runs on the store",
-    )
-    prune = commands.add_parser(
-        "prune", parents=[common], help="remove old backups, then the chunks no backup needs"
-    )
-    prune.add_argument("store", metavar="STORE")
+
+    delete = add_command(
+        commands, "delete", "delete a backup",
+        description="Delete backup NAME's MANIFEST; its chunks stay until a prune.",
+    )  # fmt: skip
+    add_store(delete)
+    add_name(delete, "the backup to delete")
+
+    prune = add_command(
+        commands, "prune", "remove old backups, then the chunks no backup needs",
+        offers={CONCURRENCY, METRICS},
+        description="Keep the backups the --keep-* rules select, delete the others, then "
+        "remove every chunk no remaining backup needs and older than --grace.",
+    )  # fmt: skip
+    add_store(prune)
     for rule, what in (
         ("last", "the N newest backups"),
         ("daily", "the newest backup of each of the last N days (UTC) that have one"),
@@ -261,7 +314,203 @@ def build_parser() -> argparse.ArgumentParser:
             type=parse_duration,
             default=DEFAULT_LOCK_WAIT,
             metavar="DURATION",
-            help="how long to wait for a conflicting job's repository lock before failing "
-            "(default 5m)",
+            help="how long to wait for a conflicting job's repository lock (a backup for a "
+            "running prune, a prune for running backups) before failing (default 5m)",
         )
+
+    unlocking = add_command(
+        commands, "unlock", "remove stale repository locks (of jobs that died)",
+        description="Remove the locks of jobs that are gone: not refreshed for 30 minutes, or "
+        "of a process no longer running on this host. Print one line per lock removed.",
+    )  # fmt: skip
+    add_store(unlocking)
+    unlocking.add_argument(
+        "--force",
+        action="store_true",
+        help="remove every lock, live ones too: only when no job runs on the store",
+    )
+    for command in commands.choices.values():
+        _add_shared_options(command)
+    environment.document(parser)
     return parser
+
+
+class CommandParser(argparse.ArgumentParser):
+    """One command's parser; ``offers`` names the shared option groups it takes."""
+
+    offers: Collection[str] = ()
+
+
+def add_command(
+    commands: argparse._SubParsersAction[CommandParser],
+    name: str,
+    summary: str,
+    *,
+    description: str,
+    offers: Collection[str] = (),
+) -> CommandParser:
+    """A command's parser. The caller adds its own arguments and options; ``build_parser``
+    then adds the shared groups it ``offers``, the global options and the testing options, in
+    that order after them (in usage lines and in --help)."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser._positionals.title = "arguments"
+    parser._optionals.title = f"{name} options"
+    parser.offers = offers
+    return parser
+
+
+def _add_shared_options(parser: CommandParser) -> None:
+    if parser.offers:
+        transfers = parser.add_argument_group("transfer options")
+        if CONCURRENCY in parser.offers:
+            transfers.add_argument(
+                "--concurrency",
+                type=int,
+                default=EngineConfig().concurrency,
+                metavar="N",
+                help="transfers in flight at once (default %(default)s)",
+            )
+        if BWLIMIT in parser.offers:
+            transfers.add_argument(
+                "--bwlimit",
+                type=_bwlimit,
+                metavar="RATE",
+                help="cap chunk uploads and downloads at RATE bytes/s, e.g. 512K or 10M (MiB/s)",
+            )
+    if METRICS in parser.offers:
+        _add_metrics_options(parser.add_argument_group("metrics options"))
+    _add_global_options(parser.add_argument_group("global options"))
+    _add_testing_options(parser.add_argument_group("testing options"))
+    positionals = " ".join(str(a.metavar) for a in parser._positionals._group_actions)
+    parser.usage = f"%(prog)s [options] {positionals}"
+
+
+def add_store(parser: argparse.ArgumentParser) -> None:
+    """The STORE argument (from ``ASYNCBACKUP_STORE`` when it is set)."""
+    parser.add_argument("store", metavar="STORE", help=STORE_HELP)
+
+
+def add_name(
+    parser: argparse.ArgumentParser, help: str, *, metavar: str = "NAME", dest: str = "name"
+) -> None:
+    """A backup's name, as list prints it."""
+    parser.add_argument(dest, metavar=metavar, help=help)
+
+
+def _add_metrics_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write Prometheus metrics here at the end (textfile collector format)",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while the job runs "
+        "(0: a free port, logged)",
+    )
+    group.add_argument(
+        "--metrics-address",
+        default=DEFAULT_METRICS_ADDRESS,
+        metavar="ADDRESS",
+        help="the address --metrics-port binds (default %(default)s; 0.0.0.0 for every one)",
+    )
+    group.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push metrics to this Prometheus Pushgateway when the job ends, failed or not",
+    )
+    group.add_argument(
+        "--push-job",
+        default=DEFAULT_PUSH_JOB,
+        metavar="NAME",
+        help="the job label of the push (default %(default)s); grouped by instance and command",
+    )
+
+
+def _add_global_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        default=RetryPolicy().max_attempts - 1,
+        metavar="N",
+        help="retries per transfer after its first attempt (default %(default)s)",
+    )
+    group.add_argument(
+        "--retry-delay",
+        type=float,
+        default=DEFAULT_BASE_DELAY,
+        metavar="SECONDS",
+        help="first backoff ceiling (default %(default)s), doubling up to 20 s",
+    )
+    group.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=RetryPolicy().attempt_timeout,
+        metavar="SECONDS",
+        help="how long one attempt may take (default %(default)s)",
+    )
+    group.add_argument(
+        "--retry-budget",
+        type=int,
+        default=RetryPolicy().budget,
+        metavar="N",
+        help="retries the whole job may spend (default %(default)s)",
+    )
+    group.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)",
+    )
+    group.add_argument("--region", help="S3 region (default: $AWS_REGION or $AWS_DEFAULT_REGION)")
+    group.add_argument(
+        "--addressing-style",
+        choices=("auto", "path", "virtual"),
+        default="auto",
+        help="S3 bucket addressing (default %(default)s; path for most S3-compatible servers)",
+    )
+    group.add_argument("-v", "--verbose", action="store_true", help="log every file and every step")
+    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def _add_testing_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--inject-faults",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="make RATE (0 to 1) of store operations fail transiently",
+    )
+    group.add_argument(
+        "--inject-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add MS milliseconds to every store operation",
+    )
+    group.add_argument(
+        "--fault-seed", type=int, default=0, metavar="N", help="seed of --inject-faults"
+    )
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv), options missing from it taken from ``environ``
+    (default: os.environ). Exits 2 with a usage message on bad input."""
+    parser = build_parser()
+    environment.apply(parser, os.environ if environ is None else environ)
+    if "_ARGCOMPLETE" in os.environ:  # only when the shell asks: --help stays fast
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    return parser.parse_args(argv)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("asyncbackup")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"

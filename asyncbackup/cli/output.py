@@ -31,7 +31,10 @@ def report(args: argparse.Namespace, result: object) -> int:
             b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries,
             b.seconds, _mib(b.bytes / max(b.seconds, 1e-9)),
         )  # fmt: skip
-        print(b.name)
+        if getattr(args, "json", False):  # the summary for a script: one JSON document
+            print(json.dumps(asdict(b), indent=1, default=str))
+        else:
+            print(b.name)
         if b.warnings:  # a cron job must be able to tell this from a clean success
             log.warning(
                 "backup %s committed with %d warnings (files skipped or stored while changing; "
@@ -79,6 +82,10 @@ def report(args: argparse.Namespace, result: object) -> int:
         for i in result:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
             print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+    elif args.command == "cat":
+        log.info(
+            "wrote %s of backup %s to standard output, every chunk checked", args.path, args.name
+        )
     else:
         log.info("deleted backup %s (its chunks stay until a prune)", args.name)
     return EXIT_OK

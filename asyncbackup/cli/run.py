@@ -18,21 +18,26 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
-from asyncbackup.cli.arguments import build_parser
+from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
 from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
+from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
-from asyncbackup.progress import BarProgress, LogProgress
+from asyncbackup.patterns import read_pattern_files
+from asyncbackup.progress import BarProgress, LogProgress, NoProgress
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
 from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
+from asyncbackup.stream import DEFAULT_STDIN_NAME, command_output, read_stdin
 
 log = logging.getLogger("asyncbackup")
+MOVES_DATA = frozenset({"backup", "restore", "cat"})
+"""The commands that show a progress bar (and ``verify --deep``)."""
 
 
 def release_freed_buffers_to_the_os() -> None:
@@ -52,18 +57,24 @@ def release_freed_buffers_to_the_os() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    return run_command(parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` (as ``parse_args`` returns it); returns the exit code."""
     release_freed_buffers_to_the_os()
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    if not args.verbose:  # botocore says "Found credentials in ..." at INFO on every run
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-        logging.getLogger("aiobotocore").setLevel(logging.WARNING)
+    # -v: our own DEBUG lines (one per file stored or restored), not the SDKs' wire traces;
+    # botocore also says "Found credentials in ..." at INFO on every run.
+    logging.getLogger("asyncbackup").setLevel(logging.DEBUG if args.verbose else logging.NOTSET)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("aiobotocore").setLevel(logging.WARNING)
     try:
         code = asyncio.run(_run(args))
         sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
         return code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
         log.error("interrupted: nothing was committed")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -75,16 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: asyncio
-    # cancels it, every transfer ends, nothing is committed, no temporary file is left.
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGTERM, signal.raise_signal, signal.SIGINT
-    )
+    # SIGTERM (systemd, Kubernetes, a scheduler's timeout) stops the job as Ctrl-C does: the job
+    # is cancelled, every transfer ends, nothing is committed, no temporary file is left. It
+    # cancels the task itself rather than raising SIGINT, which a shell ignores in a job it starts
+    # in the background: there, SIGTERM must still stop us.
+    job = asyncio.current_task()
+    assert job is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, job.cancel)
     metrics = Metrics()
     pushgateway: str | None = None
     try:
         config = EngineConfig(
-            concurrency=args.concurrency,
+            concurrency=getattr(args, "concurrency", EngineConfig().concurrency),
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
@@ -97,9 +110,10 @@ async def _run(args: argparse.Namespace) -> int:
                 budget=args.retry_budget,
             ),
         )
-        if args.pushgateway is not None:
+        if getattr(args, "pushgateway", None) is not None:
             pushgateway = check_pushgateway_url(args.pushgateway)
-        async with serving(metrics.registry, port=args.metrics_port, address=args.metrics_address):
+        port, address = getattr(args, "metrics_port", None), getattr(args, "metrics_address", "")
+        async with serving(metrics.registry, port=port, address=address):
             store = _open_store(args)
             async with store:
                 return await _command(args, store, config, metrics)
@@ -113,7 +127,7 @@ async def _run(args: argparse.Namespace) -> int:
         log.error("%s failed: %s", args.command, exc)
         return EXIT_FAILED
     finally:
-        if args.metrics_file is not None:
+        if getattr(args, "metrics_file", None) is not None:
             await asyncio.to_thread(metrics.write_textfile, args.metrics_file)
         if pushgateway is not None:  # a failed push only warns: the job's exit code stands
             key = {"instance": socket.gethostname(), "command": args.command}
@@ -125,7 +139,7 @@ def _open_store(args: argparse.Namespace) -> Storage:
         endpoint_url=args.endpoint_url,
         region=args.region,
         addressing_style=args.addressing_style,
-        max_connections=max(args.concurrency, DEFAULT_MAX_CONNECTIONS),
+        max_connections=max(getattr(args, "concurrency", 1), DEFAULT_MAX_CONNECTIONS),
         storage_class=getattr(args, "storage_class", None),
         server_side_encryption=getattr(args, "sse", None),
         kms_key_id=getattr(args, "sse_kms_key_id", None),
@@ -153,9 +167,15 @@ def _open_store(args: argparse.Namespace) -> Storage:
 async def _command(
     args: argparse.Namespace, store: Storage, config: EngineConfig, metrics: Metrics
 ) -> int:
+    if args.command != "backup" and not await store.holds_repository():
+        raise BackupError(
+            f"no store at {args.store}: nothing was ever backed up there; check the path "
+            "(a store is made by its first backup)"
+        )
     interactive = sys.stderr.isatty() and not args.quiet
-    progress = BarProgress(args.command) if interactive else LogProgress(args.command)
-    bandwidth = Bandwidth(args.bwlimit) if args.bwlimit is not None else None
+    progress = progress_for(args, interactive=interactive)
+    limit = getattr(args, "bwlimit", None)
+    bandwidth = Bandwidth(limit) if limit is not None else None
     locking = LockSettings(wait=getattr(args, "lock_wait", LockSettings().wait))
     engine = BackupEngine(
         store, config, metrics=metrics, progress=progress, bandwidth=bandwidth, locking=locking
@@ -170,12 +190,69 @@ async def _command(
     return report(args, result)
 
 
+async def _backup_stream(args: argparse.Namespace, engine: BackupEngine) -> object:
+    filename = args.stdin_name if args.stdin_name is not None else DEFAULT_STDIN_NAME
+    if args.stdin_from_command is None:
+        return await engine.backup_stream(
+            read_stdin(), filename=filename, name=args.name, source="stdin"
+        )
+    async with command_output(args.stdin_from_command) as output:
+        return await engine.backup_stream(
+            output, filename=filename, name=args.name, source=f"command: {args.stdin_from_command}"
+        )
+
+
+async def _write_stdout(data: bytes) -> None:
+    # Straight to the file descriptor: nothing else goes to stdout during cat, and a buffer
+    # would only add a copy of every chunk.
+    await asyncio.to_thread(_write_all, sys.stdout.fileno(), data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def progress_for(
+    args: argparse.Namespace, *, interactive: bool
+) -> BarProgress | LogProgress | NoProgress:
+    """A bar on a terminal, log lines otherwise; nothing for commands that move no file data
+    (an empty byte bar beside ``list`` or ``prune`` would only say nothing is happening)."""
+    if args.command not in MOVES_DATA and not getattr(args, "deep", False):
+        return NoProgress()
+    return BarProgress(args.command) if interactive else LogProgress(args.command)
+
+
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
+    if args.command == "backup" and str(args.source) == "-":
+        return await _backup_stream(args, engine)
     if args.command == "backup":
-        options = BackupOptions(strict=args.strict)
+        if args.stdin_name is not None or args.stdin_from_command is not None:
+            raise ConfigError(
+                "--stdin-name and --stdin-from-command need SOURCE '-' (standard input), "
+                f"not {args.source}"
+            )
+        patterns = await asyncio.to_thread(read_pattern_files, args.exclude_file)
+        excludes = ExcludeOptions(
+            patterns=(*args.exclude, *patterns),
+            exclude_caches=args.exclude_caches,
+            exclude_if_present=tuple(args.exclude_if_present),
+            one_file_system=args.one_file_system,
+        )
+        options = BackupOptions(strict=args.strict, excludes=excludes)
         return await engine.backup(args.source, name=args.name, options=options)
+    if args.command == "cat":
+        await engine.restore_file(args.name, args.path, _write_stdout)
+        return None
     if args.command == "restore":
-        return await engine.restore(args.name, args.target, overwrite=args.overwrite)
+        return await engine.restore(
+            args.name,
+            args.target,
+            overwrite=args.overwrite,
+            include=args.include,
+            exclude=args.exclude,
+        )
     if args.command == "list":
         return await engine.list_backups()
     if args.command == "show":

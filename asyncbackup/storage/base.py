@@ -85,6 +85,17 @@ class Storage(ABC):
         write all or nothing and leave none; prune calls it with its grace period."""
         return 0
 
+    async def mark_as_repository(self) -> None:  # noqa: B027 - object stores need no marker
+        """Record that a repository lives here; every backup calls it before its first write.
+        A local directory writes a marker file, so that it is still recognised as a store once
+        every backup in it is deleted (see ``holds_repository``)."""
+
+    async def holds_repository(self) -> bool:
+        """Whether a repository lives here, so that commands that read one can say "no store
+        at PATH" instead of "no backups". Object stores cannot tell a new prefix from a
+        mistyped one cheaply, and answer True."""
+        return True
+
     async def aclose(self) -> None:  # noqa: B027 - stores without connections have nothing to close
         """Release connections and clients this store created."""
 

@@ -85,6 +85,12 @@ class FaultyStorage(Storage):
     async def remove_leftovers(self, older_than: float, *, dry_run: bool = False) -> int:
         return await self.inner.remove_leftovers(older_than, dry_run=dry_run)
 
+    async def mark_as_repository(self) -> None:
+        await self.inner.mark_as_repository()
+
+    async def holds_repository(self) -> bool:
+        return await self.inner.holds_repository()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

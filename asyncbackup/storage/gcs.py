@@ -54,6 +54,7 @@ from asyncbackup.errors import (
 from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
+from asyncbackup.threads import to_thread
 
 READ_PIECE = 1024 * 1024
 """Bodies are read in pieces of this size: a stalled body is noticed between pieces."""
@@ -273,7 +274,7 @@ class GCSStorage(Storage):
             return GCSClient(session=session, token=token, api_root=self.emulator, api_is_dev=True)
         async with self._mapped("", about="credentials"):
             # Token() reads the credential file: a blocking read, so in a thread.
-            token = await asyncio.to_thread(_Token, scopes=SCOPES, session=session)
+            token = await to_thread(_Token, scopes=SCOPES, session=session)
         # Fetch the first token here, once, rather than in many first requests at a time.
         from_metadata = token.token_uri.startswith(GCE_METADATA_BASE)
         async with self._mapped("", about="metadata" if from_metadata else "credentials"):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import errno
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import aiofiles.os
 
 from asyncbackup.errors import (
     ConfigError,
@@ -21,8 +19,12 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.storage.base import ListPage, ObjectInfo, ObjectPage, Storage
-from asyncbackup.threads import settled
+from asyncbackup.threads import settled, to_thread
 
+MARKER = "asyncbackup-store"
+"""The file that marks a directory as a store, written by the first backup. A directory with a
+``backups/`` or ``chunks/`` directory is one too: stores made before the marker existed."""
+_MARKER_TEXT = b"An asyncbackup store: see docs/design.md. Do not edit what is here.\n"
 TEMP_PREFIX = ".tmp-"
 """Objects are written under this name first; listings skip it, keys may not start with '.'."""
 
@@ -78,42 +80,49 @@ class LocalStorage(Storage):
     async def get(self, key: str) -> bytes:
         path = self.path_of(key)
         with _mapped_errors(self.url, key):
-            return await asyncio.to_thread(path.read_bytes)  # one call: no fd left open on cancel
+            return await to_thread(path.read_bytes)  # one call: no fd left open on cancel
 
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         with _mapped_errors(self.url, prefix):
-            objects = await asyncio.to_thread(self._list, prefix, with_stat=True)
+            objects = await to_thread(self._list, prefix, with_stat=True)
         return objects, None
 
     async def list_page(self, prefix: str, token: str | None = None) -> ListPage:
         # Keys alone need no stat per file: a backup's listing of a million chunks stays cheap.
         with _mapped_errors(self.url, prefix):
-            objects = await asyncio.to_thread(self._list, prefix, with_stat=False)
+            objects = await to_thread(self._list, prefix, with_stat=False)
         return [o.key for o in objects], None
 
     async def delete(self, key: str) -> None:
         path = self.path_of(key)
         with _mapped_errors(self.url, key):
             try:
-                await aiofiles.os.remove(path)
+                await to_thread(os.remove, path)
             except FileNotFoundError:
                 return
             self._dirty_dirs.add(path.parent)
             # Leave no empty directories behind (backups/<name>/ once its MANIFEST is gone).
             parent = path.parent
-            while parent != self.root and not await aiofiles.os.listdir(parent):
-                await aiofiles.os.rmdir(parent)
+            while parent != self.root and not await to_thread(os.listdir, parent):
+                await to_thread(os.rmdir, parent)
                 parent = parent.parent
 
     async def sync(self) -> None:
         dirs, self._dirty_dirs = self._dirty_dirs, set()
         with _mapped_errors(self.url, "(directory sync)"):
-            await asyncio.to_thread(_fsync_dirs, dirs)
+            await to_thread(_fsync_dirs, dirs)
+
+    async def mark_as_repository(self) -> None:
+        with _mapped_errors(self.url, MARKER):
+            await settled(_write_marker, self.root)
+
+    async def holds_repository(self) -> bool:
+        return await to_thread(_holds_repository, self.root)
 
     async def remove_leftovers(self, older_than: float, *, dry_run: bool = False) -> int:
         # A process killed mid-put leaves its temporary file; a running job's are young.
         with _mapped_errors(self.url, ""):
-            return await asyncio.to_thread(_remove_old_temporaries, self.root, older_than, dry_run)
+            return await to_thread(_remove_old_temporaries, self.root, older_than, dry_run)
 
     def _list(self, prefix: str, *, with_stat: bool) -> list[ObjectInfo]:
         head, _, _ = prefix.rpartition("/")
@@ -202,3 +211,13 @@ def _mapped_errors(url: str, key: str) -> Iterator[None]:
         if reason is not None:
             raise PermanentStorageError(f"{url}: {key}: {reason} ({exc.strerror})") from exc
         raise TransientStorageError(f"{url}: {key}: {exc}") from exc
+
+
+def _write_marker(root: Path) -> None:
+    if not (root / MARKER).exists():
+        with contextlib.suppress(FileExistsError):  # another backup wrote it first: same bytes
+            _write_atomically(root / MARKER, _MARKER_TEXT, False)
+
+
+def _holds_repository(root: Path) -> bool:
+    return any((root / name).exists() for name in (MARKER, "backups", "chunks"))

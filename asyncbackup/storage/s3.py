@@ -1,13 +1,15 @@
-"""A store in an S3 bucket (or any S3-compatible server), on aiobotocore.
+"""A store in an S3 bucket (or any S3-compatible server), on aiobotocore and a lean path.
 
 One client per store, with a connection pool as large as the engine's concurrency and no retry
 below ours: botocore's retries are off, and so is aiohttp's silent resend of a request whose
 connection was reset (``_NoResendSession``). The engine's backoff is the only retry layer, so a
-throttled store sees jittered retries and every retry is counted. Each chunk is one
-``put_object`` carrying its SHA-256, so the server refuses bytes damaged on the way, sent
-without a copy (``UncopiedBody``) and without hashing it again on the event loop to sign it.
-Every SDK exception becomes a ``StorageError`` in ``_mapped_errors``, the one place that decides
-what a retry can fix.
+throttled store sees jittered retries and every retry is counted. The hot requests, chunk PUTs
+and GETs, take the lean path (``s3lean.py``): signed by botocore's signer, sent on our own
+aiohttp session, without botocore's per-request machinery; the client keeps listing, the
+MANIFEST's create-only write, deletes and the rare calls. Each chunk PUT carries its SHA-256, so
+the server refuses bytes damaged on the way, sent without a copy (``UncopiedBody``) and without
+hashing it again on the event loop to sign it. Every exception of either path becomes a
+``StorageError`` in ``_mapped_errors``, the one place that decides what a retry can fix.
 """
 
 from __future__ import annotations
@@ -34,14 +36,13 @@ from asyncbackup.errors import (
 )
 from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
 from asyncbackup.storage.options import StoreOptions
+from asyncbackup.storage.s3lean import LeanRequests, Target
 from asyncbackup.storage.uncopied import UncopiedBody
+from asyncbackup.threads import to_thread
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import PaginatorConfigTypeDef
-
-READ_PIECE = 1024 * 1024
-"""Bodies are read in pieces of this size: a stalled body is noticed between pieces."""
 
 PAGE_SIZE = 1000
 """Keys per listing page: S3's own maximum."""
@@ -107,6 +108,7 @@ class S3Storage(Storage):
         self.max_connections = self.options.max_connections
         self.page_size = page_size
         self._client: S3Client | None = None
+        self._lean: LeanRequests | None = None
         self._client_lock = asyncio.Lock()
         self._exit_stack = AsyncExitStack()
         self._encryption: dict[str, Any] = {}
@@ -114,15 +116,31 @@ class S3Storage(Storage):
             self._encryption["ServerSideEncryption"] = self.options.server_side_encryption
         if self.options.kms_key_id is not None:
             self._encryption["SSEKMSKeyId"] = self.options.kms_key_id
+        # The same settings as headers of the lean path's chunk PUTs (signed, as x-amz-* must be).
+        self._lean_headers: dict[str, str] = {}
+        if self.options.storage_class is not None:
+            self._lean_headers["x-amz-storage-class"] = self.options.storage_class
+        if self.options.server_side_encryption is not None:
+            self._lean_headers["x-amz-server-side-encryption"] = self.options.server_side_encryption
+        if self.options.kms_key_id is not None:
+            self._lean_headers["x-amz-server-side-encryption-aws-kms-key-id"] = (
+                self.options.kms_key_id
+            )
 
     async def _s3(self) -> S3Client:
         if self._client is None:
             async with self._client_lock:
                 if self._client is None:
-                    self._client = await self._open_client()
+                    self._client, self._lean = await self._open_client()
         return self._client
 
-    async def _open_client(self) -> S3Client:
+    async def _lean_path(self) -> LeanRequests:
+        if self._lean is None:
+            await self._s3()
+            assert self._lean is not None
+        return self._lean
+
+    async def _open_client(self) -> tuple[S3Client, LeanRequests]:
         options = self.options
         config = AioConfig(
             max_pool_connections=options.max_connections,
@@ -137,40 +155,55 @@ class S3Storage(Storage):
             response_checksum_validation="when_required",
             http_session_cls=_NoResendSession,
         )
+        session = get_session()
         with _mapped_errors(self.url, ""):
             client: S3Client = await self._exit_stack.enter_async_context(
-                get_session().create_client(
+                session.create_client(
                     "s3",
                     endpoint_url=options.endpoint_url,
                     region_name=options.region,
                     config=config,
                 )
             )
-        return client
+            # The client and the lean path share the credentials object, and so its refreshes.
+            credentials = await session.get_credentials()
+            if credentials is None:
+                raise botocore.exceptions.NoCredentialsError()
+            # botocore resolves where a request to this bucket goes (endpoint, addressing
+            # style, signing region) once, here, instead of once per request.
+            presigned = await client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": "k"}, ExpiresIn=60
+            )
+        lean = LeanRequests(Target(presigned, client.meta.region_name), credentials, options)
+        self._exit_stack.push_async_callback(lean.aclose)
+        return client, lean
 
     async def put(
         self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
     ) -> None:
-        s3 = await self._s3()
         if digest is None:
-            digest = await asyncio.to_thread(_sha256_hex, data)
-        extra = dict(self._encryption)
-        if overwrite and self.options.storage_class is not None:
-            extra["StorageClass"] = self.options.storage_class  # chunks; the MANIFEST stays
-        if not overwrite:
-            # AWS, MinIO and moto refuse the put itself (If-None-Match); some S3-compatible
-            # servers ignore that header (rclone serve s3 1.75 does), so look first as well.
-            if await self._exists(key):
-                raise ObjectExistsError(f"{self.url}{key} exists already")
-            extra["IfNoneMatch"] = "*"
+            digest = await to_thread(_sha256_hex, data)
+        checksum = base64.b64encode(bytes.fromhex(digest)).decode()
+        if overwrite:  # a chunk: the lean path, in the chunks' storage class
+            lean = await self._lean_path()
+            with _mapped_errors(self.url, key):
+                await lean.put(self.prefix + key, data, checksum, self._lean_headers)
+            return
+        # Create-only (the MANIFEST): rare, through botocore. AWS, MinIO and moto refuse the put
+        # itself (If-None-Match); some S3-compatible servers ignore that header (rclone serve s3
+        # 1.75 does), so look first as well.
+        s3 = await self._s3()
+        if await self._exists(key):
+            raise ObjectExistsError(f"{self.url}{key} exists already")
         with _mapped_errors(self.url, key):
             await s3.put_object(
                 Bucket=self.bucket,
                 Key=self.prefix + key,
                 Body=UncopiedBody(data),
                 ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-                **extra,
+                ChecksumSHA256=checksum,
+                IfNoneMatch="*",
+                **self._encryption,
             )
 
     async def _exists(self, key: str) -> bool:
@@ -183,14 +216,9 @@ class S3Storage(Storage):
         return True
 
     async def get(self, key: str) -> bytes:
-        s3 = await self._s3()
+        lean = await self._lean_path()
         with _mapped_errors(self.url, key):
-            response = await s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
-            # The body holds a pooled connection until it is read to the end or closed: the
-            # context manager closes it on every way out, errors and cancellation included.
-            async with response["Body"] as body:
-                pieces = [piece async for piece in body.iter_chunks(READ_PIECE)]
-        return b"".join(pieces)
+            return await lean.get(self.prefix + key)
 
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         s3 = await self._s3()
@@ -220,8 +248,18 @@ class S3Storage(Storage):
         with _mapped_errors(self.url, key):
             await s3.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
+    def connections_in_use(self) -> int:
+        """Connections taken from either pool and not given back (tests check for leaks)."""
+        if self._client is None or self._lean is None:
+            return 0
+        client: Any = self._client  # aiobotocore's internals: only tests ask
+        sessions = client._endpoint.http_session._sessions.values()
+        held = sum(len(session.connector._acquired) for session in sessions)
+        return held + self._lean.connections_in_use()
+
     async def aclose(self) -> None:
         self._client = None
+        self._lean = None
         await self._exit_stack.aclose()
 
 
