@@ -221,6 +221,7 @@ class BackupJob:
                 compression=self.config.compression.codec,
                 warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
+                tags=tuple(dict.fromkeys(self.options.tags)),
             )
 
         manifest = await to_thread(build_manifest)

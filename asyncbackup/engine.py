@@ -68,6 +68,7 @@ class BackupInfo:
     files: int = 0
     bytes: int = 0
     chunks: int = 0
+    tags: tuple[str, ...] = ()
     problem: str = ""
 
 
@@ -371,7 +372,15 @@ class BackupEngine:
                 return
             t = m.totals
             infos[name] = BackupInfo(
-                name, m.started, m.finished, m.host, m.source, t.files, t.bytes, t.unique_chunks
+                name,
+                m.started,
+                m.finished,
+                m.host,
+                m.source,
+                t.files,
+                t.bytes,
+                t.unique_chunks,
+                m.tags,
             )
 
         async with TaskPool("list", limit=self.config.concurrency) as pool:

@@ -60,7 +60,7 @@ from asyncbackup.locks import EXCLUSIVE, RepositoryLock
 from asyncbackup.manifest import Manifest
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
-from asyncbackup.retention import Decision, RetentionPolicy, decide
+from asyncbackup.retention import Candidate, Decision, RetentionPolicy, decide
 from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
@@ -92,14 +92,17 @@ class PruneReport:
         return [d for d in self.decisions if not d.kept]
 
     def decision_lines(self) -> list[str]:
-        """One line per backup, newest first: kept (and by which rules), or removed."""
+        """One line per backup selected, group by group, newest first: kept (and by which
+        rules), or removed; each names its group in brackets (unless there is one group)."""
         lines = []
         for d in self.decisions:
             when = d.finished.isoformat(timespec="seconds")
+            group = f" [{d.group}]" if d.group else ""
             if d.kept:
-                lines.append(f"keep {d.name} {when} ({', '.join(d.reasons)})")
+                lines.append(f"keep {d.name} {when} ({', '.join(d.reasons)}){group}")
             else:
-                lines.append(f"{'would remove' if self.dry_run else 'remove'} {d.name} {when}")
+                verb = "would remove" if self.dry_run else "remove"
+                lines.append(f"{verb} {d.name} {when}{group}")
         return lines
 
     def summary(self) -> str:
@@ -175,13 +178,15 @@ class PruneJob:
         began = self.clock().timestamp()
         names = await self.repo.backup_names()
         backups = await self._read_all(names)
-        decisions = decide([(n, b.finished) for n, b in backups.items()], self.policy)
-        kept = {d.name for d in decisions if d.kept}
+        decisions = decide([b.candidate for b in backups.values()], self.policy)
         removed = [d.name for d in decisions if not d.kept]
         if not self.dry_run and removed:
             await self.lock.check()
             await self._delete_all([manifest_key(n) for n in removed], label="backup")
-        marked = await to_thread(_union, [backups[n].refs for n in kept])
+        # Everything not removed is marked: the kept backups, and those the policy's filters
+        # (--host, --source, --tag) did not select, which it leaves alone.
+        staying = [b.refs for n, b in backups.items() if n not in set(removed)]
+        marked = await to_thread(_union, staying)
         del backups
 
         cutoff = began - self.grace
@@ -241,7 +246,10 @@ class PruneJob:
                 broken[name] = str(exc)
                 return
             refs = await to_thread(self._refs_of, manifest)
-            backups[name] = _Backup(finished, refs)
+            candidate = Candidate(
+                name, finished, manifest.host, manifest.source, tuple(manifest.tags)
+            )
+            backups[name] = _Backup(candidate, refs)
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
             for name in names:
@@ -276,9 +284,10 @@ def _count(n: int, noun: str) -> str:
 
 @dataclass(frozen=True)
 class _Backup:
-    """What prune keeps of a MANIFEST: when the backup finished, and the chunks it names."""
+    """What prune keeps of a MANIFEST: what retention needs (when it finished, host, source,
+    tags), and the chunks it names."""
 
-    finished: datetime
+    candidate: Candidate
     refs: frozenset[str]
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def kept(backups: list[tuple[str, datetime]], **policy: int) -> dict[str, tuple[str, ...]]:
+def kept(backups: list[tuple[str, datetime]], **policy: Any) -> dict[str, tuple[str, ...]]:
     return {d.name: d.reasons for d in decide(backups, RetentionPolicy(**policy)) if d.kept}
 
 
@@ -83,14 +84,16 @@ def test_keep_weekly_uses_iso_weeks_and_rules_add_up() -> None:
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
-        ({}, "prune needs at least one of --keep-last, --keep-daily or --keep-weekly"),
+        ({}, "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, --keep-mon"),
+        ({"keep_within": -60.0, "keep_last": 1}, "--keep-within must not be negative, not -60"),
+        ({"keep_last": 1, "group_by": ("host", "path")}, "cannot group backups by 'host,path'"),
         ({"keep_last": 0, "keep_daily": 0}, "at least one of"),
         ({"keep_last": -1}, "--keep-last must not be negative, not -1"),
         ({"keep_weekly": -2, "keep_last": 1}, "--keep-weekly must not be negative"),
     ],
 )
 def test_a_policy_that_keeps_nothing_or_less_is_refused(
-    policy: dict[str, int], message: str
+    policy: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         RetentionPolicy(**policy)
@@ -161,12 +164,12 @@ async def test_prune_keeps_what_it_promises_and_frees_the_rest(
 
     engine = BackupEngine(store, fast_config(), clock=clock, sleep=sleep)
     before = dict(store.objects)
-    dry = await engine.prune(RetentionPolicy(keep_daily=2), grace=0, dry_run=True)
+    dry = await engine.prune(RetentionPolicy(keep_daily=2, group_by=()), grace=0, dry_run=True)
     assert store.objects == before  # a dry run deletes nothing
     assert [d.name for d in dry.removed] == ["d3", "d1"]
     assert dry.chunks_deleted == 2 * 2 + 1  # the unique chunks of d1 and d3, and the orphan
 
-    report = await engine.prune(RetentionPolicy(keep_daily=2), grace=0)
+    report = await engine.prune(RetentionPolicy(keep_daily=2, group_by=()), grace=0)
     assert {d.name: d.reasons for d in report.kept} == {
         "d3b": ("daily 2026-11-04",),
         "d2": ("daily 2026-11-03",),
@@ -191,7 +194,7 @@ async def test_delete_then_prune_gives_the_space_back(tmp_path: Path) -> None:
     await engine.delete("b")
     clock.now = T0 + timedelta(days=1)
     assert len(chunk_keys(store)) == 5  # shared + a's two + b's two: delete frees nothing
-    report = await engine.prune(RetentionPolicy(keep_last=5), grace=0)
+    report = await engine.prune(RetentionPolicy(keep_last=5, group_by=()), grace=0)
     assert report.removed == [] and report.chunks_deleted == 2
     assert chunk_keys(store) == await refs_of(store, ["a"])
 
@@ -203,10 +206,10 @@ async def test_unused_chunks_younger_than_the_grace_period_stay(tmp_path: Path) 
     engine = BackupEngine(store, fast_config(), clock=clock)
     await engine.delete("a")  # a's chunks: 2 hours old when b finished
     clock.now = T0 + timedelta(hours=3)
-    report = await engine.prune(RetentionPolicy(keep_last=1), grace=4 * 3600)
+    report = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=4 * 3600)
     assert report.chunks_deleted == 0 and report.chunks_young == 2
     assert len(chunk_keys(store)) == 5
-    report = await engine.prune(RetentionPolicy(keep_last=1), grace=2 * 3600)
+    report = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=2 * 3600)
     assert report.chunks_deleted == 2 and report.chunks_young == 0
     assert chunk_keys(store) == await refs_of(store, ["b"])
 
@@ -223,7 +226,7 @@ async def test_an_unreadable_manifest_stops_prune_before_it_deletes_anything(
     before = dict(store.objects)
     with pytest.raises(ManifestError) as caught:
         await BackupEngine(store, fast_config(), clock=clock).prune(
-            RetentionPolicy(keep_last=1), grace=0
+            RetentionPolicy(keep_last=1, group_by=()), grace=0
         )
     message = str(caught.value)
     assert "prune stopped and deleted nothing: the MANIFEST of backup 'b' cannot be read" in message
@@ -263,7 +266,7 @@ async def test_chunks_written_after_the_prune_began_stay(tmp_path: Path) -> None
         await memory.put(written_during, b"part of a backup not yet committed")
 
     store = HookedListing(memory, "backups/", a_backup_uploads)
-    report = await BackupEngine(store, clock=clock).prune(RetentionPolicy(keep_last=1), grace=0)
+    report = await BackupEngine(store, clock=clock).prune(RetentionPolicy(keep_last=1, group_by=()), grace=0)
     assert written_during in memory.objects
     assert report.chunks_deleted == 0 and report.chunks_young == 1
 
@@ -281,14 +284,14 @@ async def test_prune_deletes_are_retried_transfers(tmp_path: Path, sleep: Record
     always = FaultyStorage(memory, rule=lambda op, key: "fail_after" if op == "delete" else None)
     engine = BackupEngine(always, fast_config(max_attempts=3), clock=clock, sleep=sleep)
     with pytest.raises(BackupFailed, match="delete backups/"):
-        await engine.prune(RetentionPolicy(keep_last=1), grace=0)
+        await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=0)
     assert len(sleep.calls) >= 2 and always.injected["fail_after"] >= 3
     assert chunk_keys(memory) == chunks
 
     # Half of the calls fail, before or after taking effect: the retries finish the job.
     flaky = FaultyStorage(memory, rate=0.5, seed=3)
     await BackupEngine(flaky, fast_config(), clock=clock, sleep=sleep).prune(
-        RetentionPolicy(keep_last=1), grace=0
+        RetentionPolicy(keep_last=1, group_by=()), grace=0
     )
     assert sum(flaky.injected.values()) > 5
     assert sorted(b.name for b in await BackupEngine(memory).list_backups()) == ["d"]
@@ -309,10 +312,10 @@ async def test_temporary_files_a_crash_left_in_a_local_store_go_after_the_grace_
         path.write_bytes(b"half a chunk")
         os.utime(path, (now - age, now - age))
 
-    dry = await engine.prune(RetentionPolicy(keep_last=1), grace=3600, dry_run=True)
+    dry = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=3600, dry_run=True)
     assert dry.leftovers == 1 and stale.exists()
     assert "would remove 1 temporary file left by interrupted writes" in dry.summary()
-    report = await engine.prune(RetentionPolicy(keep_last=1), grace=3600)
+    report = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=3600)
     assert report.leftovers == 1 and report.chunks_deleted == 0
     assert not stale.exists() and fresh.exists()  # a young one may be a running job's
     await engine.restore("a", tmp_path / "restored")

@@ -200,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
         "keeps changing (default: skip it or store it as read, warn, and exit 3)",
     )
+    backup.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="record TAG in the backup (repeatable); list and show print tags, prune --tag "
+        "selects by them",
+    )
 
     restore = add_command(
         commands, "restore", "restore a backup", offers={CONCURRENCY, BWLIMIT, METRICS},
@@ -295,8 +303,47 @@ def build_parser() -> argparse.ArgumentParser:
         ("last", "the N newest backups"),
         ("daily", "the newest backup of each of the last N days (UTC) that have one"),
         ("weekly", "the newest backup of each of the last N ISO weeks that have one"),
+        ("monthly", "the newest backup of each of the last N months (UTC) that have one"),
+        ("yearly", "the newest backup of each of the last N years (UTC) that have one"),
     ):
         prune.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {what}")
+    prune.add_argument(
+        "--keep-within",
+        type=parse_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="keep every backup that finished within DURATION (e.g. 7d) before the newest one "
+        "of its group",
+    )
+    prune.add_argument(
+        "--group-by",
+        choices=("host,source", "host", "source", "none"),
+        default="host,source",
+        help="apply the policy within each group of backups of the same host and source "
+        "(default %(default)s), host, source, or to all backups as one group (none)",
+    )
+    prune.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="consider only backups made on HOST (repeatable); the others stay",
+    )
+    prune.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="consider only backups of source PATH (repeatable); the others stay",
+    )
+    prune.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG]",
+        help="consider only backups with every tag of TAG[,TAG] (repeatable: any of them); "
+        "the others stay",
+    )
     prune.add_argument(
         "--grace",
         type=parse_duration,

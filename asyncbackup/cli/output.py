@@ -81,6 +81,7 @@ def report(args: argparse.Namespace, result: object) -> int:
             log.info("no backups in %s", args.store)
         for i in result:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            where += f"  [{', '.join(i.tags)}]" if i.tags else ""
             print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
     elif args.command == "cat":
         log.info(

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from asyncbackup.backup_options import BackupOptions
+from asyncbackup.backup_options import BackupOptions, check_tag
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
@@ -240,7 +240,7 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             exclude_if_present=tuple(args.exclude_if_present),
             one_file_system=args.one_file_system,
         )
-        options = BackupOptions(strict=args.strict, excludes=excludes)
+        options = BackupOptions(strict=args.strict, excludes=excludes, tags=tuple(args.tag))
         return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "cat":
         await engine.restore_file(args.name, args.path, _write_stdout)
@@ -262,8 +262,18 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
     if args.command == "prune":
+        group_by = () if args.group_by == "none" else tuple(args.group_by.split(","))
         policy = RetentionPolicy(
-            keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly
+            keep_last=args.keep_last,
+            keep_daily=args.keep_daily,
+            keep_weekly=args.keep_weekly,
+            keep_monthly=args.keep_monthly,
+            keep_yearly=args.keep_yearly,
+            keep_within=args.keep_within,
+            group_by=group_by,
+            hosts=tuple(args.host),
+            sources=tuple(args.source),
+            tags=tuple(tuple(check_tag(t) for t in tags.split(",")) for tags in args.tag),
         )
         return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
     if args.command == "unlock":
