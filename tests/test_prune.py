@@ -266,7 +266,9 @@ async def test_chunks_written_after_the_prune_began_stay(tmp_path: Path) -> None
         await memory.put(written_during, b"part of a backup not yet committed")
 
     store = HookedListing(memory, "backups/", a_backup_uploads)
-    report = await BackupEngine(store, clock=clock).prune(RetentionPolicy(keep_last=1, group_by=()), grace=0)
+    report = await BackupEngine(store, clock=clock).prune(
+        RetentionPolicy(keep_last=1, group_by=()), grace=0
+    )
     assert written_during in memory.objects
     assert report.chunks_deleted == 0 and report.chunks_young == 1
 
