@@ -287,7 +287,11 @@ class RepositoryLock:
 
     async def __aenter__(self) -> Self:
         if self.settings.enabled:
-            await self._acquire()
+            try:
+                await self._acquire()
+            except BaseException:  # a store failure, a cancel: never leave our lock behind
+                await self._remove()
+                raise
             self._held = True
             self.repo.guard = self.guard
             self._refresher = asyncio.create_task(self._refresh_forever())

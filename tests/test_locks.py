@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup import BackupEngine, ConfigError, MemoryStorage, RetentionPolicy, Storage
+from asyncbackup import (
+    BackupEngine,
+    BackupFailed,
+    ConfigError,
+    FaultyStorage,
+    MemoryStorage,
+    RetentionPolicy,
+    Storage,
+)
 from asyncbackup.errors import LockError
 from asyncbackup.layout import lock_key
 from asyncbackup.locks import (
@@ -26,7 +34,7 @@ from asyncbackup.locks import (
     LockSettings,
     RepositoryLock,
 )
-from tests.conftest import assert_same_tree, fast_config
+from tests.conftest import RecordingSleep, assert_same_tree, fast_config
 from tests.stores import WatchedStorage
 from tests.test_cli import EXIT_FAILED, EXIT_OK, cli, list_json
 from tests.test_prune import Clock, HookedListing, chunk_keys, write_source
@@ -388,3 +396,18 @@ def test_unlock_removes_stale_locks_and_force_removes_the_rest(tmp_path: Path) -
     assert not (root / "locks").exists()
     backup = cli("backup", tmp_path / "src", root, "--name", "a")
     assert backup.returncode == EXIT_OK, backup.stderr
+
+
+async def test_a_failed_acquire_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """The lock is written, then the listing of locks/ fails for good: the job fails, and
+    removes the lock it wrote (else it would block every prune until it looked stale)."""
+    memory = MemoryStorage()
+    refused = FaultyStorage(
+        memory,
+        rule=lambda op, key: "fail_before" if (op, key) == ("list", "locks/") else None,
+    )
+    engine = BackupEngine(refused, fast_config(max_attempts=2), sleep=RecordingSleep())
+    with pytest.raises(BackupFailed, match="list locks/"):
+        await engine.backup(write_source(tmp_path / "src", "a"), name="a")
+    assert refused.injected["fail_before"] == 2
+    assert locks_in(memory) == [] and not any(k.startswith("backups/") for k in memory.objects)

@@ -61,11 +61,13 @@ def test_a_prune_killed_mid_sweep_leaves_a_stale_lock_the_next_backup_passes(
         assert cli("backup", sources[name], store_url, "--name", name, "--chunk-size", "64K",
                    "-q").returncode == EXIT_OK  # fmt: skip
     chunks = len(keys_under(store_url, "chunks/"))
-    prune = start("prune", store_url, "--keep-last", "1", "--grace", "0s",
+    prune = start("prune", store_url, "--keep-last", "1", "--group-by", "host", "--grace", "0s",
                   "--concurrency", "1", "--inject-latency", "30")  # fmt: skip
-    wait_until(lambda: len(keys_under(store_url, "chunks/")) < chunks - 5, "prune is sweeping")
-    prune.send_signal(signal.SIGKILL)
-    prune.communicate()  # reaped: its pid is gone from this host
+    try:
+        wait_until(lambda: len(keys_under(store_url, "chunks/")) < chunks - 5, "it sweeps")
+    finally:
+        prune.send_signal(signal.SIGKILL)
+        prune.communicate()  # reaped: its pid is gone from this host
     keep_chunks = {"chunks/" + r for r in asyncio.run(refs_of(store_url, "keep"))}
     assert set(keys_under(store_url, "chunks/")) - keep_chunks  # killed before it finished
     [lock] = keys_under(store_url, "locks/")
@@ -99,9 +101,11 @@ def test_a_backup_killed_mid_upload_leaves_a_stale_lock_the_next_prune_passes(
     big = content(tmp_path / "big", "big", files=100)
     backup = start("backup", big, store_url, "--name", "killed", "--chunk-size", "64K",
                    "--concurrency", "1", "--inject-latency", "30")  # fmt: skip
-    wait_until(lambda: len(keys_under(store_url, "chunks/")) > len(kept_chunks) + 5, "uploading")
-    backup.send_signal(signal.SIGKILL)
-    backup.communicate()
+    try:
+        wait_until(lambda: len(keys_under(store_url, "chunks/")) > len(kept_chunks) + 5, "uploads")
+    finally:
+        backup.send_signal(signal.SIGKILL)
+        backup.communicate()
     [lock] = keys_under(store_url, "locks/")
     orphans = set(keys_under(store_url, "chunks/")) - kept_chunks
     assert orphans

@@ -116,7 +116,9 @@ def test_prune_racing_backups_never_damages_a_committed_backup(
         (source / f"round-{r}.txt").write_text(f"new in round {r}\n" * 50)
 
         grace = [] if default_grace else ["--grace", "0s"]
-        prune_args = ("prune", url, "--keep-last", "1", *grace, "--inject-latency", LATENCY)
+        # The sources differ (A, C, the source): grouped by host, the three are one group.
+        prune_args = ("prune", url, "--keep-last", "1", "--group-by", "host", *grace,
+                      "--inject-latency", LATENCY)  # fmt: skip
         backup_args = ("backup", source, url, "--name", "race", "--chunk-size", "64K",
                        "--inject-latency", LATENCY)  # fmt: skip
         first, second = (prune_args, backup_args) if r % 4 < 2 else (backup_args, prune_args)
