@@ -32,8 +32,10 @@ from asyncbackup.errors import (
 )
 from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
+from asyncbackup.links import HardLinks
 from asyncbackup.locks import SHARED, RepositoryLock
-from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.metadata import xattrs_of
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
@@ -108,6 +110,7 @@ class BackupJob:
         self.clock = clock
         self.options = options if options is not None else BackupOptions()
         self.warnings: list[SourceWarning] = []
+        self.links = HardLinks()
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
@@ -193,8 +196,9 @@ class BackupJob:
                 await store_stream(self, pool, source)
             else:
                 assert excluder is not None
-                async for entry in walk(source, decide=excluder.decide):
-                    await self._add(pool, source, entry)
+                walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
+                async for entry in walking:
+                    await self._add(pool, entry)
         finished = self._now()
         stored = dict(self.stored)
 
@@ -205,9 +209,15 @@ class BackupJob:
                     f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
                     "so nothing was committed; run the backup again"
                 )
+            linked, lost = self.links.entries({e.path: e for e in self.entries})
+            skipped = "{} is a hard link to {}, which was skipped; skipped too"
+            lost_links = [SourceWarning(p, "unreadable", skipped.format(p, f)) for p, f in lost]
+            for warning in lost_links:
+                log.warning("%s", warning.message)
+            warnings = self.warnings + lost_links
             entries = (
                 replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
-                for e in self.entries
+                for e in (*self.entries, *linked)
             )
             return Manifest(
                 name=name,
@@ -219,7 +229,7 @@ class BackupJob:
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
-                warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
+                warnings=tuple(sorted(warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
                 tags=tuple(dict.fromkeys(self.options.tags)),
             )
@@ -246,27 +256,37 @@ class BackupJob:
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
 
-    async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
+    async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat
         mode = stat.S_IMODE(st.st_mode)
-        if entry.kind == "dir":
-            self.entries.append(FileEntry(entry.path, "dir", mode, st.st_mtime_ns))
-        elif entry.kind == "symlink":
-            assert entry.target is not None
+        if entry.kind in ("dir", "symlink"):
+            xattrs = await xattrs_of(entry.reachable, wanted=self.options.xattrs)
+            kind: EntryType = "dir" if entry.kind == "dir" else "symlink"
             self.entries.append(
-                FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
+                FileEntry(
+                    entry.path,
+                    kind,
+                    mode,
+                    st.st_mtime_ns,
+                    target=entry.target or "",
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    xattrs=xattrs,
+                )
             )
+        elif entry.kind == "file" and self.links.claim(entry.path, st):
+            pass  # another name of a file read under its first name: recorded as a hard link
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
             upload_here = partial(self.upload, entry.path)
-            await pool.spawn(entry.path, partial(self._add_file, source, entry.path, upload_here))
+            await pool.spawn(entry.path, partial(self._add_file, entry, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
             async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
                 await pool.spawn(entry.path, partial(self.upload, entry.path, digest, data, label))
 
             try:
-                await self._add_file(source, entry.path, upload_in_pool)
+                await self._add_file(entry, upload_in_pool)
             except SourceError as exc:
                 pool.record(entry.path, exc)
                 raise
@@ -275,7 +295,7 @@ class BackupJob:
             self.metrics.files.labels(OPERATION, "skipped").inc()
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
 
-    async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
+    async def _add_file(self, entry: SourceEntry, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being
         written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all. Unless
         ``strict``, the last read is stored as read, and a file that vanished or cannot be read
@@ -289,9 +309,7 @@ class BackupJob:
         for read in range(1, READS_OF_A_CHANGING_FILE + 1):
             last = read == READS_OF_A_CHANGING_FILE
             try:
-                return await self._read_file(
-                    source, relative, upload, accept_changes=last and not strict
-                )
+                return await self._read_file(entry, upload, accept_changes=last and not strict)
             except SourceChangedError as exc:
                 if last:
                     raise SourceChangedError(
@@ -309,19 +327,30 @@ class BackupJob:
                 kind: WarningKind = (
                     "vanished" if isinstance(exc, SourceVanishedError) else "unreadable"
                 )
-                self._warn(SourceWarning(relative, kind, f"{exc}; skipped"))
+                self._warn(SourceWarning(entry.path, kind, f"{exc}; skipped"))
                 self.metrics.files.labels(OPERATION, "skipped").inc()
                 return
+
+    def _unlistable(self, relative: str, error: SourceError) -> None:
+        """A directory that cannot be listed: recorded empty, with a warning (or, with
+        ``strict``, the end of the backup)."""
+        if self.options.strict:
+            raise error
+        kind: WarningKind = "vanished" if isinstance(error, SourceVanishedError) else "unreadable"
+        self._warn(SourceWarning(relative, kind, f"{error}; what it holds is skipped"))
 
     def _warn(self, warning: SourceWarning) -> None:
         log.warning("%s", warning.message)
         self.warnings.append(warning)
 
     async def _read_file(
-        self, source: Path, relative: str, upload: Upload, *, accept_changes: bool = False
+        self, entry: SourceEntry, upload: Upload, *, accept_changes: bool = False
     ) -> None:
         reader = ChunkReader(
-            source / relative, self.config.chunk_size, accept_changes=accept_changes
+            entry.shown,
+            self.config.chunk_size,
+            accept_changes=accept_changes,
+            opener=entry.open,
         )
         chunks: list[str] = []
         try:
@@ -341,7 +370,7 @@ class BackupJob:
         if reader.changed:
             self._warn(
                 SourceWarning(
-                    relative,
+                    entry.path,
                     "changed",
                     f"{reader.changed}, during each of {READS_OF_A_CHANGING_FILE} reads: "
                     f"stored as last read ({reader.size} bytes), which may not be a consistent "
@@ -350,18 +379,21 @@ class BackupJob:
             )
         self.entries.append(
             FileEntry(
-                relative,
+                entry.path,
                 "file",
                 stat.S_IMODE(reader.stat.st_mode),
                 reader.stat.st_mtime_ns,
                 size=reader.size,
                 sha256=reader.sha256,
                 chunks=tuple(chunks),
+                uid=reader.stat.st_uid,
+                gid=reader.stat.st_gid,
+                xattrs=await xattrs_of(entry.reachable, wanted=self.options.xattrs),
             )
         )
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
-        log.debug("stored %s (%d bytes, %d chunks)", relative, reader.size, len(chunks))
+        log.debug("stored %s (%d bytes, %d chunks)", entry.path, reader.size, len(chunks))
 
     async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
+from asyncbackup.metadata import (
+    Xattrs,
+    owner_json,
+    parse_owner,
+    parse_xattrs,
+    xattrs_json,
+)
 
 FORMAT_VERSION = 3
 """Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 adds optional
-fields (``warnings``: what a backup skipped or stored while it changed; ``excludes``: what it
-was told to leave out). A MANIFEST is written
-with the lowest version that holds what it says, so a backup without those stays readable by
-older readers; every field added since version 1 is optional when read."""
+fields: ``warnings`` (what a backup skipped or stored while it changed), ``excludes`` (what it
+was told to leave out), and the source directory itself as a ``dir`` entry of path
+``ROOT_PATH``, so a restore gives the target the source's mode and mtime. A MANIFEST is written
+with the lowest version that holds what it says (every backup made now records its root: version
+3); every field added since version 1 is optional when read, and MANIFESTs of versions 1 and 2
+still restore."""
 READABLE_VERSIONS = (1, 2, 3)
+ROOT_PATH = "."
+"""The path of the entry that records the source directory itself (version 3)."""
 EntryType = Literal["file", "dir", "symlink"]
 WarningKind = Literal["vanished", "unreadable", "changed"]
 WARNING_KINDS: tuple[WarningKind, ...] = ("vanished", "unreadable", "changed")
@@ -71,7 +83,7 @@ class ExcludeRecord:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million entries cost half the memory
 class FileEntry:
     """One file, directory or symlink of a backup. ``path`` is relative and POSIX."""
 
@@ -83,6 +95,12 @@ class FileEntry:
     sha256: str = ""
     chunks: tuple[str, ...] = ()  # chunk refs: the raw sha256, plus a codec suffix if compressed
     target: str = ""
+    # Version 3 (see metadata.py): the numeric owner, extended attributes, and for a file that
+    # is a hard link to an earlier entry, that entry's path (its content is recorded as well).
+    uid: int | None = None
+    gid: int | None = None
+    xattrs: Xattrs = ()
+    hardlink: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -93,9 +111,17 @@ class FileEntry:
         }
         if self.type == "file":
             out.update(size=self.size, sha256=self.sha256, chunks=list(self.chunks))
+            if self.hardlink:
+                out["hardlink"] = self.hardlink
         elif self.type == "symlink":
             out["target"] = self.target
+        out.update(owner_json(self.uid, self.gid))
+        out.update(xattrs_json(self.xattrs))
         return out
+
+    @property
+    def is_version_3(self) -> bool:
+        return self.uid is not None or bool(self.xattrs) or bool(self.hardlink)
 
 
 @dataclass(frozen=True)
@@ -133,7 +159,7 @@ class Manifest:
         chunks = [c for e in files for c in e.chunks]
         totals = Totals(
             files=len(files),
-            dirs=sum(e.type == "dir" for e in self.entries),
+            dirs=sum(e.type == "dir" and e.path != ROOT_PATH for e in self.entries),
             symlinks=sum(e.type == "symlink" for e in self.entries),
             bytes=sum(e.size for e in files),
             chunks=len(chunks),
@@ -147,11 +173,22 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """3 with a version 3 field; else 1 while every chunk is stored raw, else 2."""
-        if self.warnings or self.excludes is not None or self.tags:
+        """3 with a version 3 field (warnings, excludes, tags, the root's entry); else 1 while every
+        chunk is stored raw, else 2."""
+        if self.warnings or self.excludes is not None or self.root is not None or self.tags:
+            return 3
+        if any(e.is_version_3 for e in self.entries):
             return 3
         raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
         return 1 if raw else 2
+
+    @property
+    def root(self) -> FileEntry | None:
+        """The entry of the source directory itself; None in MANIFESTs before version 3."""
+        first = self.entries[0] if self.entries else None
+        if first is not None and first.path == ROOT_PATH:
+            return first
+        return next((e for e in self.entries if e.path == ROOT_PATH), None)
 
     def to_json(self) -> bytes:
         """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
@@ -187,15 +224,51 @@ class Manifest:
                 that is absolute, climbs with '..', repeats, or lies beneath a file or link.
         """
         try:
-            doc = json.loads(data)
+            doc = _entry_by_entry(data)
+            if doc is None:  # not as ``to_json`` writes it (edited by hand?): read it whole
+                doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
         try:
             return _parse(doc)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
         except ManifestError as exc:
             raise ManifestError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is malformed ({exc!r})") from exc
+
+
+_ENTRIES_OPEN = b',"entries":['
+_ENTRIES_CLOSE = b"\n]}\n"
+
+
+def _entry_by_entry(data: bytes) -> dict[str, Any] | None:
+    """The MANIFEST's head, with its entries as an iterator that decodes one line at a time,
+    if ``data`` is laid out as ``to_json`` writes it; else None. ``json.loads`` of the whole
+    would hold the text decoded (a copy of the document) and every entry as a dict at once."""
+    first = data.find(b"\n")
+    if first < 0 or not data.endswith(_ENTRIES_CLOSE):
+        return None
+    if not data[:first].endswith(_ENTRIES_OPEN):
+        return None
+    head = json.loads(data[: first - len(_ENTRIES_OPEN)] + b"}")
+    if not isinstance(head, dict) or "entries" in head:
+        return None
+
+    def entries() -> Iterator[Any]:
+        end = len(data) - len(_ENTRIES_CLOSE)
+        start = first + 1
+        while start < end:
+            stop = data.find(b"\n", start, end)
+            stop = end if stop < 0 else stop
+            line = data[start:stop].removesuffix(b",")
+            if line:
+                yield json.loads(line)
+            start = stop + 1
+
+    head["entries"] = entries()
+    return head
 
 
 def _compact(value: dict[str, Any]) -> str:
@@ -266,8 +339,24 @@ def _parse_warning(raw: dict[str, Any]) -> SourceWarning:
 
 
 def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
-    path = check_relative_path(raw["path"])
+    entry = _parse_entry_body(raw, chunk_size, version)
+    uid, gid = parse_owner(raw, entry.path)
+    hardlink = raw.get("hardlink", "")
+    if hardlink:
+        check_relative_path(hardlink)
+    return replace(
+        entry,
+        uid=uid,
+        gid=gid,
+        xattrs=parse_xattrs(raw, entry.path),
+        hardlink=hardlink if entry.type == "file" else "",
+    )
+
+
+def _parse_entry_body(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
     kind = raw["type"]
+    is_root = raw["path"] == ROOT_PATH and kind == "dir" and version >= 3
+    path = ROOT_PATH if is_root else check_relative_path(raw["path"])
     mode = _int(raw["mode"], "mode")
     if not 0 <= mode <= 0o7777:
         raise ManifestError(f"{path!r}: mode {mode} is out of range")
@@ -297,10 +386,20 @@ def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntr
 
 def _check_tree(entries: tuple[FileEntry, ...]) -> None:
     kinds: dict[str, EntryType] = {}
+    files: dict[str, FileEntry] = {}
     for entry in entries:
         if entry.path in kinds:
             raise ManifestError(f"{entry.path!r} appears twice")
         kinds[entry.path] = entry.type
+        if entry.type == "file":
+            files[entry.path] = entry
+    for entry in files.values():  # a hard link names a file of the same content, not a link
+        leader = files.get(entry.hardlink) if entry.hardlink else entry
+        if leader is None or leader.hardlink or leader.sha256 != entry.sha256:
+            raise ManifestError(
+                f"{entry.path!r}: hard link to {entry.hardlink!r}, which is not a file of the "
+                "same content in this backup"
+            )
     for entry in entries:
         parts = entry.path.split("/")
         for depth in range(1, len(parts)):

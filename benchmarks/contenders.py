@@ -59,6 +59,27 @@ def asyncbackup(store: str, concurrency: int) -> Contender:
     return Contender(f"asyncbackup c={concurrency}", store, concurrency, argv, {})
 
 
+SEQUENTIAL = "asyncbackup sequential"
+SEQUENTIAL_FLAGS: tuple[str, ...] = ("--concurrency", "1")
+"""What makes asyncbackup the sequential engine it is compared with: one request at a time, and
+one object per file. Today concurrency 1 does both. Once small files are packed (issue 15, item
+1), concurrency 1 uploads a pack at a time and no longer behaves like a sequential engine: the
+switch that turns packing off joins these flags, so this baseline keeps doing what a sequential
+engine does, and ``asyncbackup(store, 1)`` (packed, at 1) comes back beside it."""
+
+
+def asyncbackup_sequential(store: str) -> Contender:
+    """The sequential baseline (``SEQUENTIAL_FLAGS``), on ``store``."""
+    at_one = asyncbackup(store, 1)
+
+    def argv(source: Path, endpoint: str, target: str) -> list[str]:
+        command = at_one.argv(source, endpoint, target)
+        at = command.index("--concurrency")
+        return [*command[:at], *command[at + 2 :], *SEQUENTIAL_FLAGS]
+
+    return Contender(SEQUENTIAL, store, 1, argv, {})
+
+
 def asyncbackup_local(concurrency: int, latency_ms: float) -> Contender:
     """asyncbackup into a local directory with ``--inject-latency``. For W4: all its chunks share
     one prefix, and both emulators spend time per PUT that grows with the keys already under a
@@ -135,7 +156,15 @@ def aws(config_file: Path) -> Contender:
 
 def all_contenders(scratch: Path, *, peers: bool = True) -> list[Contender]:
     """Every contender, S3 first; without ``peers``, asyncbackup alone."""
-    ours = [asyncbackup(store, c) for store in ("s3", "gcs") for c in (1, 8, 64)]
+    ours = [
+        contender
+        for store in ("s3", "gcs")
+        for contender in (
+            asyncbackup_sequential(store),
+            asyncbackup(store, 8),
+            asyncbackup(store, 64),
+        )
+    ]
     if not peers:
         return ours
     return [*ours[:3], s5cmd(), rclone("s3"), aws(scratch / "aws-config"), *ours[3:], rclone("gcs")]

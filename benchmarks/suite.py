@@ -1,5 +1,6 @@
-"""The benchmark suite: asyncbackup against itself at concurrency 1 (the sequential engine), 8 and
-64, and against s5cmd, rclone and the AWS CLI, on the same data and the same servers.
+"""The benchmark suite: asyncbackup against itself as a sequential engine (the baseline of
+``contenders.SEQUENTIAL_FLAGS``), at 8 and 64, and against s5cmd, rclone and the AWS CLI, on
+the same data and the same servers.
 
 For each workload the tree is written once; every round then runs every contender once, in an
 order rotated by one each round (A B C, B C A, ...), each into a fresh server behind the delay

@@ -81,6 +81,17 @@ def test_help_names_each_option_variable() -> None:
     text = help_of("backup")
     for variable in ("$ASYNCBACKUP_STORE", "$ASYNCBACKUP_CONCURRENCY", "$ASYNCBACKUP_VERBOSE"):
         assert variable in text
+    assert "$ASYNCBACKUP_BACKUP_EXCLUDE" in text  # a command's own option: scoped to it
+    assert "$ASYNCBACKUP_RESTORE_EXCLUDE" in help_of("restore")
+
+
+def test_a_variable_of_one_command_never_reaches_another() -> None:
+    env = {"ASYNCBACKUP_BACKUP_EXCLUDE": "*.log cache/", "ASYNCBACKUP_BACKUP_NAME": "nightly"}
+    backup = parse_args(["backup", "src", "store"], environ=env)
+    assert (backup.exclude, backup.name) == (["*.log", "cache/"], "nightly")
+    restore = parse_args(["restore", "store", "b", "out"], environ=env)
+    assert restore.exclude == []  # a nightly job's excludes never leave files out of a restore
+    assert restore.name == "b"
 
 
 def test_options_come_from_the_environment_and_the_flag_wins() -> None:
@@ -88,8 +99,8 @@ def test_options_come_from_the_environment_and_the_flag_wins() -> None:
         "ASYNCBACKUP_STORE": "s3://bucket/env",
         "ASYNCBACKUP_CONCURRENCY": "3",
         "ASYNCBACKUP_VERBOSE": "yes",
-        "ASYNCBACKUP_CHUNK_SIZE": "1M",
-        "ASYNCBACKUP_COMPRESSION": "zstd",
+        "ASYNCBACKUP_BACKUP_CHUNK_SIZE": "1M",
+        "ASYNCBACKUP_BACKUP_COMPRESSION": "zstd",
     }
     args = parse_args(["backup", "src"], environ=env)
     assert (args.store, args.concurrency, args.verbose) == ("s3://bucket/env", 3, True)
@@ -107,8 +118,8 @@ def test_options_come_from_the_environment_and_the_flag_wins() -> None:
     [
         ("ASYNCBACKUP_CONCURRENCY", "many", "ASYNCBACKUP_CONCURRENCY='many': invalid literal"),
         ("ASYNCBACKUP_VERBOSE", "maybe", "ASYNCBACKUP_VERBOSE='maybe': use 1, true, yes or on"),
-        ("ASYNCBACKUP_COMPRESSION", "lz4", "ASYNCBACKUP_COMPRESSION='lz4': choose from none"),
-        ("ASYNCBACKUP_CHUNK_SIZE", "big", "ASYNCBACKUP_CHUNK_SIZE='big': invalid size 'big'"),
+        ("ASYNCBACKUP_BACKUP_COMPRESSION", "lz4", "_COMPRESSION='lz4': choose from none"),
+        ("ASYNCBACKUP_BACKUP_CHUNK_SIZE", "big", "_CHUNK_SIZE='big': invalid size 'big'"),
     ],
 )
 def test_a_bad_variable_is_refused_naming_it(
@@ -127,7 +138,7 @@ def test_a_nightly_job_configured_by_the_environment_backs_up_and_restores(
     env = {
         **os.environ,
         "ASYNCBACKUP_STORE": str(tmp_path / "store"),
-        "ASYNCBACKUP_NAME": "nightly",
+        "ASYNCBACKUP_BACKUP_NAME": "nightly",
         "ASYNCBACKUP_METRICS_FILE": str(tmp_path / "backup.prom"),
     }
     run = [sys.executable, "-m", "asyncbackup"]

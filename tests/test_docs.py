@@ -36,7 +36,7 @@ def test_every_option_and_variable_of_every_command_is_in_commands_md() -> None:
                 continue
             for flag in action.option_strings:
                 assert f"`{flag}" in text or f", {flag}" in text, f"{flag}: run make docs"
-            name = environment.variable(action)
+            name = environment.variable(action, command)
             if name is not None:
                 assert f"`{name}`" in text, f"{name}: run make docs"
 

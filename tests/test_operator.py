@@ -231,7 +231,8 @@ def test_summary_lines_state_what_each_job_did(tmp_path: Path) -> None:
     r = SUMMARY_RESTORE.search(restore.stderr)
     assert r, restore.stderr
     assert (r["name"], r["target"]) == ("two", str(tmp_path / "out"))
-    assert (r["files"], r["dirs"], r["links"], r["chunks"]) == ("14", "5", "3", "17")
+    # 17 chunk uses, 16 downloads: dup-a.bin and dup-b.bin share one chunk, fetched once.
+    assert (r["files"], r["dirs"], r["links"], r["chunks"]) == ("14", "5", "3", "16")
     assert int(r["retries"]) > 0
     assert float(r["bytes"]) == round(file_bytes(source) / 2**20, 1)
 
@@ -243,7 +244,7 @@ def test_list_json_gives_a_script_every_fact_of_each_backup(tmp_path: Path) -> N
         assert cli("backup", source, store, "--name", name, "--chunk-size", "64K").returncode == 0
     (store / "backups" / "c").mkdir()
     (store / "backups" / "c" / "MANIFEST").write_text("{not json")
-    listing = list_json(store)
+    listing = list_json(store, exit_code=EXIT_FAILED)  # every backup listed; one is bad
     assert [e["name"] for e in listing] == ["a", "b", "c"]
     a, _, c = listing
     assert set(a) == {
@@ -271,7 +272,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     for key in ("name", "format_version", "job_id", "started", "finished", "host", "source",
                 "chunk_size", "totals", "entries"):  # fmt: skip
         assert doc[key] == manifest[key], key
-    assert doc["format_version"] == 1
+    assert doc["format_version"] == 3  # owners are recorded
     assert doc["totals"] == {"files": 13, "dirs": 5, "symlinks": 3, "bytes": file_bytes(tree),
                              "chunks": 16, "unique_chunks": 15}  # fmt: skip
     assert 0 <= doc["seconds"] < 60
@@ -285,14 +286,15 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert f"source          {tree}" in lines
     assert f"files           13 ({file_bytes(tree):,} bytes)" in lines
     assert "chunks          16 (15 unique)" in lines
-    assert "format version  1" in lines
+    assert "format version  3" in lines
     assert "compression     none" in lines
     assert any(re.fullmatch(r"-rwxr-x--- +18 \S+ \S+  script\.sh", line) for line in lines)
     assert any(line.endswith("  link-to-leaf -> sub/deeper/leaf.txt") for line in lines)
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
     assert "warnings        0" in lines
-    assert len(lines) == 15 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
+    # The summary (with tags), a blank line, 13 files, 5 dirs and the root (.), 3 links.
+    assert len(lines) == 15 + 1 + 22
     assert "tags            -" in lines
 
     summary_only = cli("show", store, "one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,57 @@ async def test_max_attempts_bounds_each_transfer(sleep: RecordingSleep) -> None:
         await retrier.run(Transfer("backup", "upload", "f"), always_fails)
     # --max-retries 1 --retry-delay 0: Vitess's one immediate retry, exactly.
     assert calls == 2 and sleep.calls == [0.0]
+
+
+async def test_the_first_attempt_counts_toward_max_time(sleep: RecordingSleep) -> None:
+    """The first attempt runs before python-backoff's loop (the cheap path of a call that
+    succeeds): its time still counts, so one slow failure past ``max_time`` is not retried."""
+    policy = RetryPolicy(max_attempts=5, base_delay=0.0, max_time=0.05)
+    metrics = Metrics()
+    metrics.start("backup")
+    retrier = Retrier(policy, concurrency=1, metrics=metrics, sleep=sleep)
+    calls = 0
+
+    async def slow_then_fails() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.08)
+        raise TransientStorageError("503 SlowDown")
+
+    with pytest.raises(TransientStorageError, match="SlowDown"):
+        await retrier.run(Transfer("backup", "upload", "f"), slow_then_fails)
+    assert calls == 1 and sleep.calls == [] and retries(metrics, "backup") == 0
+
+
+async def test_retries_after_a_failed_first_attempt_are_logged_and_counted_once_each(
+    sleep: RecordingSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    metrics.start("backup")
+    retrier = Retrier(RetryPolicy(max_attempts=4), concurrency=2, metrics=metrics, sleep=sleep)
+    failures = {"a": 2, "b": 0, "c": 3}
+
+    def flaky(name: str) -> Callable[[], Awaitable[str]]:
+        async def call() -> str:
+            if failures[name]:
+                failures[name] -= 1
+                raise TransientStorageError(f"{name}: 503 SlowDown")
+            return name
+
+        return call
+
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        done = await asyncio.gather(
+            *(retrier.run(Transfer("backup", "upload", n), flaky(n)) for n in "abc")
+        )
+    assert done == ["a", "b", "c"]
+    assert retries(metrics, "backup") == 5 == len(sleep.calls) == retrier.budget.spent
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retry:")]
+    assert (
+        sorted(line.split(":")[1].strip() for line in lines) == ["upload a"] * 2 + ["upload c"] * 3
+    )
+    assert any("attempt 1/4 failed" in line for line in lines)
+    assert any("attempt 3/4 failed" in line for line in lines)
 
 
 def test_delay_is_full_jitter_under_a_capped_doubling() -> None:

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this entry point completes; see docs/commands.md)
 """The command line: ``asyncbackup backup|restore|list|show|diff|verify|delete|prune|unlock``.
 
 Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify found damage);

@@ -1,10 +1,16 @@
 """Every option from an ``ASYNCBACKUP_*`` variable, the flag on the command line winning.
 
 The rule is mechanical, so an option added to any command gets its variable with no extra work:
-``--max-retries`` reads ``ASYNCBACKUP_MAX_RETRIES`` (its ``dest``, upper-cased), the STORE
-argument reads ``ASYNCBACKUP_STORE``. A variable becomes the option's default, so anything given
-on the command line replaces it; a value the option would refuse is refused the same way, naming
-the variable (exit 2).
+
+- an option of a shared group (transfer, metrics, global, testing) and the STORE argument read
+  ``ASYNCBACKUP_`` and their ``dest`` upper-cased: ``ASYNCBACKUP_MAX_RETRIES``,
+  ``ASYNCBACKUP_STORE``, the same for every command;
+- a command's own option reads ``ASYNCBACKUP_<COMMAND>_<DEST>``: ``ASYNCBACKUP_BACKUP_EXCLUDE``,
+  ``ASYNCBACKUP_PRUNE_KEEP_DAILY``. Scoped, because one name means different things to two
+  commands: a backup's excludes set for a nightly job must never leave files out of a restore.
+
+A variable becomes the option's default, so anything given on the command line replaces it; a
+value the option would refuse is refused the same way, naming the variable (exit 2).
 """
 
 from __future__ import annotations
@@ -18,18 +24,27 @@ ENV_POSITIONALS = frozenset({"store"})
 """Positional arguments that may come from the environment. Only STORE: a nightly job sets it
 once; SOURCE_DIR, NAME and TARGET_DIR change from one run to the next."""
 
+SHARED_GROUPS = ("transfer options", "metrics options", "global options", "testing options")
+"""The option groups several commands share (``arguments.py``): one variable each."""
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 _NO_VARIABLE = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 
-def variable(action: argparse.Action) -> str | None:
-    """The environment variable of ``action``, or None if it has none."""
+def variable(action: argparse.Action, parser: argparse.ArgumentParser) -> str | None:
+    """The environment variable of ``action`` of command ``parser``, or None if it has none."""
     if isinstance(action, _NO_VARIABLE) or action.dest == argparse.SUPPRESS:
         return None
-    if not action.option_strings and action.dest not in ENV_POSITIONALS:
-        return None
-    return PREFIX + action.dest.upper()
+    if not action.option_strings:
+        return PREFIX + action.dest.upper() if action.dest in ENV_POSITIONALS else None
+    shared = any(
+        group.title in SHARED_GROUPS and action in group._group_actions
+        for group in parser._action_groups
+    )
+    words = parser.prog.split()
+    if shared or len(words) < 2:
+        return PREFIX + action.dest.upper()
+    return f"{PREFIX}{words[-1]}_{action.dest}".upper().replace("-", "_")
 
 
 def command_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -44,7 +59,7 @@ def document(parser: argparse.ArgumentParser) -> None:
     """Add each option's variable to its help, where ``--help`` and docs/commands.md show it."""
     for command in command_parsers(parser):
         for action in command._actions:
-            name = variable(action)
+            name = variable(action, command)
             if name is not None and action.help != argparse.SUPPRESS:
                 action.help = f"{action.help or ''} [${name}]".strip()
 
@@ -56,7 +71,7 @@ def apply(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """
     for command in command_parsers(parser):
         for action in command._actions:
-            name = variable(action)
+            name = variable(action, command)
             if name is None or name not in environ:
                 continue
             try:
