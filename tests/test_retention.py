@@ -204,12 +204,15 @@ def test_bad_retention_options_are_usage_errors(tmp_path: Path) -> None:
     assert [b["name"] for b in list_json(store)] != []
 
 
-def test_old_manifests_without_tags_still_read(tmp_path: Path) -> None:
-    async def go() -> list[str]:
+def test_a_backup_without_tags_writes_no_tags_field(tmp_path: Path) -> None:
+    """``tags`` is optional when read: a MANIFEST without it (any older one) has no tags."""
+
+    async def go() -> tuple[tuple[str, ...], bytes]:
         async with open_storage(str(tmp_path / "store")) as store:
             source = write_source(tmp_path / "s", "s")
             await BackupEngine(store, fast_config()).backup(source, name="plain")
             manifest = await BackupEngine(store).manifest("plain")
-            return [str(manifest.format_version), *manifest.tags]
+            return manifest.tags, await store.get("backups/plain/MANIFEST")
 
-    assert asyncio.run(go()) == ["1"]
+    tags, stored = asyncio.run(go())
+    assert tags == () and b'"tags"' not in stored
