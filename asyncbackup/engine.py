@@ -258,7 +258,16 @@ class BackupEngine:
         manifest = await repo.load_manifest(check_backup_name(name))
         entry = find_file(manifest, path)
         ahead = self.config.concurrency
-        return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
+        expect(self.progress, files=1, nbytes=entry.size)
+
+        async def write_and_count(data: bytes) -> None:
+            await write(data)
+            self.progress.advance(nbytes=len(data))
+
+        job = write_file(repo, manifest, entry, write_and_count, ahead=ahead)
+        written = await self._timed("restore", job)
+        self.progress.advance(files=1)
+        return written
 
     @_on_own_threads
     async def restore(
