@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from asyncbackup.errors import ConfigError
 from asyncbackup.excludes import ExcludeOptions
-from asyncbackup.layout import check_backup_name, check_tag
+from asyncbackup.layout import check_backup_name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +19,24 @@ class ChangeDetection:
     """Read every file, and trust no parent: what is stored is learnt from a listing."""
     ignore_inode: bool = False
     ignore_ctime: bool = False
+
+
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:=@/-]{0,99}")
+
+
+def check_tag(tag: str) -> str:
+    """Return ``tag`` if it is a valid tag.
+
+    Raises:
+        ConfigError: it is empty, longer than 100 characters, or has characters other than
+            letters, digits and ``._+:=@/-`` (a comma joins tags in ``prune --tag a,b``).
+    """
+    if not _TAG.fullmatch(tag):
+        raise ConfigError(
+            f"invalid tag {tag!r}: use 1 to 100 letters, digits, '.', '_', '+', ':', '=', '@', "
+            "'/' or '-', starting with a letter or digit"
+        )
+    return tag
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,24 +52,26 @@ class BackupOptions:
     ``excludes``: what to leave out (patterns, caches, marked directories, other file systems);
     a local store inside the source is always left out, with a log line.
 
-    ``parent``: the backup whose unchanged files are not read (default: the newest backup of
-    the same host and source); ``changes``: what makes a file changed; ``tags``: labels that
-    ``list --tag`` filters on.
+    ``tags``: recorded in the MANIFEST; ``list --tag`` finds them, ``show`` prints them, and
+    ``prune --tag`` selects backups by them. ``parent``: the backup whose unchanged files are
+    not read (default: the newest backup of the same host and source); ``changes``: what makes
+    a file changed.
 
     Raises:
-        ConfigError: a parent that is not a valid backup name, or a tag that is not valid.
+        ConfigError: a tag is invalid (``check_tag``), or ``parent`` is not a backup name.
     """
 
     strict: bool = False
     xattrs: bool = False  # record extended attributes (a listing per entry: off by default)
     excludes: ExcludeOptions = field(default_factory=ExcludeOptions)
+    tags: tuple[str, ...] = ()
     parent: str | None = None
     changes: ChangeDetection = field(default_factory=ChangeDetection)
-    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.parent is not None:
-            check_backup_name(self.parent)
         if isinstance(self.tags, str):
             raise ConfigError(f"tags must be a sequence of tags, not the string {self.tags!r}")
-        object.__setattr__(self, "tags", tuple(check_tag(t) for t in self.tags))
+        for tag in self.tags:
+            check_tag(tag)
+        if self.parent is not None:
+            check_backup_name(self.parent)

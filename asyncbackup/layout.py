@@ -3,6 +3,7 @@
 chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however often used
 chunks/<sha256 of the raw chunk>.zst the same chunk compressed (.gz for gzip): see compression.py
 backups/<name>/MANIFEST              the commit record of one backup, written last
+locks/<random id>                    a job's repository lock (JSON): see locks.py
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from asyncbackup.errors import ConfigError
 CHUNKS = "chunks/"
 BACKUPS = "backups/"
 MANIFEST = "MANIFEST"
+LOCKS = "locks/"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
-_TAG = re.compile(r"[^\x00-\x20,\x7f]{1,100}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _REF = re.compile(r"([0-9a-f]{64})(\.zst|\.gz)?")
 
@@ -55,6 +56,11 @@ def name_of_manifest_key(key: str) -> str | None:
     return None
 
 
+def lock_key(lock_id: str) -> str:
+    """The key of the lock ``lock_id`` (random hex, so no two jobs ever share one)."""
+    return LOCKS + lock_id
+
+
 def is_digest(text: str) -> bool:
     """Whether ``text`` is a lowercase hex sha256."""
     return _DIGEST.fullmatch(text) is not None
@@ -73,18 +79,3 @@ def check_backup_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def check_tag(tag: str) -> str:
-    """Return ``tag`` if it is a valid tag.
-
-    Raises:
-        ConfigError: the tag is empty, longer than 100 characters, or holds a space, a comma
-            or a control character.
-    """
-    if not _TAG.fullmatch(tag):
-        raise ConfigError(
-            f"invalid tag {tag!r}: use 1 to 100 characters, without spaces, commas or "
-            "control characters"
-        )
-    return tag

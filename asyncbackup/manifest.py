@@ -158,7 +158,7 @@ class Manifest:
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
     warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
     excludes: ExcludeRecord | None = None  # what the backup was told to leave out
-    tags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # backup --tag: what list filters and retention select by
     parent: str = ""  # the backup whose unchanged entries this one took, if any
     format_version: int = FORMAT_VERSION  # as read; a backup always writes FORMAT_VERSION
     totals: Totals = field(init=False)

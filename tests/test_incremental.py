@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,6 @@ from asyncbackup import (
     Metrics,
     chunking,
 )
-from asyncbackup.backup import BackupJob
 from asyncbackup.layout import chunk_key, manifest_key
 from asyncbackup.manifest_encoding import ZSTD_MAGIC, decode
 from tests.conftest import RecordingSleep, assert_same_tree, fast_config, make_tree
@@ -154,7 +152,7 @@ async def test_force_reads_every_file_and_lists_the_store(
     )
     assert sum(opened.values()) == 13 and forced.unchanged == 0 and forced.parent == ""
     assert forced.chunks_uploaded == 0  # the listing showed every chunk stored
-    assert watched.calls["list", "chunks/"] == 2  # the listing, and the re-check before commit
+    assert watched.calls["list", "chunks/"] == 1  # the one listing
 
 
 async def test_an_incremental_backup_does_not_list_the_chunks_before_it_reads(
@@ -165,32 +163,22 @@ async def test_an_incremental_backup_does_not_list_the_chunks_before_it_reads(
     await engine(first, sleep).backup(tree, name="one")
     second = WatchedStorage(memory)
     await engine(second, sleep).backup(tree, name="two")
-    # What it may trust comes from the parent's MANIFEST; the one listing left is the re-check
-    # before the commit (15 chunks, 3 a page), which the repository lock (issue 12) replaces.
-    # The first backup listed the empty store (one page) and re-checked the same way.
-    assert second.calls["list", "chunks/"] == first.calls["list", "chunks/"] - 1 == 5
+    # What it may trust comes from the parent's MANIFEST (under the repository lock): it lists
+    # no chunk, where the first backup listed the (empty) store.
+    assert first.calls["list", "chunks/"] == 1
+    assert second.calls["list", "chunks/"] == 0
     assert second.calls["get", manifest_key("one")] == 1  # the parent, read once
 
 
-@pytest.mark.parametrize("recheck", [True, False], ids=["with-recheck", "spot-check-alone"])
 async def test_a_missing_chunk_of_the_parent_is_uploaded_again(
     tree: Path,
     tmp_path: Path,
     sleep: RecordingSleep,
     opened: Counter[str],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-    recheck: bool,
 ) -> None:
     """The parent's chunks are spot-checked before they are trusted; one missing means a
-    listing, and the file whose chunk is gone is read again. Without the re-check listing before
-    the commit (the repository lock replaces it), the spot check alone finds it."""
-    if not recheck:
-
-        async def no_recheck(*args: object) -> None:
-            pass
-
-        monkeypatch.setattr(BackupJob, "_recheck", no_recheck, raising=False)  # gone with locks
+    listing, and the file whose chunk is gone is read again and stored."""
     store = MemoryStorage()
     await engine(store, sleep).backup(tree, name="one")
     parent = await BackupEngine(store).manifest("one")
@@ -254,21 +242,31 @@ async def test_a_parent_of_an_older_format_means_every_file_is_read(
     assert third.unchanged == 13 and opened == Counter()
 
 
+class Days:
+    """A clock that stays on the day it is set to (the lock checks times between readings)."""
+
+    def __init__(self) -> None:
+        self.day = 0
+
+    def __call__(self) -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=self.day)
+
+
 async def test_the_parent_is_the_newest_backup_of_the_same_source_or_the_one_named(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", seed=1)
     store = MemoryStorage()
-    days = itertools.count()
-
-    def clock() -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=next(days))
-
+    clock = Days()
     eng = engine(store, sleep, clock=clock)
-    await eng.backup(a, name="a1")  # each backup reads the clock twice: a day per reading
+    await eng.backup(a, name="a1")
+    clock.day = 1
     await eng.backup(b, name="b1")
+    clock.day = 2
     assert (await eng.backup(a, name="a2")).parent == "a1"
+    clock.day = 3
     assert (await eng.backup(b, name="b2")).parent == "b1"
+    clock.day = 4
     assert (await eng.backup(a, name="a3", options=BackupOptions(parent="a1"))).parent == "a1"
     with pytest.raises(ConfigError, match="--parent nope: no backup named 'nope'"):
         await eng.backup(a, name="a4", options=BackupOptions(parent="nope"))
@@ -279,14 +277,13 @@ async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
 ) -> None:
     a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", seed=1)
     memory = MemoryStorage()
-    moments = iter([3, 4, 1, 2, 5, 6])  # "z" finishes before "y"
-
-    def clock() -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=next(moments))
-
+    clock = Days()
     eng = engine(memory, sleep, clock=clock)
+    clock.day = 2
     await eng.backup(a, name="y", options=BackupOptions(tags=("daily",)))
+    clock.day = 1  # "z" finishes before "y"
     await eng.backup(b, name="z", options=BackupOptions(tags=("daily", "db")))
+    clock.day = 3
     await eng.backup(a, name="x")
     watched = WatchedStorage(memory)
     listing = await BackupEngine(watched).list_backups()
@@ -331,7 +328,6 @@ async def test_every_phase_is_reported(tree: Path, sleep: RecordingSleep) -> Non
         "reading the parent",
         "listing the store",
         "reading and uploading",
-        "checking the store again",
         "committing",
     ]
     second = Phases()

@@ -253,8 +253,8 @@ def test_list_json_gives_a_script_every_fact_of_each_backup(tmp_path: Path) -> N
     assert [e["name"] for e in listing] == ["a", "b", "c"]
     a, _, c = listing
     assert set(a) == {
-        "name", "started", "finished", "host", "source", "files", "bytes", "chunks", "problem",
-        "tags", "parent", "format_version",
+        "name", "started", "finished", "host", "source", "files", "bytes", "chunks", "tags",
+        "problem", "parent", "format_version",
     }  # fmt: skip
     started, finished = (datetime.fromisoformat(str(a[k])) for k in ("started", "finished"))
     assert started.utcoffset() is not None and started <= finished
@@ -298,8 +298,10 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
     assert "warnings        0" in lines
-    # The summary, a blank line, 13 files, 5 dirs and the root (.), 3 links.
+    # The summary (with tags and parent), a blank line, 13 files, 5 dirs and the root (.),
+    # 3 links.
     assert len(lines) == 16 + 1 + 22
+    assert "tags            -" in lines
 
     summary_only = cli("show", store, "one")
     assert summary_only.stdout.splitlines() == lines[:16]
