@@ -1,7 +1,8 @@
 """Start-up: what each kind of command imports, seen from a real subprocess (``-X importtime``).
 
 ``asyncbackup --help`` loads neither asyncio nor an SDK nor the metrics; a command on a local
-store loads no SDK (and, without a terminal, no progress bar); an S3 command loads aiobotocore and not gcloud-aio. Its time is measured by
+store loads no SDK (and, without a terminal, no progress bar); an S3 command loads aiobotocore
+and not gcloud-aio. Its time is measured by
 ``benchmarks/startup.py`` (a benchmark, not a timed assertion).
 """
 
