@@ -33,7 +33,9 @@ from asyncbackup.errors import (
 )
 from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
-from asyncbackup.manifest import FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.links import HardLinks
+from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.metadata import xattrs_of
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
@@ -104,6 +106,7 @@ class BackupJob:
         self.clock = clock
         self.options = options if options is not None else BackupOptions()
         self.warnings: list[SourceWarning] = []
+        self.links = HardLinks()
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
@@ -157,7 +160,8 @@ class BackupJob:
                 await store_stream(self, pool, source)
             else:
                 assert excluder is not None
-                async for entry in walk(source, decide=excluder.decide):
+                walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
+                async for entry in walking:
                     await self._add(pool, source, entry)
         try:
             await self._recheck(source, hint)
@@ -176,9 +180,15 @@ class BackupJob:
                     f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
                     "so nothing was committed; run the backup again"
                 )
+            linked, lost = self.links.entries({e.path: e for e in self.entries})
+            skipped = "{} is a hard link to {}, which was skipped; skipped too"
+            lost_links = [SourceWarning(p, "unreadable", skipped.format(p, f)) for p, f in lost]
+            for warning in lost_links:
+                log.warning("%s", warning.message)
+            warnings = self.warnings + lost_links
             entries = (
                 replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
-                for e in self.entries
+                for e in (*self.entries, *linked)
             )
             return Manifest(
                 name=name,
@@ -190,7 +200,7 @@ class BackupJob:
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
                 compression=self.config.compression.codec,
-                warnings=tuple(sorted(self.warnings, key=lambda w: w.path)),
+                warnings=tuple(sorted(warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
             )
 
@@ -283,13 +293,23 @@ class BackupJob:
     async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
         st = entry.stat
         mode = stat.S_IMODE(st.st_mode)
-        if entry.kind == "dir":
-            self.entries.append(FileEntry(entry.path, "dir", mode, st.st_mtime_ns))
-        elif entry.kind == "symlink":
-            assert entry.target is not None
+        if entry.kind in ("dir", "symlink"):
+            xattrs = await xattrs_of(str(source / entry.path), wanted=self.options.xattrs)
+            kind: EntryType = "dir" if entry.kind == "dir" else "symlink"
             self.entries.append(
-                FileEntry(entry.path, "symlink", mode, st.st_mtime_ns, target=entry.target)
+                FileEntry(
+                    entry.path,
+                    kind,
+                    mode,
+                    st.st_mtime_ns,
+                    target=entry.target or "",
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    xattrs=xattrs,
+                )
             )
+        elif entry.kind == "file" and self.links.claim(entry.path, st):
+            pass  # another name of a file read under its first name: recorded as a hard link
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
             upload_here = partial(self.upload, entry.path)
@@ -347,6 +367,14 @@ class BackupJob:
                 self.metrics.files.labels(OPERATION, "skipped").inc()
                 return
 
+    def _unlistable(self, relative: str, error: SourceError) -> None:
+        """A directory that cannot be listed: recorded empty, with a warning (or, with
+        ``strict``, the end of the backup)."""
+        if self.options.strict:
+            raise error
+        kind: WarningKind = "vanished" if isinstance(error, SourceVanishedError) else "unreadable"
+        self._warn(SourceWarning(relative, kind, f"{error}; what it holds is skipped"))
+
     def _warn(self, warning: SourceWarning) -> None:
         log.warning("%s", warning.message)
         self.warnings.append(warning)
@@ -394,6 +422,9 @@ class BackupJob:
                 size=reader.size,
                 sha256=reader.sha256,
                 chunks=tuple(chunks),
+                uid=reader.stat.st_uid,
+                gid=reader.stat.st_gid,
+                xattrs=await xattrs_of(str(source / relative), wanted=self.options.xattrs),
             )
         )
         self.progress.advance(files=1)

@@ -22,4 +22,5 @@ class BackupOptions:
     """
 
     strict: bool = False
+    xattrs: bool = False  # record extended attributes (a listing per entry: off by default)
     excludes: ExcludeOptions = field(default_factory=ExcludeOptions)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
+from asyncbackup.metadata import (
+    Xattrs,
+    owner_json,
+    parse_owner,
+    parse_xattrs,
+    xattrs_json,
+)
 
 FORMAT_VERSION = 3
 """Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 adds optional
@@ -83,6 +90,12 @@ class FileEntry:
     sha256: str = ""
     chunks: tuple[str, ...] = ()  # chunk refs: the raw sha256, plus a codec suffix if compressed
     target: str = ""
+    # Version 3 (see metadata.py): the numeric owner, extended attributes, and for a file that
+    # is a hard link to an earlier entry, that entry's path (its content is recorded as well).
+    uid: int | None = None
+    gid: int | None = None
+    xattrs: Xattrs = ()
+    hardlink: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -93,9 +106,17 @@ class FileEntry:
         }
         if self.type == "file":
             out.update(size=self.size, sha256=self.sha256, chunks=list(self.chunks))
+            if self.hardlink:
+                out["hardlink"] = self.hardlink
         elif self.type == "symlink":
             out["target"] = self.target
+        out.update(owner_json(self.uid, self.gid))
+        out.update(xattrs_json(self.xattrs))
         return out
+
+    @property
+    def is_version_3(self) -> bool:
+        return self.uid is not None or bool(self.xattrs) or bool(self.hardlink)
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,8 @@ class Manifest:
     def format_version(self) -> int:
         """3 with a version 3 field; else 1 while every chunk is stored raw, else 2."""
         if self.warnings or self.excludes is not None:
+            return 3
+        if any(e.is_version_3 for e in self.entries):
             return 3
         raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
         return 1 if raw else 2
@@ -259,6 +282,21 @@ def _parse_warning(raw: dict[str, Any]) -> SourceWarning:
 
 
 def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
+    entry = _parse_entry_body(raw, chunk_size, version)
+    uid, gid = parse_owner(raw, entry.path)
+    hardlink = raw.get("hardlink", "")
+    if hardlink:
+        check_relative_path(hardlink)
+    return replace(
+        entry,
+        uid=uid,
+        gid=gid,
+        xattrs=parse_xattrs(raw, entry.path),
+        hardlink=hardlink if entry.type == "file" else "",
+    )
+
+
+def _parse_entry_body(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
     path = check_relative_path(raw["path"])
     kind = raw["type"]
     mode = _int(raw["mode"], "mode")
@@ -290,10 +328,20 @@ def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntr
 
 def _check_tree(entries: tuple[FileEntry, ...]) -> None:
     kinds: dict[str, EntryType] = {}
+    files: dict[str, FileEntry] = {}
     for entry in entries:
         if entry.path in kinds:
             raise ManifestError(f"{entry.path!r} appears twice")
         kinds[entry.path] = entry.type
+        if entry.type == "file":
+            files[entry.path] = entry
+    for entry in files.values():  # a hard link names a file of the same content, not a link
+        leader = files.get(entry.hardlink) if entry.hardlink else entry
+        if leader is None or leader.hardlink or leader.sha256 != entry.sha256:
+            raise ManifestError(
+                f"{entry.path!r}: hard link to {entry.hardlink!r}, which is not a file of the "
+                "same content in this backup"
+            )
     for entry in entries:
         parts = entry.path.split("/")
         for depth in range(1, len(parts)):

@@ -19,6 +19,7 @@ from asyncbackup.config import EngineConfig
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.metadata import apply_owner_and_xattrs
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
@@ -26,6 +27,7 @@ from asyncbackup.repository import Repository
 from asyncbackup.threads import settled
 
 OPERATION = "restore"
+log = logging.getLogger("asyncbackup")
 P = ParamSpec("P")
 R = TypeVar("R")
 TEMP_MARK = ".asyncbackup-"
@@ -91,10 +93,13 @@ class RestoreJob:
                 "or into an empty directory."
             )
 
+        leaders = {e.path for e in manifest.entries if e.type == "file" and not e.hardlink}
         try:
             async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
                 for entry in manifest.entries:
                     final = real_target / entry.path
+                    if entry.hardlink in leaders:
+                        continue  # linked to its first name once that is in place
                     if entry.type == "file" and len(entry.chunks) <= 1:
                         # One task fetches it, then one thread call writes, checks and places it.
                         whole = partial(self._restore_whole, entry, final, manifest.chunk_size)
@@ -104,7 +109,7 @@ class RestoreJob:
         finally:
             if self.unfinished:
                 await settled(_remove, [p.temp for p in self.unfinished])
-        await settled(_finish_tree, real_target, manifest.entries)
+        await settled(_finish_tree, real_target, manifest.entries, leaders)
         totals = manifest.totals
         return RestoreSummary(
             name=manifest.name,
@@ -274,6 +279,7 @@ def _check(entry: FileEntry, size: int, sha256: str) -> None:
 
 
 def _place(entry: FileEntry, temp: Path, final: Path) -> None:
+    _owner_and_xattrs(entry, temp)  # before the chmod: a chown clears set-user-ID bits
     os.chmod(temp, entry.mode)
     os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
     os.replace(temp, final)
@@ -284,21 +290,38 @@ def _temp_name(final: Path) -> Path:
 
 
 @_writes_target
-def _finish_tree(target: Path, entries: tuple[FileEntry, ...]) -> None:
-    # Links come after every file, so no write can pass through one; directory modes and
-    # mtimes come last and deepest first, since adding to a directory changes its mtime.
+def _finish_tree(target: Path, entries: tuple[FileEntry, ...], leaders: set[str]) -> None:
+    # Hard links and then symlinks come after every file, so no write can pass through a link;
+    # directory modes and mtimes come last and deepest first, since adding to a directory
+    # changes its mtime.
+    for entry in entries:
+        if entry.hardlink in leaders:
+            path = target / entry.path
+            temp = _temp_name(path)
+            os.link(target / entry.hardlink, temp, follow_symlinks=False)
+            os.replace(temp, path)
     for entry in entries:
         if entry.type == "symlink":
             path = target / entry.path
             temp = _temp_name(path)
             os.symlink(entry.target, temp)
+            _owner_and_xattrs(entry, temp)
             os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
             os.replace(temp, path)
     for entry in sorted(entries, key=lambda e: e.path.count("/"), reverse=True):
         if entry.type == "dir":
             path = target / entry.path
+            _owner_and_xattrs(entry, path)
             os.chmod(path, entry.mode)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _owner_and_xattrs(entry: FileEntry, path: Path) -> None:
+    problems = apply_owner_and_xattrs(
+        str(path), uid=entry.uid, gid=entry.gid, xattrs=entry.xattrs, as_root=os.geteuid() == 0
+    )
+    for problem in problems:  # the bytes are restored; what is missing is said
+        log.warning("%s: %s", entry.path, problem)
 
 
 def _remove(paths: list[Path]) -> None:

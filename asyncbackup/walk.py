@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from asyncbackup.errors import SourceError
+from asyncbackup.errors import SourceError, SourceVanishedError
 from asyncbackup.excludes import Decision, Probe, probe_path
 from asyncbackup.threads import to_thread
 
 Kind = Literal["file", "dir", "symlink", "special"]
 Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
 """Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
+Unlistable = Callable[[str, SourceError], None]
+"""Told of a directory (its relative path) that could not be listed, and why."""
 
 
 @dataclass(frozen=True)
@@ -30,17 +32,28 @@ class SourceEntry:
     descend: bool = True  # False: a directory recorded without what it holds
 
 
-async def walk(root: Path, *, decide: Decide | None = None) -> AsyncIterator[SourceEntry]:
+async def walk(
+    root: Path, *, decide: Decide | None = None, unlistable: Unlistable | None = None
+) -> AsyncIterator[SourceEntry]:
     """Yield every entry below ``root`` (not ``root`` itself), directories before their contents.
     ``decide`` (run in the walk's worker thread) leaves entries out, and directories unlisted.
+    ``unlistable`` is told of a directory below the root that cannot be listed (or vanished
+    since its parent was), and the walk goes on without its contents.
 
     Raises:
-        SourceError: a directory cannot be listed.
+        SourceError: the root cannot be listed; or a directory below it, without
+            ``unlistable``.
     """
     pending = [""]
     while pending:
         relative = pending.pop()
-        entries = await to_thread(_scan, root, relative, decide)
+        try:
+            entries = await to_thread(_scan, root, relative, decide)
+        except SourceError as exc:
+            if not relative or unlistable is None:
+                raise
+            unlistable(relative, exc)
+            continue
         for entry in entries:
             yield entry
         pending.extend(e.path for e in reversed(entries) if e.kind == "dir" and e.descend)
@@ -51,6 +64,8 @@ def _scan(root: Path, relative: str, decide: Decide | None) -> list[SourceEntry]
     try:
         with os.scandir(directory) as it:
             names = sorted(e.name for e in it)
+    except FileNotFoundError as exc:
+        raise SourceVanishedError(f"{directory} vanished before it was listed") from exc
     except OSError as exc:
         raise SourceError(f"cannot list directory {directory}: {exc.strerror}") from exc
     found: list[SourceEntry] = []

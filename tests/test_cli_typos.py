@@ -141,11 +141,14 @@ def test_two_backups_started_at_once_both_commit(tmp_path: Path) -> None:
 
 
 def test_losing_a_race_for_a_name_is_exit_1_and_the_winner_stands(tmp_path: Path) -> None:
-    """A slow job checks the name is free, a fast one takes it, the slow one loses at commit."""
+    """A slow job checks the name is free, a fast one takes it, the slow one loses at commit.
+
+    The slow job has about 15 store calls at 0.5 s each, one at a time: seconds longer than
+    the fast job takes, even on a loaded machine."""
     source, store = make_tree(tmp_path / "source"), tmp_path / "store"
     slow = subprocess.Popen(
         [sys.executable, "-m", "asyncbackup", "backup", str(source), str(store),
-         "--name", "nightly", "--inject-latency", "300", "--concurrency", "2"],
+         "--name", "nightly", "--inject-latency", "500", "--concurrency", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert slow.stderr is not None

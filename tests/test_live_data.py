@@ -104,3 +104,31 @@ def test_a_clean_backup_still_exits_0(tmp_path: Path, store_url: str) -> None:
     backup = cli_as_job("backup", source, store_url, "--name", "n")
     assert backup.returncode == EXIT_OK, backup.stderr
     assert "warning" not in backup.stderr.lower()
+
+
+def test_an_unreadable_directory_is_recorded_empty_with_a_warning(
+    tmp_path: Path, store_url: str
+) -> None:
+    source = tmp_path / "source"
+    (source / "locked").mkdir(parents=True)
+    (source / "locked" / "inside.txt").write_text("cannot be listed\n")
+    (source / "open.txt").write_text("fine\n")
+    (source / "locked").chmod(0o000)
+    try:
+        backup = cli_as_job("backup", source, store_url, "--name", "n")
+        strict = cli_as_job("backup", source, store_url, "--name", "s", "--strict")
+    finally:
+        (source / "locked").chmod(0o755)
+    assert backup.returncode == EXIT_WARNINGS, backup.stderr
+    message = f"cannot list directory {source / 'locked'}: Permission denied"
+    assert f"WARNING {message}; what it holds is skipped" in backup.stderr
+    doc = json.loads(cli("show", store_url, "n", "--json").stdout)
+    assert [(w["path"], w["kind"]) for w in doc["warnings"]] == [("locked", "unreadable")]
+    assert [e["path"] for e in doc["entries"]] == ["locked", "open.txt"]
+    assert strict.returncode == EXIT_FAILED, strict.stderr
+    assert message in strict.stderr and "nothing was committed" in strict.stderr
+    target = tmp_path / "restored"
+    restored = cli("restore", store_url, "n", target)
+    assert restored.returncode == EXIT_OK, restored.stderr
+    assert sorted(os.listdir(target)) == ["locked", "open.txt"]
+    assert os.listdir(target / "locked") == []

@@ -270,7 +270,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     for key in ("name", "format_version", "job_id", "started", "finished", "host", "source",
                 "chunk_size", "totals", "entries"):  # fmt: skip
         assert doc[key] == manifest[key], key
-    assert doc["format_version"] == 1
+    assert doc["format_version"] == 3  # owners are recorded
     assert doc["totals"] == {"files": 13, "dirs": 5, "symlinks": 3, "bytes": file_bytes(tree),
                              "chunks": 16, "unique_chunks": 15}  # fmt: skip
     assert 0 <= doc["seconds"] < 60
@@ -284,7 +284,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert f"source          {tree}" in lines
     assert f"files           13 ({file_bytes(tree):,} bytes)" in lines
     assert "chunks          16 (15 unique)" in lines
-    assert "format version  1" in lines
+    assert "format version  3" in lines
     assert "compression     none" in lines
     assert any(re.fullmatch(r"-rwxr-x--- +18 \S+ \S+  script\.sh", line) for line in lines)
     assert any(line.endswith("  link-to-leaf -> sub/deeper/leaf.txt") for line in lines)

@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "empty)",
     )
     backup.add_argument(
+        "--xattrs",
+        action="store_true",
+        help="record extended attributes (a listing per entry, so off by default); a restore "
+        "puts back whatever a backup recorded",
+    )
+    backup.add_argument(
         "--json",
         action="store_true",
         help="print the summary as one JSON document instead of the backup's name",

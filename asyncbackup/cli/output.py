@@ -68,7 +68,7 @@ def report(args: argparse.Namespace, result: object) -> int:
     elif isinstance(result, list) and args.json:
         print(json.dumps([asdict(i) for i in result], indent=1))
     elif isinstance(result, list):
-        if not result:  # say so: a mistyped store path also lists nothing
+        if not result:  # say so: on S3 or GCS a mistyped prefix also lists nothing
             log.info("no backups in %s", args.store)
         for i in result:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"

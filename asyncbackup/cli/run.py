@@ -236,7 +236,7 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             exclude_if_present=tuple(args.exclude_if_present),
             one_file_system=args.one_file_system,
         )
-        options = BackupOptions(strict=args.strict, excludes=excludes)
+        options = BackupOptions(strict=args.strict, excludes=excludes, xattrs=args.xattrs)
         return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "cat":
         await engine.restore_file(args.name, args.path, _write_stdout)
