@@ -58,6 +58,7 @@ bench: install bench-tools
 	$(BIN)/python -m benchmarks.compression
 	$(BIN)/python -m benchmarks.bwlimit
 	$(BIN)/python -m benchmarks.embedding
+	$(BIN)/python -m benchmarks.restore_again
 
 # The same suite on scaled-down data, one round (a minute or two); results in benchmarks/results/quick/.
 bench-quick: install bench-tools

@@ -19,6 +19,7 @@ from asyncbackup.batching import ThreadBatch
 from asyncbackup.chunking import ChunkReader, reread_chunk
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
+from asyncbackup.dirfd import open_beneath
 from asyncbackup.errors import (
     BackupFailed,
     ConfigError,
@@ -162,7 +163,7 @@ class BackupJob:
                 assert excluder is not None
                 walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
                 async for entry in walking:
-                    await self._add(pool, source, entry)
+                    await self._add(pool, entry)
         try:
             await self._recheck(source, hint)
         except PermanentStorageError:
@@ -281,7 +282,12 @@ class BackupJob:
                 await pool.spawn(path, partial(self._upload_again, source, path, index, digest))
 
     async def _upload_again(self, source: Path, path: str, index: int, digest: str) -> None:
-        data, read = await reread_chunk(source / path, index, self.config.chunk_size)
+        data, read = await reread_chunk(
+            source / path,
+            index,
+            self.config.chunk_size,
+            opener=partial(open_beneath, source, path),  # one name at a time: no PATH_MAX
+        )
         if read != digest:
             raise SourceError(
                 f"{source / path} changed while it was being backed up (chunk {index + 1} "
@@ -290,11 +296,11 @@ class BackupJob:
         self.stored.pop(digest, None)
         await self.upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
 
-    async def _add(self, pool: TaskPool, source: Path, entry: SourceEntry) -> None:
+    async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat
         mode = stat.S_IMODE(st.st_mode)
         if entry.kind in ("dir", "symlink"):
-            xattrs = await xattrs_of(str(source / entry.path), wanted=self.options.xattrs)
+            xattrs = await xattrs_of(entry.reachable, wanted=self.options.xattrs)
             kind: EntryType = "dir" if entry.kind == "dir" else "symlink"
             self.entries.append(
                 FileEntry(
@@ -313,14 +319,14 @@ class BackupJob:
         elif entry.kind == "file" and st.st_size <= self.config.chunk_size:
             # A small file is one task that reads and uploads it, so many are read at once.
             upload_here = partial(self.upload, entry.path)
-            await pool.spawn(entry.path, partial(self._add_file, source, entry.path, upload_here))
+            await pool.spawn(entry.path, partial(self._add_file, entry, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
             async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
                 await pool.spawn(entry.path, partial(self.upload, entry.path, digest, data, label))
 
             try:
-                await self._add_file(source, entry.path, upload_in_pool)
+                await self._add_file(entry, upload_in_pool)
             except SourceError as exc:
                 pool.record(entry.path, exc)
                 raise
@@ -329,7 +335,7 @@ class BackupJob:
             self.metrics.files.labels(OPERATION, "skipped").inc()
             log.warning("skipped %s: not a regular file, directory or symlink", entry.path)
 
-    async def _add_file(self, source: Path, relative: str, upload: Upload) -> None:
+    async def _add_file(self, entry: SourceEntry, upload: Upload) -> None:
         """Read, hash and upload one file; a file that changes while it is read (a log being
         written) is read again, up to ``READS_OF_A_CHANGING_FILE`` times in all. Unless
         ``strict``, the last read is stored as read, and a file that vanished or cannot be read
@@ -343,9 +349,7 @@ class BackupJob:
         for read in range(1, READS_OF_A_CHANGING_FILE + 1):
             last = read == READS_OF_A_CHANGING_FILE
             try:
-                return await self._read_file(
-                    source, relative, upload, accept_changes=last and not strict
-                )
+                return await self._read_file(entry, upload, accept_changes=last and not strict)
             except SourceChangedError as exc:
                 if last:
                     raise SourceChangedError(
@@ -363,7 +367,7 @@ class BackupJob:
                 kind: WarningKind = (
                     "vanished" if isinstance(exc, SourceVanishedError) else "unreadable"
                 )
-                self._warn(SourceWarning(relative, kind, f"{exc}; skipped"))
+                self._warn(SourceWarning(entry.path, kind, f"{exc}; skipped"))
                 self.metrics.files.labels(OPERATION, "skipped").inc()
                 return
 
@@ -380,12 +384,13 @@ class BackupJob:
         self.warnings.append(warning)
 
     async def _read_file(
-        self, source: Path, relative: str, upload: Upload, *, accept_changes: bool = False
+        self, entry: SourceEntry, upload: Upload, *, accept_changes: bool = False
     ) -> None:
         reader = ChunkReader(
-            source / relative,
+            entry.shown,
             self.config.chunk_size,
             accept_changes=accept_changes,
+            opener=entry.open,
             batch=self._reads,
         )
         chunks: list[str] = []
@@ -406,7 +411,7 @@ class BackupJob:
         if reader.changed:
             self._warn(
                 SourceWarning(
-                    relative,
+                    entry.path,
                     "changed",
                     f"{reader.changed}, during each of {READS_OF_A_CHANGING_FILE} reads: "
                     f"stored as last read ({reader.size} bytes), which may not be a consistent "
@@ -415,7 +420,7 @@ class BackupJob:
             )
         self.entries.append(
             FileEntry(
-                relative,
+                entry.path,
                 "file",
                 stat.S_IMODE(reader.stat.st_mode),
                 reader.stat.st_mtime_ns,
@@ -424,12 +429,12 @@ class BackupJob:
                 chunks=tuple(chunks),
                 uid=reader.stat.st_uid,
                 gid=reader.stat.st_gid,
-                xattrs=await xattrs_of(str(source / relative), wanted=self.options.xattrs),
+                xattrs=await xattrs_of(entry.reachable, wanted=self.options.xattrs),
             )
         )
         self.progress.advance(files=1)
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
-        log.debug("stored %s (%d bytes, %d chunks)", relative, reader.size, len(chunks))
+        log.debug("stored %s (%d bytes, %d chunks)", entry.path, reader.size, len(chunks))
 
     async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
         """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""

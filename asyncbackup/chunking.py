@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from asyncbackup.batching import ThreadBatch
 from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
+from asyncbackup.reuse import zero_digest
 from asyncbackup.threads import to_thread
+from asyncbackup.walk import unreadable
+
+Opener = Callable[[int], int]
+"""Opens the file with these flags (``O_NOFOLLOW`` among them); a descriptor."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -38,9 +46,11 @@ class ChunkReader:
         chunk_size: int,
         *,
         accept_changes: bool = False,
+        opener: Opener | None = None,
         batch: ThreadBatch | None = None,
     ) -> None:
-        self.path = path
+        self.path = path  # for messages; ``opener`` (if given) is how the file is opened
+        self._opener = opener
         self._batch = batch
         self.chunk_size = chunk_size
         self.accept_changes = accept_changes
@@ -87,12 +97,19 @@ class ChunkReader:
                 # Ask for what the file holds, not a whole chunk: a 4 KiB file must not cost an
                 # 8 MiB buffer. Growth or shrinking since the open is caught by the final check.
                 want = min(self.chunk_size, self.stat.st_size - self.size)
-                data = _read_up_to(self._fd, want) if want > 0 else b""
+                # A whole chunk inside a hole of a sparse file is zeros: not read, not hashed.
+                hole = want == self.chunk_size and _in_a_hole(self._fd, self.size, want)
+                if hole:
+                    data = _zeros(want)
+                elif want > 0:
+                    data = _read_up_to(self._fd, want)
+                else:
+                    data = b""
             except FileNotFoundError as exc:
                 raise SourceVanishedError(f"{self.path} vanished before it was read") from exc
             except OSError as exc:
-                raise SourceError(f"cannot read {self.path}: {exc.strerror}") from exc
-            digest = sha256_hex(data)
+                raise unreadable(self.path, exc) from exc
+            digest = _zero_digest(want) if hole else sha256_hex(data)
             first = self.size == 0
             self.size += len(data)
             done = len(data) < want or self.size >= self.stat.st_size
@@ -113,7 +130,8 @@ class ChunkReader:
     def _open(self) -> None:
         # O_NOFOLLOW: a file swapped for a link since the walk is refused, never followed.
         # O_NONBLOCK: a file swapped for a fifo must not hang the open.
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        self._fd = self._opener(flags) if self._opener else os.open(self.path, flags)
         self.stat = os.fstat(self._fd)
         if not stat.S_ISREG(self.stat.st_mode):
             raise SourceError(f"{self.path} is no longer a regular file")
@@ -148,6 +166,29 @@ class ChunkReader:
             self._fd = None
 
 
+def _in_a_hole(fd: int, offset: int, length: int) -> bool:
+    """Whether ``length`` bytes at ``offset`` (the file's position) are all a hole; the
+    position is left where the next read starts. A file system without SEEK_DATA says no."""
+    hole = False
+    try:
+        hole = os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as exc:
+        hole = exc.errno == errno.ENXIO  # no data at all past ``offset``
+    finally:
+        os.lseek(fd, offset + length if hole else offset, os.SEEK_SET)
+    return hole
+
+
+@functools.lru_cache(maxsize=1)
+def _zeros(size: int) -> bytes:
+    return bytes(size)  # immutable: one buffer serves every hole of the job
+
+
+@functools.lru_cache(maxsize=2)
+def _zero_digest(size: int) -> str:
+    return zero_digest(size)
+
+
 def _read_up_to(fd: int, size: int) -> bytes:
     parts: list[bytes] = []
     remaining = size
@@ -160,23 +201,27 @@ def _read_up_to(fd: int, size: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def reread_chunk(path: Path, index: int, chunk_size: int) -> tuple[bytes, str]:
-    """Chunk ``index`` of the file at ``path``, read again, and its sha256 (in a worker thread).
+async def reread_chunk(
+    path: Path, index: int, chunk_size: int, *, opener: Opener | None = None
+) -> tuple[bytes, str]:
+    """Chunk ``index`` of the file at ``path`` (opened by ``opener`` if given), read again,
+    and its sha256 (in a worker thread).
 
     Raises:
         SourceError: the file cannot be opened or read.
     """
-    return await to_thread(_reread, path, index, chunk_size)
+    return await to_thread(_reread, path, index, chunk_size, opener)
 
 
-def _reread(path: Path, index: int, chunk_size: int) -> tuple[bytes, str]:
+def _reread(path: Path, index: int, chunk_size: int, opener: Opener | None) -> tuple[bytes, str]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = opener(flags) if opener else os.open(path, flags)
         try:
             os.lseek(fd, index * chunk_size, os.SEEK_SET)
             data = _read_up_to(fd, chunk_size)
         finally:
             os.close(fd)
     except OSError as exc:
-        raise SourceError(f"cannot read {path} again: {exc.strerror}") from exc
+        raise unreadable(path, exc, "read again") from exc
     return data, sha256_hex(data)

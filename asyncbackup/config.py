@@ -16,6 +16,9 @@ DEFAULT_BASE_DELAY = 0.1
 DEFAULT_MAX_DELAY = 20.0
 DEFAULT_ATTEMPT_TIMEOUT = 120.0
 DEFAULT_RETRY_BUDGET = 100
+DEFAULT_MAX_MANIFEST_SIZE = 256 * MiB
+"""The largest MANIFEST read (stored and decoded): about a million files of one chunk each.
+Anyone who can write to the bucket can write a MANIFEST; this bounds what reading one costs."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,8 +77,13 @@ class EngineConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     compression: Compression = field(default_factory=Compression)
+    max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE
 
     def __post_init__(self) -> None:
+        if self.max_manifest_size < 1024:
+            raise ConfigError(
+                f"the MANIFEST size limit must be at least 1 KiB, not {self.max_manifest_size}"
+            )
         if not 1 <= self.concurrency <= 1024:
             raise ConfigError(f"concurrency must be between 1 and 1024, not {self.concurrency}")
         if not 64 * 1024 <= self.chunk_size <= 1024 * MiB:

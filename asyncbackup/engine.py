@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,8 +24,6 @@ from asyncbackup.errors import (
     BackupError,
     BackupFailed,
     ConfigError,
-    IntegrityError,
-    ObjectNotFoundError,
 )
 from asyncbackup.layout import check_backup_name
 from asyncbackup.manifest import Manifest
@@ -41,6 +39,7 @@ from asyncbackup.retry import Retrier, Sleep
 from asyncbackup.storage.base import Storage
 from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 from asyncbackup.threads import to_thread, using
+from asyncbackup.verify import VerifyJob, VerifyReport
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -60,21 +59,6 @@ class BackupInfo:
     bytes: int = 0
     chunks: int = 0
     problem: str = ""
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """What ``verify`` found: chunks missing or corrupt, each with the files that need it."""
-
-    name: str
-    deep: bool
-    chunks_checked: int
-    missing: dict[str, list[str]] = field(default_factory=dict)
-    corrupt: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.corrupt
 
 
 def _on_own_threads(
@@ -157,7 +141,12 @@ class BackupEngine:
             sleep=self._sleep,
             bandwidth=self._bandwidth,
         )
-        return Repository(self.store, retrier, operation=operation)
+        return Repository(
+            self.store,
+            retrier,
+            operation=operation,
+            manifest_limit=self.config.max_manifest_size,
+        )
 
     @_on_own_threads
     async def backup(
@@ -235,18 +224,29 @@ class BackupEngine:
         target: str | Path,
         *,
         overwrite: bool = False,
+        delete: bool = False,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
     ) -> RestoreSummary:
         """Restore backup ``name`` into directory ``target``; with ``include`` or ``exclude``
         (gitignore patterns), only the entries they select and the directories above them.
+        With ``overwrite``, into a non-empty directory: files already there with the backup's
+        size and sha256 are kept (not fetched), others replaced, and entries the backup does
+        not have are left alone; ``delete`` removes those too (it implies ``overwrite``, and
+        cannot be combined with patterns). See docs/restore.md.
 
         Raises:
             ConfigError: the target is not empty (and ``overwrite`` is False) or is a file; a
-                pattern is invalid, or the patterns select nothing.
+                pattern is invalid, or the patterns select nothing; ``delete`` with patterns.
             ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            TargetError: the target cannot be written (a full disk, a permission).
             BackupFailed: a chunk was missing or corrupt, or the store failed.
         """
+        if delete and (include or exclude):
+            raise ConfigError(
+                "--delete removes what the backup does not have, and with --include or "
+                "--exclude that would be everything left out: use one or the other"
+            )
         wanted = Patterns(include, what="--include pattern")
         unwanted = Patterns(exclude, what="--exclude pattern")
         repo = self._repository("restore")
@@ -255,7 +255,8 @@ class BackupEngine:
             manifest = await to_thread(select, manifest, include=wanted, exclude=unwanted)
         job = RestoreJob(repo, self.config, self.metrics, self.progress)
         expect(self.progress, files=manifest.totals.files, nbytes=manifest.totals.bytes)
-        return await self._timed("restore", job.run(manifest, Path(target), overwrite=overwrite))
+        run = job.run(manifest, Path(target), overwrite=overwrite, delete=delete)
+        return await self._timed("restore", run)
 
     @_on_own_threads
     async def manifest(self, name: str) -> Manifest:
@@ -280,50 +281,31 @@ class BackupEngine:
         return await to_thread(diff, before, after)
 
     @_on_own_threads
-    async def verify(self, name: str, *, deep: bool = False) -> VerifyReport:
-        """Check that every chunk of backup ``name`` is in the store (one listing); with ``deep``,
-        download every chunk and check its hash.
+    async def verify(self, name: str | None = None, *, deep: bool = False) -> VerifyReport:
+        """Check that every chunk of backup ``name`` (of every backup, when None) is in the
+        store (one listing); with ``deep``, download each chunk once, check its hash, and check
+        each file's whole size and sha256 from its chunks, as a restore would (see verify.py).
 
         Raises:
-            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            ManifestError: ``name`` is given and there is no such backup, or its MANIFEST is
+                corrupt, unsafe or too large (with no name, such a backup is reported instead).
             BackupFailed: the store failed (not: a chunk is missing or corrupt, which is reported).
         """
-        repo = self._repository("verify")
-        manifest = await repo.load_manifest(check_backup_name(name))
-        users, sizes = await to_thread(_chunk_users, manifest)  # 100,000 files: a thread
-        stored = await repo.stored_refs()
-        missing = {d: paths for d, paths in users.items() if d not in stored}
-        corrupt: dict[str, list[str]] = {}
-        if deep:
-
-            async def check(digest: str) -> None:
-                path, label = users[digest][0], digest[:12]
-                try:
-                    size = sizes[digest]  # its raw length: decoding stops past it
-                    await repo.get_chunk(digest, limit=size, path=path, label=label, size=size)
-                except IntegrityError:
-                    corrupt[digest] = users[digest]
-                except ObjectNotFoundError:
-                    missing[digest] = users[digest]
-                self.progress.advance(nbytes=size)
-
-            to_check = users.keys() - missing.keys()
-            expect(self.progress, nbytes=sum(sizes[d] for d in to_check))
-            async with TaskPool("verify", limit=self.config.buffered_chunks) as pool:
-                for digest in to_check:
-                    await pool.spawn(digest, partial(check, digest))
-        return VerifyReport(name, deep, len(users), missing, corrupt)
+        job = VerifyJob(self._repository("verify"), self.config, self.progress)
+        return await job.run(None if name is None else check_backup_name(name), deep=deep)
 
     @_on_own_threads
     async def list_backups(self) -> list[BackupInfo]:
-        """Every committed backup, oldest name first, with what its MANIFEST says."""
+        """Every committed backup, oldest name first, with what its MANIFEST says; one whose
+        MANIFEST cannot be read (too large, corrupt, unsafe) is listed with its ``problem``."""
         repo = self._repository("list")
-        names = await repo.backup_names()
+        sizes = await repo.backup_sizes()  # one listing gives each MANIFEST's size
+        names = sorted(sizes)
         infos: dict[str, BackupInfo] = {}
 
         async def describe(name: str) -> None:
             try:
-                m = await repo.load_manifest(name)
+                m = await repo.load_manifest(name, size=sizes[name])
             except BackupError as exc:
                 infos[name] = BackupInfo(name, problem=str(exc))
                 return
@@ -383,17 +365,6 @@ class BackupEngine:
             self.metrics.duration.labels(operation).set(time.monotonic() - started)
         self.metrics.last_success.labels(operation).set_to_current_time()
         return result
-
-
-def _chunk_users(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Each chunk's ref, the paths of the files that hold it, and its raw length."""
-    users: dict[str, list[str]] = {}
-    sizes: dict[str, int] = {}
-    for entry in manifest.entries:
-        for index, digest in enumerate(entry.chunks):
-            users.setdefault(digest, []).append(entry.path)
-            sizes[digest] = min(manifest.chunk_size, entry.size - index * manifest.chunk_size)
-    return users, sizes
 
 
 __all__ = ["BackupEngine", "BackupInfo", "VerifyReport"]

@@ -4,9 +4,11 @@
     ├── ConfigError                 bad URL or option, backup name taken, target not empty
     ├── SourceError                 unreadable input, a file that vanished or changed while read
     │   ├── SourceChangedError      a file that kept changing while it was read
-    │   └── SourceVanishedError     a file that was gone by the time it was read
+    │   ├── SourceVanishedError     a file that was gone by the time it was read
+    │   └── SourceAccessError       a file or directory the backup may not read
     ├── TargetError                 the restore target cannot be written (disk full...)
     ├── ManifestError               missing, corrupt or unsafe MANIFEST
+    │   └── ManifestTooLarge        a MANIFEST over the size limit: not read
     ├── NameTakenError              another job committed a backup of this name first
     ├── IntegrityError              a chunk or file whose hash or size does not match
     ├── StorageError
@@ -47,6 +49,10 @@ class SourceVanishedError(SourceError):
     """A file listed by the walk that was gone when it was opened (a log rotated, a temp file)."""
 
 
+class SourceAccessError(SourceError):
+    """Permission to read a file or list a directory was denied: a rerun will not help."""
+
+
 class TargetError(BackupError):
     """The restore target cannot be written: permissions, a full disk, a file in the way."""
 
@@ -59,6 +65,10 @@ class NameTakenError(BackupError):
 
 class ManifestError(BackupError):
     """A MANIFEST that is missing, corrupt, or names a path outside the restore target."""
+
+
+class ManifestTooLarge(ManifestError):
+    """A MANIFEST larger than the limit set for reading one: refused before it is read whole."""
 
 
 class IntegrityError(BackupError):
@@ -107,10 +117,15 @@ class BackupFailed(BackupError):
     ) -> None:
         self.operation = operation
         self.failures = tuple(failures)
-        shown = "; ".join(f"{f.path}: {f.error}" for f in self.failures[:5])
+        shown = "; ".join(
+            f"{f.path}: {f.error}" if f.path else str(f.error) for f in self.failures[:5]
+        )
         more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
         message = f"{operation} failed, {outcome}: {shown}{more}"
-        # A rerun cannot fix what the store refuses (credentials, a missing bucket or chunk):
-        # the hint to run again is left out, and each message says what to fix instead.
-        refused = all(isinstance(f.error, PermanentStorageError) for f in self.failures)
+        # A rerun cannot fix what the store refuses (credentials, a missing bucket or chunk) nor
+        # a source it may not read: the hint to run again is left out, and each message says
+        # what to fix instead.
+        refused = all(
+            isinstance(f.error, PermanentStorageError | SourceAccessError) for f in self.failures
+        )
         super().__init__(f"{message}. {hint}" if hint and not refused else message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -19,11 +20,15 @@ from asyncbackup.metadata import (
 
 FORMAT_VERSION = 3
 """Version 2 names compressed chunks (``<sha256>.zst``, ``<sha256>.gz``). Version 3 adds optional
-fields (``warnings``: what a backup skipped or stored while it changed; ``excludes``: what it
-was told to leave out). A MANIFEST is written
-with the lowest version that holds what it says, so a backup without those stays readable by
-older readers; every field added since version 1 is optional when read."""
+fields: ``warnings`` (what a backup skipped or stored while it changed), ``excludes`` (what it
+was told to leave out), and the source directory itself as a ``dir`` entry of path
+``ROOT_PATH``, so a restore gives the target the source's mode and mtime. A MANIFEST is written
+with the lowest version that holds what it says (every backup made now records its root: version
+3); every field added since version 1 is optional when read, and MANIFESTs of versions 1 and 2
+still restore."""
 READABLE_VERSIONS = (1, 2, 3)
+ROOT_PATH = "."
+"""The path of the entry that records the source directory itself (version 3)."""
 EntryType = Literal["file", "dir", "symlink"]
 WarningKind = Literal["vanished", "unreadable", "changed"]
 WARNING_KINDS: tuple[WarningKind, ...] = ("vanished", "unreadable", "changed")
@@ -78,7 +83,7 @@ class ExcludeRecord:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million entries cost half the memory
 class FileEntry:
     """One file, directory or symlink of a backup. ``path`` is relative and POSIX."""
 
@@ -153,7 +158,7 @@ class Manifest:
         chunks = [c for e in files for c in e.chunks]
         totals = Totals(
             files=len(files),
-            dirs=sum(e.type == "dir" for e in self.entries),
+            dirs=sum(e.type == "dir" and e.path != ROOT_PATH for e in self.entries),
             symlinks=sum(e.type == "symlink" for e in self.entries),
             bytes=sum(e.size for e in files),
             chunks=len(chunks),
@@ -167,13 +172,22 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """3 with a version 3 field; else 1 while every chunk is stored raw, else 2."""
-        if self.warnings or self.excludes is not None:
+        """3 with a version 3 field (warnings, excludes, the root's entry); else 1 while every
+        chunk is stored raw, else 2."""
+        if self.warnings or self.excludes is not None or self.root is not None:
             return 3
         if any(e.is_version_3 for e in self.entries):
             return 3
         raw = all(len(c) == 64 for e in self.entries for c in e.chunks)
         return 1 if raw else 2
+
+    @property
+    def root(self) -> FileEntry | None:
+        """The entry of the source directory itself; None in MANIFESTs before version 3."""
+        first = self.entries[0] if self.entries else None
+        if first is not None and first.path == ROOT_PATH:
+            return first
+        return next((e for e in self.entries if e.path == ROOT_PATH), None)
 
     def to_json(self) -> bytes:
         """The MANIFEST's bytes: one line of JSON per entry, so a large one is encoded entry by
@@ -207,15 +221,51 @@ class Manifest:
                 that is absolute, climbs with '..', repeats, or lies beneath a file or link.
         """
         try:
-            doc = json.loads(data)
+            doc = _entry_by_entry(data)
+            if doc is None:  # not as ``to_json`` writes it (edited by hand?): read it whole
+                doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
         try:
             return _parse(doc)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{where}: the MANIFEST is not valid JSON ({exc})") from exc
         except ManifestError as exc:
             raise ManifestError(f"{where}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"{where}: the MANIFEST is malformed ({exc!r})") from exc
+
+
+_ENTRIES_OPEN = b',"entries":['
+_ENTRIES_CLOSE = b"\n]}\n"
+
+
+def _entry_by_entry(data: bytes) -> dict[str, Any] | None:
+    """The MANIFEST's head, with its entries as an iterator that decodes one line at a time,
+    if ``data`` is laid out as ``to_json`` writes it; else None. ``json.loads`` of the whole
+    would hold the text decoded (a copy of the document) and every entry as a dict at once."""
+    first = data.find(b"\n")
+    if first < 0 or not data.endswith(_ENTRIES_CLOSE):
+        return None
+    if not data[:first].endswith(_ENTRIES_OPEN):
+        return None
+    head = json.loads(data[: first - len(_ENTRIES_OPEN)] + b"}")
+    if not isinstance(head, dict) or "entries" in head:
+        return None
+
+    def entries() -> Iterator[Any]:
+        end = len(data) - len(_ENTRIES_CLOSE)
+        start = first + 1
+        while start < end:
+            stop = data.find(b"\n", start, end)
+            stop = end if stop < 0 else stop
+            line = data[start:stop].removesuffix(b",")
+            if line:
+                yield json.loads(line)
+            start = stop + 1
+
+    head["entries"] = entries()
+    return head
 
 
 def _compact(value: dict[str, Any]) -> str:
@@ -297,8 +347,9 @@ def _parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntr
 
 
 def _parse_entry_body(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry:
-    path = check_relative_path(raw["path"])
     kind = raw["type"]
+    is_root = raw["path"] == ROOT_PATH and kind == "dir" and version >= 3
+    path = ROOT_PATH if is_root else check_relative_path(raw["path"])
     mode = _int(raw["mode"], "mode")
     if not 0 <= mode <= 0o7777:
         raise ManifestError(f"{path!r}: mode {mode} is out of range")

@@ -82,8 +82,25 @@ def select(manifest: Manifest, *, include: Patterns, exclude: Patterns) -> Manif
     for path in kept:  # the directories above each one, so that it has a place to go
         parts = path.split("/")
         wanted.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
-    entries = tuple(e for e in manifest.entries if e.path in wanted or _is_root(e))
+    relinked = _relink(kept)
+    entries = tuple(
+        relinked.get(e.path, e) for e in manifest.entries if e.path in wanted or _is_root(e)
+    )
     return replace(manifest, entries=entries)
+
+
+def _relink(kept: dict[str, FileEntry]) -> dict[str, FileEntry]:
+    """Hard links whose first name is left out: the first of them kept becomes the file the
+    others link to, so they are still restored as one file."""
+    leaders: dict[str, str] = {}  # a first name left out -> the name that stands in for it
+    changed: dict[str, FileEntry] = {}
+    for path in sorted(kept):
+        entry = kept[path]
+        if not entry.hardlink or entry.hardlink in kept:
+            continue
+        stand_in = leaders.setdefault(entry.hardlink, path)
+        changed[path] = replace(entry, hardlink="" if stand_in == path else stand_in)
+    return changed
 
 
 def _is_root(entry: FileEntry) -> bool:

@@ -17,8 +17,16 @@ class TaskPool:
     and the pool raises ``BackupFailed`` naming each file that failed.
     """
 
-    def __init__(self, operation: str, *, limit: int, hint: Callable[[], str] = str) -> None:
+    def __init__(
+        self,
+        operation: str,
+        *,
+        limit: int,
+        hint: Callable[[], str] = str,
+        outcome: str = "nothing was committed",
+    ) -> None:
         self._operation = operation
+        self._outcome = outcome  # what a failure leaves behind, as ``BackupFailed`` says it
         self._room = asyncio.Semaphore(limit)
         self._group = asyncio.TaskGroup()
         self._hint = hint
@@ -72,4 +80,6 @@ class TaskPool:
             for error in others.exceptions:
                 if id(error) not in recorded and isinstance(error, BackupError):
                     self.failures.append(FailedItem("", error))
-            raise BackupFailed(self._operation, self.failures, hint=self._hint()) from None
+            raise BackupFailed(
+                self._operation, self.failures, hint=self._hint(), outcome=self._outcome
+            ) from None

@@ -8,9 +8,11 @@ from typing import TypeVar
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.compression import Codec, codec_of_ref, decode
+from asyncbackup.config import DEFAULT_MAX_MANIFEST_SIZE
 from asyncbackup.errors import (
     IntegrityError,
     ManifestError,
+    ManifestTooLarge,
     NameTakenError,
     ObjectExistsError,
 )
@@ -43,10 +45,18 @@ def _decode_and_hash(stored: bytes, codec: Codec, limit: int, where: str) -> tup
 class Repository:
     """One job's view of a store: what it holds, and retried reads and writes of its objects."""
 
-    def __init__(self, store: Storage, retrier: Retrier, *, operation: str) -> None:
+    def __init__(
+        self,
+        store: Storage,
+        retrier: Retrier,
+        *,
+        operation: str,
+        manifest_limit: int = DEFAULT_MAX_MANIFEST_SIZE,
+    ) -> None:
         self.store = store
         self.retrier = retrier
         self.operation = operation
+        self.manifest_limit = manifest_limit
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, one retried request per listing page."""
@@ -81,6 +91,16 @@ class Repository:
         """The names of every committed backup, sorted."""
         keys = await self.list_keys(BACKUPS)
         return sorted(n for n in map(name_of_manifest_key, keys) if n is not None)
+
+    async def backup_sizes(self) -> dict[str, int]:
+        """Every committed backup's name and the size of its MANIFEST as stored."""
+        sizes: dict[str, int] = {}
+        async for page in self._pages(BACKUPS, self.store.list_objects):
+            for info in page:
+                name = name_of_manifest_key(info.key)
+                if name is not None:
+                    sizes[name] = info.size
+        return sizes
 
     async def has_backup(self, name: str) -> bool:
         key = manifest_key(name)
@@ -126,21 +146,44 @@ class Repository:
             )
         return data
 
-    async def load_manifest(self, name: str) -> Manifest:
-        """Read and validate backup ``name``'s MANIFEST.
+    async def load_manifest(self, name: str, *, size: int | None = None) -> Manifest:
+        """Read and validate backup ``name``'s MANIFEST, if it is no larger than
+        ``manifest_limit``: its size as listed (``size``, if the caller listed it already) is
+        checked before it is fetched, and its length again once fetched.
 
         Raises:
+            ManifestTooLarge: the MANIFEST is over the limit; it was not read.
             ManifestError: there is no such backup, or its MANIFEST is corrupt or unsafe.
         """
         key = manifest_key(name)
+        where = f"{self.store.url}/{key}"
+        missing = ManifestError(
+            f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
+        )
+        if size is None:
+            what = Transfer(self.operation, "list", key)
+            listed, _ = await self.retrier.run(what, partial(self.store.list_objects, key, None))
+            sizes = [o.size for o in listed if o.key == key]
+            if not sizes:
+                raise missing
+            size = sizes[0]
+        self._check_manifest_size(size, where)
         what = Transfer(self.operation, "read manifest", key)
         try:
             data = await self.retrier.run(what, lambda: self.store.get(key))
         except NotFound:
-            raise ManifestError(
-                f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
-            ) from None
-        return await to_thread(Manifest.from_json, data, where=f"{self.store.url}/{key}")
+            raise missing from None
+        self._check_manifest_size(len(data), where)  # replaced since it was listed
+        return await to_thread(Manifest.from_json, data, where=where)
+
+    def _check_manifest_size(self, size: int, where: str) -> None:
+        if size > self.manifest_limit:
+            raise ManifestTooLarge(
+                f"{where}: the MANIFEST is {size:,} bytes, over the limit of "
+                f"{self.manifest_limit:,} bytes; if the backup really is that large, raise the "
+                "limit (--max-manifest-size, EngineConfig.max_manifest_size), else the file "
+                "was written by someone else: delete that backup"
+            )
 
     async def commit(self, manifest: Manifest) -> None:
         """Make every chunk durable, then write the MANIFEST, create-only: the backup's commit.

@@ -1,40 +1,36 @@
-"""One restore job: fetch and check every chunk, assemble each file aside, then put it in place."""
+"""One restore job: fetch and check every chunk, assemble each file aside, then put it in place.
+
+The file-system side (descriptors, temporary names, placing, directories, links) is in
+``target.py``; this module schedules the fetches.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
-import os
-import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
+from asyncbackup import target as fs
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.config import EngineConfig
-from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
+from asyncbackup.dirfd import Directory, DirectoryTree
+from asyncbackup.errors import IntegrityError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
-from asyncbackup.metadata import apply_owner_and_xattrs
 from asyncbackup.metrics import Metrics
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
-from asyncbackup.threads import settled
+from asyncbackup.reuse import SharedChunks, is_zero_chunk, zero_digest
+from asyncbackup.target import TEMP_MARK
+from asyncbackup.threads import settled, to_thread
 
+log = logging.getLogger("asyncbackup")
 OPERATION = "restore"
-log = logging.getLogger("asyncbackup")
-P = ParamSpec("P")
-R = TypeVar("R")
-TEMP_MARK = ".asyncbackup-"
 EMPTY_SHA256 = sha256_hex(b"")
-
-
-log = logging.getLogger("asyncbackup")
+__all__ = ["TEMP_MARK", "RestoreJob", "RestoreSummary"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +45,30 @@ class RestoreSummary:
     chunks_downloaded: int
     retries: int
     seconds: float
+    files_in_place: int = 0  # with overwrite: already there with the right bytes, not fetched
+    holes: int = 0  # chunks of zeros, never fetched, left as holes in sparse files
+    leftovers_removed: int = 0  # temporary files of killed restores, removed
+    deleted: int = 0  # with delete: entries of the target the backup does not have, removed
 
 
 class _PendingFile:
     """A file being assembled under a temporary name; put in place when its last chunk lands."""
 
-    def __init__(self, entry: FileEntry, final: Path) -> None:
+    def __init__(self, entry: FileEntry, parent: Directory, name: str, chunks: int) -> None:
         self.entry = entry
-        self.final = final
-        self.temp = _temp_name(final)
-        self.remaining = len(entry.chunks)
+        self.parent = parent
+        self.name = name
+        self.temp = fs.temp_name()
+        self.remaining = chunks
 
 
 class RestoreJob:
-    """Restores one manifest into a target directory; never writes outside it."""
+    """Restores one manifest into a target directory; never writes outside it.
+
+    Memory: the transfers hold at most ``config.buffered_chunks`` chunks, as a backup does; on
+    top of that, chunks the backup uses more than once are held from their first use to their
+    last, within ``concurrency x chunk_size`` bytes (see ``reuse.py``).
+    """
 
     def __init__(
         self, repo: Repository, config: EngineConfig, metrics: Metrics, progress: Progress
@@ -73,43 +79,77 @@ class RestoreJob:
         self.progress = progress
         self.unfinished: set[_PendingFile] = set()
         self.downloaded = 0
+        self.in_place = 0
+        self.holes = 0
+        self.zero: dict[int, str] = {}
+        self.shared = SharedChunks((), budget=0)
 
-    async def run(self, manifest: Manifest, target: Path, *, overwrite: bool) -> RestoreSummary:
-        """Restore ``manifest`` into ``target``.
+    async def run(
+        self, manifest: Manifest, target: Path, *, overwrite: bool, delete: bool = False
+    ) -> RestoreSummary:
+        """Restore ``manifest`` into ``target``. With ``overwrite``, files already in place
+        with the right size and sha256 are kept, not fetched; with ``delete`` too, entries of
+        the target that the backup does not have are removed first.
 
         Raises:
             ConfigError: the target is a file, or is not empty and ``overwrite`` is False.
+            ManifestError: a link or file of the target stands where the backup has a directory.
+            TargetError: the target cannot be written (a full disk, a permission).
             BackupFailed: a chunk was missing or corrupt, or the store failed; no file is left
                 half-written under its final name.
         """
         started = time.monotonic()
-        real_target = await settled(_prepare_target, target, overwrite)
-        await settled(_make_dirs, real_target, manifest.entries)
+        tree, occupied = await settled(fs.prepare, target, overwrite or delete)
+        leftovers = deleted = 0
+        if occupied:
+            leftovers = await settled(fs.remove_leftovers, tree, manifest.entries)
+            if leftovers:
+                log.info(
+                    "removed %d temporary files left in %s by an interrupted restore",
+                    leftovers,
+                    tree.root.path,
+                )
+            if delete:
+                deleted = await settled(fs.delete_extras, tree, manifest.entries)
+        await settled(fs.make_dirs, tree, manifest.entries)
+        chunk_size = manifest.chunk_size
+        self.zero = {chunk_size: await settled(zero_digest, chunk_size)}
+        # A file with several names is restored once, under its first name; the others are
+        # linked to it at the end (an older reader, or a partial restore without the first
+        # name, has each name restored from its chunks instead).
+        leaders = {e.path for e in manifest.entries if e.type == "file" and not e.hardlink}
+        files = [e for e in manifest.entries if e.type == "file" and e.hardlink not in leaders]
+
+        def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
+            refs = (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero))
+            return SharedChunks(refs, budget=self.config.concurrency * chunk_size)
+
+        zero = self.zero
+        self.shared = await to_thread(count_uses)
         budget = self.repo.retrier.budget
 
         def hint() -> str:
             return budget.explain() + (
-                "Files restored so far are in place: run it again with --overwrite, "
-                "or into an empty directory."
+                f"Each file in {tree.root.path} is either whole or absent (nothing is "
+                "half-written): run the same restore again with --overwrite; files already in "
+                "place are kept, not fetched again."
             )
 
-        leaders = {e.path for e in manifest.entries if e.type == "file" and not e.hardlink}
+        outcome = f"the files restored until then are in place in {tree.root.path}, each whole"
+        limit = self.config.buffered_chunks
         try:
-            async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
-                for entry in manifest.entries:
-                    final = real_target / entry.path
-                    if entry.hardlink in leaders:
-                        continue  # linked to its first name once that is in place
-                    if entry.type == "file" and len(entry.chunks) <= 1:
-                        # One task fetches it, then one thread call writes, checks and places it.
-                        whole = partial(self._restore_whole, entry, final, manifest.chunk_size)
+            async with TaskPool(OPERATION, limit=limit, hint=hint, outcome=outcome) as pool:
+                for entry in files:
+                    if len(entry.chunks) <= 1:
+                        # One task checks, fetches, writes and places it: one thread call each.
+                        whole = partial(self._restore_whole, tree, entry, occupied, chunk_size)
                         await pool.spawn(entry.path, whole)
-                    elif entry.type == "file":
-                        await self._start_file(pool, entry, final, manifest.chunk_size)
+                    else:
+                        await self._start_file(pool, tree, entry, occupied, chunk_size)
         finally:
             if self.unfinished:
-                await settled(_remove, [p.temp for p in self.unfinished])
-        await settled(_finish_tree, real_target, manifest.entries, leaders)
+                await settled(_remove_temps, list(self.unfinished))
+        await settled(fs.finish_tree, tree, manifest.entries, leaders)
         totals = manifest.totals
         return RestoreSummary(
             name=manifest.name,
@@ -120,53 +160,112 @@ class RestoreJob:
             chunks_downloaded=self.downloaded,
             retries=budget.spent,
             seconds=time.monotonic() - started,
+            files_in_place=self.in_place,
+            holes=self.holes,
+            leftovers_removed=leftovers,
+            deleted=deleted,
         )
 
-    async def _restore_whole(self, entry: FileEntry, final: Path, chunk_size: int) -> None:
+    async def _in_place(self, parent: Directory, name: str, entry: FileEntry) -> bool:
+        if not await settled(fs.already_in_place, parent, name, entry):
+            return False
+        self.in_place += 1
+        self.shared.skip(entry.chunks)
+        self.progress.advance(files=1, nbytes=entry.size)
+        self.metrics.files.labels(OPERATION, "skipped").inc()
+        self.metrics.bytes.labels(OPERATION, "skipped").inc(entry.size)
+        return True
+
+    async def _restore_whole(
+        self, tree: DirectoryTree, entry: FileEntry, occupied: bool, chunk_size: int
+    ) -> None:
+        parent, name = await _parent(tree, entry)
+        if occupied and await self._in_place(parent, name, entry):
+            return
         # The one chunk's hash was checked on fetching: it is the file's hash, so no second pass.
         data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
         digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
-        await settled(_write_whole, entry, final, data, digest)
+        await settled(fs.write_whole, parent, name, entry, data, digest)
         self._file_done(entry)
 
     async def _start_file(
-        self, pool: TaskPool, entry: FileEntry, final: Path, chunk_size: int
+        self,
+        pool: TaskPool,
+        tree: DirectoryTree,
+        entry: FileEntry,
+        occupied: bool,
+        chunk_size: int,
     ) -> None:
         """A file of several chunks: fetched in parallel into a temporary file, placed by the
-        task whose chunk lands last."""
-        pending = _PendingFile(entry, final)
+        task whose chunk lands last. Chunks of zeros are not fetched nor written: holes."""
+        parent, name = await _parent(tree, entry)
+        if occupied and await self._in_place(parent, name, entry):
+            return
+        wanted = [
+            i for i, ref in enumerate(entry.chunks) if not self._is_hole(entry, i, ref, chunk_size)
+        ]
+        self.holes += len(entry.chunks) - len(wanted)
+        pending = _PendingFile(entry, parent, name, len(wanted))
         self.unfinished.add(pending)
-        await settled(_create_temp, pending.temp)
+        await settled(fs.create_temp, parent, pending.temp, entry.size, name)
+        if not wanted:  # all of it zeros: nothing to fetch
+            await self._finish_file(pending)
+            return
 
         async def fetch(index: int) -> None:
             data = await self._fetch(entry, index, chunk_size)
-            await settled(_write_at, pending.temp, index * chunk_size, data)
+            await settled(fs.write_at, parent, pending.temp, index * chunk_size, data, name)
             pending.remaining -= 1
             if pending.remaining == 0:
                 await self._finish_file(pending)
 
-        for index in range(len(entry.chunks)):
+        for index in wanted:
             await pool.spawn(entry.path, partial(fetch, index))
+
+    def _is_hole(self, entry: FileEntry, index: int, ref: str, chunk_size: int) -> bool:
+        expected = min(chunk_size, entry.size - index * chunk_size)
+        if is_zero_chunk(ref, expected, self.zero):
+            self._not_fetched(expected)
+            return True
+        return False
+
+    def _not_fetched(self, nbytes: int) -> None:
+        """Bytes restored without a download: zeros, or a chunk an earlier use fetched."""
+        self.progress.advance(nbytes=nbytes)
+        self.metrics.bytes.labels(OPERATION, "skipped").inc(nbytes)
 
     async def _fetch(self, entry: FileEntry, index: int, chunk_size: int) -> bytes:
         """Chunk ``index`` of ``entry``, decoded, its hash and length checked."""
         ref = entry.chunks[index]
         label = f"chunk {index + 1}/{len(entry.chunks)} {ref[:12]}"
         expected = min(chunk_size, entry.size - index * chunk_size)
-        # Decoding stops past ``expected`` bytes: a corrupt chunk cannot balloon in memory.
-        data = await self.repo.get_chunk(
-            ref, limit=expected, path=entry.path, label=label, size=expected
-        )
-        if len(data) != expected:
+        if is_zero_chunk(ref, expected, self.zero):
+            self._not_fetched(expected)
+            return bytes(expected)  # a one-chunk file of zeros: known from its hash
+        fetched = False
+
+        async def download() -> bytes:
+            nonlocal fetched
+            # Decoding stops past ``expected`` bytes: a corrupt chunk cannot balloon in memory.
+            data = await self.repo.get_chunk(
+                ref, limit=expected, path=entry.path, label=label, size=expected
+            )
+            fetched = True
+            self.downloaded += 1
+            self.metrics.chunks.labels(OPERATION, "transferred").inc()
+            self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))
+            self.progress.advance(nbytes=len(data))
+            return data
+
+        data = await self.shared.get(ref, download)
+        if len(data) != expected:  # each use checks: a hostile MANIFEST may disagree with itself
             raise IntegrityError(f"{entry.path}: {label} holds {len(data)} bytes, not {expected}")
-        self.downloaded += 1
-        self.metrics.chunks.labels(OPERATION, "transferred").inc()
-        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(data))
-        self.progress.advance(nbytes=len(data))
+        if not fetched:
+            self._not_fetched(len(data))
         return data
 
     async def _finish_file(self, pending: _PendingFile) -> None:
-        await settled(_check_and_place, pending)
+        await settled(fs.check_and_place, pending.parent, pending.temp, pending.name, pending.entry)
         self.unfinished.discard(pending)
         self._file_done(pending.entry)
 
@@ -176,154 +275,15 @@ class RestoreJob:
         log.debug("restored %s (%d bytes)", entry.path, entry.size)
 
 
-def _writes_target(write: Callable[P, R]) -> Callable[P, R]:
-    """Turn the file system's errors while writing the target into ``TargetError``."""
-
-    @functools.wraps(write)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return write(*args, **kwargs)
-        except OSError as exc:
-            raise TargetError(
-                f"cannot write the restore target at {exc.filename}: {exc.strerror}"
-            ) from exc
-
-    return wrapper
+async def _parent(tree: DirectoryTree, entry: FileEntry) -> tuple[Directory, str]:
+    """The open directory that holds ``entry``, and its name there."""
+    parent_path, name = fs.split(entry.path)
+    found = tree.cached(parent_path)  # most files: their directory is open, no thread needed
+    if found is None:
+        found = await settled(fs.directory, tree, parent_path, entry.path)
+    return found, name
 
 
-@_writes_target
-def _prepare_target(target: Path, overwrite: bool) -> Path:
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"restore target {target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"restore target {target} is not empty: restore into an empty or new directory, "
-            "or pass --overwrite to replace what is there"
-        )
-    target.mkdir(parents=True, exist_ok=True)
-    return target.resolve()
-
-
-@_writes_target
-def _make_dirs(target: Path, entries: tuple[FileEntry, ...]) -> None:
-    """Create every directory the entries need, one component at a time, refusing to pass
-    through a link: with --overwrite the target may hold links that lead outside it."""
-    made: set[str] = set()
-    for entry in entries:
-        relative = entry.path if entry.type == "dir" else entry.path.rpartition("/")[0]
-        parts = relative.split("/") if relative else []
-        for depth in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:depth])
-            if prefix in made:
-                continue
-            path = target / prefix
-            if path.is_symlink():
-                raise ManifestError(
-                    f"refusing to restore {entry.path!r}: {path} is a link, "
-                    f"which could lead outside {target}"
-                )
-            path.mkdir(exist_ok=True)
-            made.add(prefix)
-
-
-@_writes_target
-def _create_temp(temp: Path) -> None:
-    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
-
-
-@_writes_target
-def _write_at(temp: Path, offset: int, data: bytes) -> None:
-    fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW)  # no O_CREAT: a removed temp stays removed
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-
-
-@_writes_target
-def _write_whole(entry: FileEntry, final: Path, data: bytes, sha256: str) -> None:
-    _check(entry, len(data), sha256)
-    temp = _temp_name(final)
-    try:
-        with open(
-            os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600), "wb"
-        ) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _place(entry, temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-@_writes_target
-def _check_and_place(pending: _PendingFile) -> None:
-    digest = hashlib.sha256()
-    size = 0
-    with open(pending.temp, "rb") as f:
-        while block := f.read(1024 * 1024):
-            digest.update(block)
-            size += len(block)
-        os.fsync(f.fileno())
-    _check(pending.entry, size, digest.hexdigest())
-    _place(pending.entry, pending.temp, pending.final)
-
-
-def _check(entry: FileEntry, size: int, sha256: str) -> None:
-    if size != entry.size or sha256 != entry.sha256:
-        raise IntegrityError(
-            f"{entry.path}: restored {size} bytes hashing to {sha256[:12]}, "
-            f"but the backup recorded {entry.size} bytes hashing to {entry.sha256[:12]}"
-        )
-
-
-def _place(entry: FileEntry, temp: Path, final: Path) -> None:
-    _owner_and_xattrs(entry, temp)  # before the chmod: a chown clears set-user-ID bits
-    os.chmod(temp, entry.mode)
-    os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
-    os.replace(temp, final)
-
-
-def _temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name[:100]}{TEMP_MARK}{secrets.token_hex(6)}")
-
-
-@_writes_target
-def _finish_tree(target: Path, entries: tuple[FileEntry, ...], leaders: set[str]) -> None:
-    # Hard links and then symlinks come after every file, so no write can pass through a link;
-    # directory modes and mtimes come last and deepest first, since adding to a directory
-    # changes its mtime.
-    for entry in entries:
-        if entry.hardlink in leaders:
-            path = target / entry.path
-            temp = _temp_name(path)
-            os.link(target / entry.hardlink, temp, follow_symlinks=False)
-            os.replace(temp, path)
-    for entry in entries:
-        if entry.type == "symlink":
-            path = target / entry.path
-            temp = _temp_name(path)
-            os.symlink(entry.target, temp)
-            _owner_and_xattrs(entry, temp)
-            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            os.replace(temp, path)
-    for entry in sorted(entries, key=lambda e: e.path.count("/"), reverse=True):
-        if entry.type == "dir":
-            path = target / entry.path
-            _owner_and_xattrs(entry, path)
-            os.chmod(path, entry.mode)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def _owner_and_xattrs(entry: FileEntry, path: Path) -> None:
-    problems = apply_owner_and_xattrs(
-        str(path), uid=entry.uid, gid=entry.gid, xattrs=entry.xattrs, as_root=os.geteuid() == 0
-    )
-    for problem in problems:  # the bytes are restored; what is missing is said
-        log.warning("%s: %s", entry.path, problem)
-
-
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+def _remove_temps(pending: list[_PendingFile]) -> None:
+    for p in pending:
+        fs.remove_temp(p.parent, p.temp)

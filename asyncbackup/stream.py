@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.defaults import DEFAULT_STDIN_NAME as DEFAULT_STDIN_NAME  # re-exported
-from asyncbackup.errors import ConfigError, SourceError
+from asyncbackup.errors import ConfigError, ManifestError, SourceError
 from asyncbackup.manifest import FileEntry, check_relative_path
 from asyncbackup.pool import TaskPool
 from asyncbackup.threads import to_thread
@@ -47,7 +47,7 @@ class StreamSource:
             )
         try:
             check_relative_path(self.filename)
-        except Exception as exc:
+        except ManifestError as exc:
             raise ConfigError(f"invalid stream file name {self.filename!r}: {exc}") from None
         if not 0 <= self.mode <= 0o7777:
             raise ConfigError(f"stream file mode {self.mode:o} is out of range")
@@ -116,19 +116,22 @@ async def store_stream(job: BackupJob, pool: TaskPool, source: StreamSource) -> 
     job.progress.advance(files=1)
 
 
-async def read_stdin() -> AsyncIterator[bytes]:
+def read_stdin() -> AsyncIterator[bytes]:
     """Standard input, a piece at a time, never blocking the event loop.
 
     Raises:
-        ConfigError: standard input is a terminal (nothing was piped in).
+        ConfigError: standard input is a terminal (nothing was piped in); raised at once.
     """
     fd = sys.stdin.fileno()
-    mode = os.fstat(fd).st_mode
     if os.isatty(fd):
         raise ConfigError(
             "standard input is a terminal: pipe the data in, for example "
             "'pg_dump app | asyncbackup backup - STORE --stdin-name app.sql'"
         )
+    return _read_fd(fd, os.fstat(fd).st_mode)
+
+
+async def _read_fd(fd: int, mode: int) -> AsyncIterator[bytes]:
     if stat.S_ISREG(mode):  # `< file`: a read never waits, so a worker thread serves
         while piece := await to_thread(os.read, fd, READ_SIZE):
             yield piece

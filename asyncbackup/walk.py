@@ -1,54 +1,105 @@
-"""Walking the source tree as a stream, one directory listing at a time, never following links."""
+"""Walking the source tree as a stream, one directory listing at a time, never following links.
+
+Every directory is listed and every name is stat'ed through the descriptor of the directory that
+holds it (see ``dirfd.py``): a tree deeper than PATH_MAX walks, and a directory swapped for a
+link while the backup runs is refused rather than followed out of the source.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from asyncbackup.errors import SourceError, SourceVanishedError
-from asyncbackup.excludes import Decision, Probe, probe_path
+from asyncbackup.dirfd import DIRECTORY_FLAGS, Directory, NotADirectoryBeneath
+from asyncbackup.errors import SourceAccessError, SourceError, SourceVanishedError
 from asyncbackup.threads import to_thread
 
 Kind = Literal["file", "dir", "symlink", "special"]
-Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
-"""Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
 Unlistable = Callable[[str, SourceError], None]
 """Told of a directory (its relative path) that could not be listed, and why."""
+if TYPE_CHECKING:  # chunking.py imports this module: every command, so nothing heavy here
+    from asyncbackup.excludes import Decision, Probe
+
+    Decide = Callable[[str, Kind, os.stat_result, Probe], Decision]
+    """Asked about each entry (path, kind, lstat, a probe inside it) before it is yielded."""
+ROOT = "."
+"""The path of the source directory itself, as the walk yields it and as a MANIFEST records it."""
+_ACCESS = (errno.EACCES, errno.EPERM)
+_PROC_FD = "/proc/self/fd"
 
 
 @dataclass(frozen=True)
 class SourceEntry:
-    """One thing found under the source root. ``path`` is relative and POSIX; names that are not
-    UTF-8 keep their bytes as surrogate escapes, so they round-trip."""
+    """One thing found under the source root, with its full ``lstat``. ``path`` is relative and
+    POSIX (``ROOT`` for the root itself); names that are not UTF-8 keep their bytes as surrogate
+    escapes, so they round-trip. ``parent`` is the open directory that holds it (None for the
+    root): open the entry through ``open``, never through a path that could exceed PATH_MAX."""
 
     path: str
     kind: Kind
     stat: os.stat_result
     target: str | None = None  # the link text of a symlink
+    parent: Directory | None = None  # set by ``walk``; for the root, the root itself
     descend: bool = True  # False: a directory recorded without what it holds
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+    @property
+    def shown(self) -> Path:
+        """The entry's absolute path, for messages only (it may be longer than PATH_MAX)."""
+        assert self.parent is not None
+        return self.parent.path / self.name
+
+    @property
+    def reachable(self) -> str:
+        """A path to the entry for calls that take only a path (extended attributes): through
+        ``/proc/self/fd``, one name long however deep the entry, where Linux offers it."""
+        assert self.parent is not None
+        if os.path.isdir(_PROC_FD):
+            return f"{_PROC_FD}/{self.parent.fd}/{self.name}"
+        return str(self.shown)
+
+    def open(self, flags: int) -> int:
+        """Open this entry through its directory's descriptor, never following a link in its
+        place; a descriptor.
+
+        Raises:
+            OSError: it cannot be opened.
+        """
+        assert self.parent is not None
+        return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent.fd)
 
 
 async def walk(
     root: Path, *, decide: Decide | None = None, unlistable: Unlistable | None = None
 ) -> AsyncIterator[SourceEntry]:
-    """Yield every entry below ``root`` (not ``root`` itself), directories before their contents.
-    ``decide`` (run in the walk's worker thread) leaves entries out, and directories unlisted.
-    ``unlistable`` is told of a directory below the root that cannot be listed (or vanished
-    since its parent was), and the walk goes on without its contents.
+    """Yield the root itself (path ``ROOT``), then every entry below it, each directory before
+    its contents, names in sorted order. ``decide`` (run in the walk's worker thread) leaves
+    entries out, and directories unlisted; the root is always taken. ``unlistable`` is told of
+    a directory below the root that cannot be listed (or vanished since its parent was), and
+    the walk goes on without its contents.
 
     Raises:
-        SourceError: the root cannot be listed; or a directory below it, without
+        SourceError: the root cannot be opened or listed; or a directory below it, without
             ``unlistable``.
+        SourceAccessError: ... because permission is denied (a rerun will not help).
     """
-    pending = [""]
+    top, st = await to_thread(_open_root, root)
+    yield SourceEntry(ROOT, "dir", st, parent=top)
+    # Each pending directory with the open directory that holds it: only the ancestors of what
+    # is being walked (and the directories of files still being read) are open at once.
+    pending: list[tuple[Directory, str]] = [(top, "")]
     while pending:
-        relative = pending.pop()
+        holder, relative = pending.pop()
         try:
-            entries = await to_thread(_scan, root, relative, decide)
+            entries = await to_thread(_scan, holder, relative, decide)
         except SourceError as exc:
             if not relative or unlistable is None:
                 raise
@@ -56,33 +107,114 @@ async def walk(
             continue
         for entry in entries:
             yield entry
-        pending.extend(e.path for e in reversed(entries) if e.kind == "dir" and e.descend)
+        pending.extend(
+            (_holder(e), e.path) for e in reversed(entries) if e.kind == "dir" and e.descend
+        )
 
 
-def _scan(root: Path, relative: str, decide: Decide | None) -> list[SourceEntry]:
-    directory = root / relative if relative else root
+def _holder(entry: SourceEntry) -> Directory:
+    assert entry.parent is not None
+    return entry.parent
+
+
+def _open_root(root: Path) -> tuple[Directory, os.stat_result]:
     try:
-        with os.scandir(directory) as it:
+        top = Directory.open_root(root)
+        return top, os.fstat(top.fd)
+    except OSError as exc:
+        raise _listing_error(root, exc) from exc
+
+
+def _scan(holder: Directory, relative: str, decide: Decide | None) -> list[SourceEntry]:
+    """List the directory ``relative``, opened through ``holder`` (unless it is the root)."""
+    if relative:
+        shown = holder.path / relative.rpartition("/")[2]
+        try:
+            directory = holder.child(relative.rpartition("/")[2])
+        except FileNotFoundError as exc:
+            raise SourceVanishedError(f"{shown} vanished before it was listed") from exc
+        except NotADirectoryBeneath as exc:
+            raise SourceError(
+                f"{shown} was a directory when its parent was listed and is now a link or a "
+                "file: something is changing the source; back it up again once it is quiet"
+            ) from exc
+        except OSError as exc:
+            raise _listing_error(shown, exc) from exc
+    else:
+        directory = holder
+    try:
+        with os.scandir(directory.fd) as it:
             names = sorted(e.name for e in it)
     except FileNotFoundError as exc:
         raise SourceVanishedError(f"{directory} vanished before it was listed") from exc
     except OSError as exc:
-        raise SourceError(f"cannot list directory {directory}: {exc.strerror}") from exc
+        raise _listing_error(directory.path, exc) from exc
     found: list[SourceEntry] = []
     for name in names:
         path = f"{relative}/{name}" if relative else name
         try:
-            st = os.lstat(directory / name)
-            target = os.readlink(directory / name) if stat.S_ISLNK(st.st_mode) else None
+            st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+            is_link = stat.S_ISLNK(st.st_mode)
+            target = os.readlink(name, dir_fd=directory.fd) if is_link else None
         except FileNotFoundError:
             continue  # gone between the listing and the lstat: it is not part of this backup
         except OSError as exc:
-            raise SourceError(f"cannot read {directory / name}: {exc.strerror}") from exc
+            raise unreadable(directory.path / name, exc) from exc
         kind = _kind(st.st_mode)
-        decision = decide(path, kind, st, probe_path(directory, name)) if decide else "keep"
+        decision = decide(path, kind, st, _probe(directory, name)) if decide else "keep"
         if decision != "exclude":
-            found.append(SourceEntry(path, kind, st, target, descend=decision == "keep"))
+            found.append(
+                SourceEntry(path, kind, st, target, parent=directory, descend=decision == "keep")
+            )
     return found
+
+
+def _probe(directory: Directory, name: str) -> Probe:
+    """A ``Probe`` inside the directory ``name`` of ``directory``, through descriptors, never
+    following a link in its place (opened only if the probe is used: most entries are files)."""
+
+    def probe(inside: str, size: int) -> bytes | None:
+        try:
+            fd = os.open(name, DIRECTORY_FLAGS, dir_fd=directory.fd)
+        except OSError:
+            return None  # not a directory (any more), or unreadable
+        try:
+            if size == 0:  # is it there at all (of any type, as restic's --exclude-if-present)
+                os.stat(inside, dir_fd=fd, follow_symlinks=False)
+                return b""
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            marker = os.open(inside, flags, dir_fd=fd)
+            try:
+                return os.read(marker, size)
+            finally:
+                os.close(marker)
+        except OSError:
+            return None  # absent, or a link, or unreadable: not a marker we can trust
+        finally:
+            os.close(fd)
+
+    return probe
+
+
+def _listing_error(path: Path, exc: OSError) -> SourceError:
+    if isinstance(exc, FileNotFoundError):
+        return SourceVanishedError(f"{path} vanished before it was listed")
+    if exc.errno in _ACCESS:
+        return SourceAccessError(
+            f"cannot list directory {path}: {exc.strerror}: give the user running the backup "
+            "read and search permission on it, or run the backup as a user who has them"
+        )
+    return SourceError(f"cannot list directory {path}: {exc.strerror}")
+
+
+def unreadable(path: Path, exc: OSError, doing: str = "read") -> SourceError:
+    """The error for ``exc``, met reading ``path``: what to do about a denied permission."""
+    if exc.errno in _ACCESS:
+        return SourceAccessError(
+            f"cannot {doing} {path}: {exc.strerror}: give the user running the backup read "
+            "permission on it, or run the backup as a user who has it"
+        )
+    return SourceError(f"cannot {doing} {path}: {exc.strerror}")
 
 
 def _kind(mode: int) -> Kind:

@@ -119,7 +119,7 @@ async def test_fifo_and_socket_are_skipped_with_a_warning(
         "skipped sub/sock: not a regular file, directory or symlink",
     ]
     assert (summary.files, summary.dirs, summary.skipped) == (1, 1, 2)
-    assert [e.path for e in (await eng.manifest("b")).entries] == ["plain.txt", "sub"]
+    assert [e.path for e in (await eng.manifest("b")).entries] == [".", "plain.txt", "sub"]
 
     target = tmp_path / "restored"
     await eng.restore("b", target)
@@ -139,7 +139,7 @@ async def test_device_file_is_skipped(tmp_path: Path, sleep: RecordingSleep) -> 
     eng = engine(store, sleep)
     summary = await eng.backup(source, name="b")
     assert (summary.files, summary.skipped) == (1, 1)
-    assert [e.path for e in (await eng.manifest("b")).entries] == ["plain.txt"]
+    assert [e.path for e in (await eng.manifest("b")).entries] == [".", "plain.txt"]
 
 
 async def test_symlink_loops_and_links_to_dirs_are_stored_as_links(
@@ -160,7 +160,7 @@ async def test_symlink_loops_and_links_to_dirs_are_stored_as_links(
     summary = await eng.backup(source, name="b")
 
     entries = {e.path: e for e in (await eng.manifest("b")).entries}
-    assert sorted(entries) == ["a", "b", "link-outside", "link-to-dir", "sub", "sub/file.txt"]
+    assert sorted(entries) == [".", "a", "b", "link-outside", "link-to-dir", "sub", "sub/file.txt"]
     links = {p: (e.type, e.target) for p, e in entries.items() if e.type == "symlink"}
     assert links == {
         "a": ("symlink", "b"),
@@ -211,7 +211,7 @@ async def test_a_file_that_vanishes_after_the_walk_is_skipped_with_a_warning(
     assert committed(store) == ["backups/b/MANIFEST"]
     manifest = await engine(store, sleep).manifest("b")
     assert manifest.warnings == summary.warnings and manifest.format_version == 3
-    assert [e.path for e in manifest.entries] == ["a.bin"]
+    assert [e.path for e in manifest.entries] == [".", "a.bin"]
     await engine(store, sleep).restore("b", tmp_path / "restored")
     assert_same_tree(source, tmp_path / "restored")  # everything that was still there
     assert sleep.calls == []  # a vanished file is not something a retry can fix
@@ -258,9 +258,15 @@ async def test_with_strict_a_file_that_changes_during_every_read_fails_the_backu
 ) -> None:
     source = changing_source(tmp_path)
     size = (source / "a.bin").stat().st_size
+    rewrites: list[int] = []
 
     async def rewrite_a(key: str) -> None:  # every upload: new bytes, same size, a new mtime
-        (source / "a.bin").write_bytes(os.urandom(size))
+        # In place, never truncated: a reader's check racing this write sees the same size;
+        # and a new mtime each time, whatever the clock's granularity.
+        with open(source / "a.bin", "r+b") as f:
+            f.write(os.urandom(size))
+        rewrites.append(len(rewrites) + 1)
+        os.utime(source / "a.bin", ns=(len(rewrites) * 10**9,) * 2)
 
     store = MemoryStorage()
     with pytest.raises(BackupFailed) as caught:

@@ -154,8 +154,8 @@ async def test_every_attempt_pays_so_retried_bytes_count(tree: Path, tmp_path: P
     restorer = BackupEngine(memory, fast_config(), bandwidth=restore_bandwidth)
     await restorer.restore("one", tmp_path / "out")
     assert_same_tree(tree, tmp_path / "out")
-    # Every file fetches its own chunks (dup-a and dup-b both fetch theirs): its size in all.
-    assert restore_bandwidth.granted == summary.bytes
+    # Every chunk is fetched once: dup-a.bin and dup-b.bin share theirs (10,000 bytes).
+    assert restore_bandwidth.granted == summary.bytes - 10_000
 
 
 async def test_waiting_for_tokens_holds_no_slot(tree: Path) -> None:

@@ -41,9 +41,10 @@ def manifests(store: Path) -> list[Path]:
     return sorted((store / "backups").rglob("MANIFEST")) if (store / "backups").exists() else []
 
 
-def list_json(store: Path | str) -> list[dict[str, object]]:
+def list_json(store: Path | str, *, exit_code: int = EXIT_OK) -> list[dict[str, object]]:
+    """``list --json``'s document; ``exit_code`` is 1 when a backup cannot be read."""
     result = cli("list", store, "--json")
-    assert result.returncode == EXIT_OK, result.stderr
+    assert result.returncode == exit_code, result.stderr
     listing = json.loads(result.stdout)
     assert isinstance(listing, list)
     return listing

@@ -159,7 +159,7 @@ async def test_a_compressed_backup_is_smaller_and_restores_identically(
     stored = sum(len(v) for k, v in objects.items() if k.startswith("chunks/"))
     assert stored < manifest.totals.bytes - len(TEXT) // 2  # the text shrank
     assert summary.bytes_uploaded == stored
-    # Version 3: it records owners (version 2 would do for the compressed chunks alone).
+    # Version 3: it records owners and the root (version 2 would do for the compressed chunks).
     assert manifest.format_version == 3 and manifest.compression == codec
     assert json.loads(objects[manifest_key("z")])["format_version"] == 3
 
@@ -196,13 +196,15 @@ async def test_chunks_stored_under_one_codec_are_not_uploaded_again_under_anothe
 async def test_a_manifest_of_the_first_format_still_restores(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
-    """A MANIFEST as the previous version wrote it: format 1, no "compression" field."""
+    """A MANIFEST as the first version wrote it: format 1, no "compression" field, no entry
+    for the root directory."""
     source = make_tree(tmp_path / "src")
     memory = MemoryStorage()
     await BackupEngine(memory, fast_config(), sleep=sleep).backup(source, name="old")
     doc = json.loads(memory.objects[manifest_key("old")])
     del doc["compression"]  # what version 1 lacked: the codec, and every version 3 field
     doc["format_version"] = 1
+    doc["entries"] = [e for e in doc["entries"] if e["path"] != "."]  # the root's entry
     for entry in doc["entries"]:
         del entry["uid"], entry["gid"]
     memory.objects[manifest_key("old")] = json.dumps(doc).encode()
@@ -218,6 +220,7 @@ async def test_a_suffix_in_a_first_format_manifest_is_refused(
     await BackupEngine(memory, zstd_config(), sleep=sleep).backup(source, name="z")
     doc = json.loads(memory.objects[manifest_key("z")])
     doc["format_version"] = 1
+    doc["entries"] = [e for e in doc["entries"] if e["path"] != "."]  # version 1 had no root
     memory.objects[manifest_key("z")] = json.dumps(doc).encode()
     with pytest.raises(ManifestError, match="a chunk hash is not a sha256"):
         await BackupEngine(memory).manifest("z")

@@ -55,7 +55,8 @@ def test_an_unreadable_file_is_skipped_with_a_warning_and_exit_3(
     backup = cli_as_job("backup", source, store, "--name", "nightly")
     assert backup.returncode == EXIT_WARNINGS, backup.stderr
     assert backup.stdout == "nightly\n"
-    assert f"WARNING cannot read {unreadable}: Permission denied; skipped" in backup.stderr
+    advice = "give the user running the backup read permission on it"  # issue 13, item 9
+    assert f"WARNING cannot read {unreadable}: Permission denied: {advice}" in backup.stderr
     assert "backup nightly committed with 1 warnings" in backup.stderr
     assert "exit 3" in backup.stderr
 
@@ -71,10 +72,11 @@ def test_an_unreadable_file_is_skipped_with_a_warning_and_exit_3(
         {
             "path": "etc/server.key",
             "kind": "unreadable",
-            "message": f"cannot read {unreadable}: Permission denied; skipped",
+            "message": f"cannot read {unreadable}: Permission denied: {advice}, or run the "
+            "backup as a user who has it; skipped",
         }
     ]
-    assert [e["path"] for e in doc["entries"]] == ["data.bin", "etc", "etc/app.conf"]
+    assert [e["path"] for e in doc["entries"]] == [".", "data.bin", "etc", "etc/app.conf"]
 
     target = tmp_path / "restored"
     restored = cli("restore", store, "nightly", target)
@@ -121,10 +123,14 @@ def test_an_unreadable_directory_is_recorded_empty_with_a_warning(
         (source / "locked").chmod(0o755)
     assert backup.returncode == EXIT_WARNINGS, backup.stderr
     message = f"cannot list directory {source / 'locked'}: Permission denied"
-    assert f"WARNING {message}; what it holds is skipped" in backup.stderr
+    advice = "give the user running the backup read and search permission on it"  # issue 13
+    assert f"WARNING {message}: {advice}, or run the backup as a user who has them; what it " in (
+        backup.stderr
+    )
+    assert "what it holds is skipped" in backup.stderr
     doc = json.loads(cli("show", store_url, "n", "--json").stdout)
     assert [(w["path"], w["kind"]) for w in doc["warnings"]] == [("locked", "unreadable")]
-    assert [e["path"] for e in doc["entries"]] == ["locked", "open.txt"]
+    assert [e["path"] for e in doc["entries"]] == [".", "locked", "open.txt"]
     assert strict.returncode == EXIT_FAILED, strict.stderr
     assert message in strict.stderr and "nothing was committed" in strict.stderr
     target = tmp_path / "restored"

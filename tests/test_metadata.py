@@ -50,11 +50,17 @@ def test_hard_links_restore_as_hard_links(tmp_path: Path, store_url: str) -> Non
     assert (target / "f").read_bytes() == (source / "f").read_bytes()
     assert (target / "alone").stat().st_nlink == 1
 
-    # Without its first name, a link restores as a file of its own, from its chunks.
+    # Without its first name, a link restores as a file of its own, from its chunks...
     partial = cli("restore", store_url, "b", tmp_path / "partial", "--include", "sub/h")
     assert partial.returncode == EXIT_OK, partial.stderr
     alone = tmp_path / "partial" / "sub" / "h"
     assert alone.read_bytes() == (source / "f").read_bytes() and alone.stat().st_nlink == 1
+    # ...and the names that are restored stay one file.
+    two = cli("restore", store_url, "b", tmp_path / "two", "--exclude", "/f")
+    assert two.returncode == EXIT_OK, two.stderr
+    g, h = (tmp_path / "two" / "g").stat(), (tmp_path / "two" / "sub" / "h").stat()
+    assert (g.st_ino, g.st_nlink) == (h.st_ino, 2)
+    assert not (tmp_path / "two" / "f").exists()
 
 
 @ROOT_ONLY

@@ -231,7 +231,8 @@ def test_summary_lines_state_what_each_job_did(tmp_path: Path) -> None:
     r = SUMMARY_RESTORE.search(restore.stderr)
     assert r, restore.stderr
     assert (r["name"], r["target"]) == ("two", str(tmp_path / "out"))
-    assert (r["files"], r["dirs"], r["links"], r["chunks"]) == ("14", "5", "3", "17")
+    # 17 chunk uses, 16 downloads: dup-a.bin and dup-b.bin share one chunk, fetched once.
+    assert (r["files"], r["dirs"], r["links"], r["chunks"]) == ("14", "5", "3", "16")
     assert int(r["retries"]) > 0
     assert float(r["bytes"]) == round(file_bytes(source) / 2**20, 1)
 
@@ -243,7 +244,7 @@ def test_list_json_gives_a_script_every_fact_of_each_backup(tmp_path: Path) -> N
         assert cli("backup", source, store, "--name", name, "--chunk-size", "64K").returncode == 0
     (store / "backups" / "c").mkdir()
     (store / "backups" / "c" / "MANIFEST").write_text("{not json")
-    listing = list_json(store)
+    listing = list_json(store, exit_code=EXIT_FAILED)  # every backup listed; one is bad
     assert [e["name"] for e in listing] == ["a", "b", "c"]
     a, _, c = listing
     assert set(a) == {
@@ -291,7 +292,8 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
     assert "warnings        0" in lines
-    assert len(lines) == 14 + 1 + 21  # the summary, a blank line, 13 files, 5 dirs, 3 links
+    # The summary, a blank line, 13 files, 5 dirs and the root (.), 3 links.
+    assert len(lines) == 14 + 1 + 22
 
     summary_only = cli("show", store, "one")
     assert summary_only.stdout.splitlines() == lines[:14]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Report
 from tests.test_cli import EXIT_OK, EXIT_WARNINGS, cli
 
 SCALE = 1  # pgbench_accounts holds 100,000 rows per unit of scale
@@ -174,7 +175,7 @@ def balances(cluster: Cluster) -> list[str]:
 
 
 def test_postgres_backed_up_online_under_load_restores_and_checks_clean(
-    base: Path, tmp_path: Path
+    base: Path, tmp_path: Path, report: Report
 ) -> None:
     user = "postgres" if os.geteuid() == 0 else None
     sockets, archive, extra = base / "sockets", base / "wal-archive", base / "extra"
@@ -207,6 +208,8 @@ def test_postgres_backed_up_online_under_load_restores_and_checks_clean(
         # Exit 3 is what a live data directory is expected to give: files change as they are
         # read, and are stored as read; WAL replay makes them consistent.
         assert backup.returncode in (EXIT_OK, EXIT_WARNINGS), backup.stderr
+        torn = backup.stderr.count("stored as last read")
+        report(f"live backup exit {backup.returncode}, {torn} files stored as last read")
 
         [label_hex] = session.query(
             "SELECT encode(convert_to(labelfile, 'UTF8'), 'hex') FROM pg_backup_stop(true);"
@@ -261,6 +264,7 @@ def test_postgres_backed_up_online_under_load_restores_and_checks_clean(
         # Everything committed before pg_backup_start is there; nothing after the stop can be.
         assert before <= int(history) <= after
         assert len(set(sums)) == 1, f"balances disagree: {sums}"
+        report(f"restored: {history} of {before}..{after} pgbench transactions, amcheck clean")
     finally:
         if restored is not None:
             restored.stop()

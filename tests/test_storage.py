@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -109,10 +110,33 @@ async def test_cancelled_local_puts_leave_no_temporary_files(tmp_path: Path) -> 
 
 
 async def test_sync_fsyncs_the_directories_written(tmp_path: Path) -> None:
-    store = LocalStorage(tmp_path)
+    synced: list[tuple[int, int]] = []  # (device, inode) of each directory fsynced
+
+    def fsync_dir(fd: int) -> None:
+        st = os.fstat(fd)
+        assert stat.S_ISDIR(st.st_mode)
+        synced.append((st.st_dev, st.st_ino))
+        os.fsync(fd)
+
+    def identity(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+
+    store = LocalStorage(tmp_path, fsync_dir=fsync_dir)
     await store.put("chunks/a", b"x")
+    await store.put("chunks/b", b"y")
+    await store.put("backups/one/MANIFEST", b"{}")
+    assert synced == []  # a put fsyncs its file; the directories wait for the sync
     await store.sync()
-    await store.sync()  # nothing left to sync: still fine
+    # Each directory written, once; and each that holds a directory made by a put, or the new
+    # directory's name could be lost in a crash, and every object in it with it.
+    written = {identity(tmp_path / p) for p in ("chunks", "backups/one", "backups", ".")}
+    assert sorted(synced) == sorted(written)
+    await store.sync()
+    assert len(synced) == 4  # nothing written since: nothing to sync
+    await store.put("chunks/c", b"z")
+    await store.sync()
+    assert synced[4:] == [identity(tmp_path / "chunks")]
 
 
 def test_local_store_on_a_file_is_refused(tmp_path: Path) -> None:

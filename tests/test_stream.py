@@ -106,6 +106,30 @@ def test_a_command_that_succeeds_is_stored(store_url: str) -> None:
     assert shown["source"] == f"command: {command}"
 
 
+def test_a_command_killed_by_a_signal_fails_the_backup(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    command = "sh -c 'echo half a dump; kill -9 $$'"
+    backup = cli("backup", "-", store, "--stdin-from-command", command, "--name", "d")
+    assert backup.returncode == EXIT_FAILED, backup.stderr
+    assert f"the command {command!r} was killed by signal 9" in backup.stderr
+    assert not (store / "backups").exists()
+
+
+def test_a_terminal_on_standard_input_is_refused(tmp_path: Path) -> None:
+    """``backup -`` typed at a terminal, with nothing piped in: said, not waited on."""
+    controller, terminal = os.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "asyncbackup", "backup", "-", str(tmp_path / "store")],
+            cwd=ROOT, stdin=terminal, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "standard input is a terminal: pipe the data in" in result.stderr
+
+
 def test_bad_stream_usage_is_refused_with_exit_2(tmp_path: Path) -> None:
     store = tmp_path / "store"
     missing = cli("backup", "-", store, "--stdin-from-command", "no-such-command-xyz")

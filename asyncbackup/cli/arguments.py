@@ -13,7 +13,13 @@ from typing import Any
 
 from asyncbackup.cli import environment
 from asyncbackup.compression import CODECS
-from asyncbackup.config import DEFAULT_BASE_DELAY, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.config import (
+    DEFAULT_BASE_DELAY,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_MANIFEST_SIZE,
+    EngineConfig,
+    RetryPolicy,
+)
 from asyncbackup.defaults import (
     DEFAULT_GRACE,
     DEFAULT_METRICS_ADDRESS,
@@ -219,7 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--overwrite",
         action="store_true",
-        help="restore into a non-empty directory, replacing what is there",
+        help="restore into a non-empty directory: files already in place with the right size "
+        "and sha256 are kept, others replaced; what the backup lacks is kept",
+    )
+    restore.add_argument(
+        "--delete",
+        action="store_true",
+        help="like --overwrite, and remove what the backup does not have (as rsync --delete)",
     )
     restore.add_argument(
         "--include",
@@ -274,13 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     differ.add_argument("--json", action="store_true", help="one JSON document, for scripts")
 
     verify = add_command(
-        commands, "verify", "check a backup's chunks", offers={CONCURRENCY, BWLIMIT, METRICS},
-        description="Check that every chunk backup NAME needs is in STORE (one listing); with "
-        "--deep, download each one and check its hash. Exit 1 if any is missing or corrupt.",
+        commands, "verify", "check that a backup (or every backup) would restore",
+        offers={CONCURRENCY, BWLIMIT, METRICS},
+        description="Check that every chunk backup NAME (every backup, without NAME) needs is "
+        "in STORE (one listing); with --deep, download each chunk once, check its hash, and "
+        "check each file's size and sha256 from its chunks as a restore does. Exit 1 if any "
+        "chunk is missing or corrupt, a file would not restore, or a MANIFEST cannot be read.",
     )  # fmt: skip
     add_store(verify)
-    add_name(verify, "the backup to check")
-    verify.add_argument("--deep", action="store_true", help="download and re-hash every chunk")
+    verify.add_argument(
+        "name", metavar="NAME", nargs="?", help="the backup to check (default: every backup)"
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="download every chunk once, re-hash it, and check each file's size and sha256",
+    )
 
     delete = add_command(
         commands, "delete", "delete a backup",
@@ -454,6 +475,13 @@ def _add_global_options(group: argparse._ArgumentGroup) -> None:
         choices=("auto", "path", "virtual"),
         default="auto",
         help="S3 bucket addressing (default %(default)s; path for most S3-compatible servers)",
+    )
+    group.add_argument(
+        "--max-manifest-size",
+        type=parse_size,
+        default=DEFAULT_MAX_MANIFEST_SIZE,
+        metavar="SIZE",
+        help="refuse to read a MANIFEST larger than this (default 256M: about a million files)",
     )
     group.add_argument("-v", "--verbose", action="store_true", help="log every file and every step")
     group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from asyncbackup import show
 from asyncbackup.backup import BackupSummary
 from asyncbackup.diff import BackupDiff
-from asyncbackup.engine import VerifyReport
+from asyncbackup.engine import BackupInfo, VerifyReport
 from asyncbackup.manifest import Manifest
 from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
@@ -55,6 +55,13 @@ def report(args: argparse.Namespace, result: object) -> int:
             r.name, args.target, r.files, r.dirs, r.symlinks, _mib(r.bytes),
             r.chunks_downloaded, r.retries, r.seconds, _mib(r.bytes / max(r.seconds, 1e-9)),
         )  # fmt: skip
+        if r.files_in_place or r.holes or r.leftovers_removed or r.deleted:
+            log.info(
+                "%d files already in place (kept, not fetched); %d chunks of zeros left as "
+                "holes; %d temporary files of interrupted restores removed; %d entries the "
+                "backup does not have deleted",
+                r.files_in_place, r.holes, r.leftovers_removed, r.deleted,
+            )  # fmt: skip
     elif isinstance(result, VerifyReport):
         return _report_verify(result)
     elif isinstance(result, PruneReport):
@@ -65,14 +72,8 @@ def report(args: argparse.Namespace, result: object) -> int:
         print(json.dumps(show.document(result), indent=1))
     elif isinstance(result, Manifest):
         print(show.text(result, files=args.files))
-    elif isinstance(result, list) and args.json:
-        print(json.dumps([asdict(i) for i in result], indent=1))
     elif isinstance(result, list):
-        if not result:  # say so: on S3 or GCS a mistyped prefix also lists nothing
-            log.info("no backups in %s", args.store)
-        for i in result:
-            where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
-            print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+        return _report_list(args, result)
     elif args.command == "cat":
         log.info(
             "wrote %s of backup %s to standard output, every chunk checked", args.path, args.name
@@ -82,19 +83,46 @@ def report(args: argparse.Namespace, result: object) -> int:
     return EXIT_OK
 
 
+def _report_list(args: argparse.Namespace, infos: list[BackupInfo]) -> int:
+    if args.json:
+        print(json.dumps([asdict(i) for i in infos], indent=1))
+    else:
+        if not infos:  # say so: on S3 or GCS a mistyped prefix also lists nothing
+            log.info("no backups in %s", args.store)
+        for i in infos:
+            where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
+    bad = [i.name for i in infos if i.problem]
+    if bad:  # every readable backup is listed; the exit code says that some are not
+        log.error(
+            "%d of %d backups cannot be read: %s (see PROBLEM above)",
+            len(bad), len(infos), ", ".join(bad),
+        )  # fmt: skip
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _report_verify(report: VerifyReport) -> int:
+    for name, problem in sorted(report.unreadable.items()):
+        log.error("backup %s cannot be read: %s", name, problem)
     for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
         for digest, paths in sorted(damaged.items()):
             shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
             log.error("chunk %s is %s; it holds part of: %s", digest, what, shown)
+    for path, why in sorted(report.bad_files.items()):
+        log.error("%s: %s", path, why)
     kind = "deep" if report.deep else "presence"
+    what = report.name or f"{len(report.backups)} backups"
     if not report.ok:
         log.error(
-            "verify (%s) of %s: %d missing and %d corrupt of %d chunks",
-            kind, report.name, len(report.missing), len(report.corrupt), report.chunks_checked,
+            "verify (%s) of %s: %d missing and %d corrupt of %d chunks; %d files that would "
+            "not restore; %d backups unreadable",
+            kind, what, len(report.missing), len(report.corrupt), report.chunks_checked,
+            len(report.bad_files), len(report.unreadable),
         )  # fmt: skip
         return EXIT_FAILED
-    log.info("verify (%s) of %s: all %d chunks ok", kind, report.name, report.chunks_checked)
+    files = f", {report.files_checked} files ok" if report.deep else ""
+    log.info("verify (%s) of %s: all %d chunks ok%s", kind, what, report.chunks_checked, files)
     return EXIT_OK
 
 

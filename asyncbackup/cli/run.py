@@ -72,7 +72,14 @@ def run_command(args: argparse.Namespace) -> int:
         sys.stdout.flush()  # here rather than at exit, so that a closed pipe is caught below
         return code
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
-        log.error("interrupted: nothing was committed")
+        if args.command == "restore":
+            log.error(
+                "interrupted: the files restored until then are in place in %s, each whole; "
+                "run the same restore again with --overwrite to finish it",
+                args.target,
+            )
+        else:
+            log.error("interrupted: nothing was committed")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Whoever read our output stopped early (`list --json | head`). What the command did
@@ -95,6 +102,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         config = EngineConfig(
             concurrency=getattr(args, "concurrency", EngineConfig().concurrency),
+            max_manifest_size=args.max_manifest_size,
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
@@ -246,6 +254,7 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             args.name,
             args.target,
             overwrite=args.overwrite,
+            delete=args.delete,
             include=args.include,
             exclude=args.exclude,
         )

@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,8 +47,10 @@ class LocalStorage(Storage):
     that changed, so a MANIFEST written after it is never more durable than its chunks.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync_dir: Callable[[int], None] = os.fsync) -> None:
+        """``fsync_dir`` makes one open directory durable; a seam, so a test can count calls."""
         self.root = root.expanduser().absolute()
+        self._fsync_dir = fsync_dir
         self.url = self.root.as_uri()
         self._dirty_dirs: set[Path] = set()
         if self.root.exists() and not self.root.is_dir():
@@ -74,8 +76,10 @@ class LocalStorage(Storage):
         # descriptor) after our clean-up ran. One call either renames its file into place or
         # removes it, and ``settled`` waits for it. Reads are one call for the same reason.
         with _mapped_errors(self.url, key):
-            await settled(_write_atomically, path, data, overwrite)
+            made_dirs = await settled(_write_atomically, path, data, overwrite)
         self._dirty_dirs.add(path.parent)
+        if made_dirs:  # a new directory is durable once the directory holding it is synced
+            self._dirty_dirs.update(p for p in path.parent.parents if p.is_relative_to(self.root))
 
     async def get(self, key: str) -> bytes:
         path = self.path_of(key)
@@ -110,7 +114,7 @@ class LocalStorage(Storage):
     async def sync(self) -> None:
         dirs, self._dirty_dirs = self._dirty_dirs, set()
         with _mapped_errors(self.url, "(directory sync)"):
-            await to_thread(_fsync_dirs, dirs)
+            await to_thread(_fsync_dirs, dirs, self._fsync_dir)
 
     async def mark_as_repository(self) -> None:
         with _mapped_errors(self.url, MARKER):
@@ -147,13 +151,16 @@ class LocalStorage(Storage):
         return objects
 
 
-def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
+def _write_atomically(path: Path, data: bytes, overwrite: bool) -> bool:
+    """Whether it had to create the object's directory."""
     temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    made_dirs = False
     try:
         try:
             f = open(temp, "xb")  # noqa: SIM115 - closed below, after the fsync
         except FileNotFoundError:  # the first object in this directory
             path.parent.mkdir(parents=True, exist_ok=True)
+            made_dirs = True
             f = open(temp, "xb")  # noqa: SIM115
         with f:
             f.write(data)
@@ -161,12 +168,13 @@ def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
             os.fsync(f.fileno())  # before the rename: a crash never leaves a short object
         if overwrite:
             os.replace(temp, path)
-            return
+            return made_dirs
         os.link(temp, path)  # atomic create-only: FileExistsError if the key is taken
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     temp.unlink()  # the link's temporary name
+    return made_dirs
 
 
 def _remove_old_temporaries(root: Path, older_than: float, dry_run: bool) -> int:
@@ -184,14 +192,14 @@ def _remove_old_temporaries(root: Path, older_than: float, dry_run: bool) -> int
     return removed
 
 
-def _fsync_dirs(dirs: set[Path]) -> None:
+def _fsync_dirs(dirs: set[Path], fsync_dir: Callable[[int], None]) -> None:
     for directory in dirs:
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             continue
         try:
-            os.fsync(fd)
+            fsync_dir(fd)
         finally:
             os.close(fd)
 
