@@ -15,10 +15,9 @@ from functools import partial
 from pathlib import Path
 
 from asyncbackup.backup_options import BackupOptions
-from asyncbackup.chunking import ChunkReader, reread_chunk
+from asyncbackup.chunking import ChunkReader
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
-from asyncbackup.dirfd import open_beneath
 from asyncbackup.errors import (
     BackupFailed,
     ConfigError,
@@ -34,6 +33,7 @@ from asyncbackup.errors import (
 from asyncbackup.excludes import Excluder, excluder_for
 from asyncbackup.layout import manifest_key
 from asyncbackup.links import HardLinks
+from asyncbackup.locks import SHARED, RepositoryLock
 from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
 from asyncbackup.metadata import xattrs_of
 from asyncbackup.metrics import Metrics
@@ -98,8 +98,12 @@ class BackupJob:
         *,
         clock: Clock = utc_clock,
         options: BackupOptions | None = None,
+        lock: RepositoryLock | None = None,
     ) -> None:
         self.repo = repo
+        self.lock = (
+            lock if lock is not None else RepositoryLock(repo, kind=SHARED, operation=OPERATION)
+        )
         self.config = config
         self.metrics = metrics
         self.progress = progress
@@ -120,15 +124,48 @@ class BackupJob:
         """Back up directory (or stream) ``source`` as backup ``name``; nothing is committed
         unless every chunk is stored.
 
+        The job holds a shared repository lock from before it first reads the store until its
+        MANIFEST is written, so no prune can remove a chunk it saw (``asyncbackup/locks.py``).
+
         Raises:
             ConfigError: the source is not a directory, or the name is taken.
+            LockError: a prune held the lock for longer than ``--lock-wait``, or this job lost
+                its lock before the commit; nothing was committed.
             BackupFailed: a file or chunk failed; each is named, and no MANIFEST was written.
         """
-        started_clock, started = time.monotonic(), self._now()
+        started_clock = time.monotonic()
         if isinstance(source, Path):
             source = await to_thread(source.absolute)
             if not await to_thread(source.is_dir):
                 raise ConfigError(f"source {source} does not exist or is not a directory")
+        try:
+            async with self.lock:
+                manifest = await self._locked_run(source, name)
+        except PermanentStorageError:
+            raise  # a missing bucket or refused credentials: the message says what to fix
+        except StorageError as exc:  # taking or releasing the lock
+            failure = FailedItem(self.repo.store.url, exc)
+            hint = self.repo.retrier.budget.explain()
+            raise BackupFailed(OPERATION, [failure], hint=hint) from exc
+        totals = manifest.totals
+        return BackupSummary(
+            name=name,
+            files=totals.files,
+            dirs=totals.dirs,
+            symlinks=totals.symlinks,
+            skipped=self.skipped,
+            bytes=totals.bytes,
+            chunks_uploaded=self.uploaded,
+            chunks_skipped=max(0, totals.chunks - self.uploaded),
+            bytes_uploaded=self.bytes_uploaded,
+            retries=self.repo.retrier.budget.spent,
+            seconds=time.monotonic() - started_clock,
+            warnings=manifest.warnings,
+        )
+
+    async def _locked_run(self, source: Path | StreamSource, name: str) -> Manifest:
+        """Everything between taking the lock and committing: see ``run``."""
+        started = self._now()
         budget = self.repo.retrier.budget
 
         def hint() -> str:
@@ -162,13 +199,6 @@ class BackupJob:
                 walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
                 async for entry in walking:
                     await self._add(pool, entry)
-        try:
-            await self._recheck(source, hint)
-        except PermanentStorageError:
-            raise
-        except StorageError as exc:
-            failure = FailedItem(self.repo.store.url, exc)
-            raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         finished = self._now()
         stored = dict(self.stored)
 
@@ -201,10 +231,14 @@ class BackupJob:
                 compression=self.config.compression.codec,
                 warnings=tuple(sorted(warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
+                tags=tuple(dict.fromkeys(self.options.tags)),
             )
 
         manifest = await to_thread(build_manifest)
         try:
+            # The lock must still be ours: else a prune may have taken it as stale and removed
+            # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.
+            await self.lock.check()
             await self.repo.commit(manifest)
         except TransientStorageError as exc:
             # An attempt may have stored the MANIFEST before its answer was lost: the outcome
@@ -217,82 +251,10 @@ class BackupJob:
                 "run the same command again: stored chunks are reused.",
                 outcome="its commit was not confirmed",
             ) from exc
-        totals = manifest.totals
-        return BackupSummary(
-            name=name,
-            files=totals.files,
-            dirs=totals.dirs,
-            symlinks=totals.symlinks,
-            skipped=self.skipped,
-            bytes=totals.bytes,
-            chunks_uploaded=self.uploaded,
-            chunks_skipped=max(0, totals.chunks - self.uploaded),
-            bytes_uploaded=self.bytes_uploaded,
-            retries=budget.spent,
-            seconds=time.monotonic() - started_clock,
-            warnings=manifest.warnings,
-        )
+        return manifest
 
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
-
-    async def _recheck(self, source: Path | StreamSource, hint: Callable[[], str]) -> None:
-        """Just before the commit, list the chunks again and upload once more any this backup
-        needs that are gone (read again from the source, and checked against their hash).
-
-        A chunk the first listing showed was not uploaded; a prune that ran since may have
-        removed it, as nothing referenced it then. Without this, the MANIFEST would name a chunk
-        that is not there. Prune's side of the contract is in ``asyncbackup/prune.py``.
-        """
-        listed = await self.repo.stored_refs()
-        fresh = preferred_refs(listed, self.config.compression.codec)
-        stored = self.stored
-
-        def find_gone() -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
-            gone: dict[str, tuple[str, int]] = {}  # digest -> (path, index): where to read it
-            moved: dict[str, str] = {}  # gone, but stored meanwhile under another codec
-            for entry in self.entries:
-                for index, digest in enumerate(entry.chunks):
-                    if stored.get(digest) in listed or digest in gone or digest in moved:
-                        continue
-                    if digest in fresh:
-                        moved[digest] = fresh[digest]
-                    else:
-                        gone[digest] = (entry.path, index)
-            return gone, moved
-
-        gone, moved = await to_thread(find_gone)
-        self.stored.update(moved)
-        if not gone:
-            return
-        if isinstance(source, StreamSource):
-            raise SourceError(
-                f"{len(gone)} chunks of the stream left the store while it was backed up "
-                "(a prune?), and a stream cannot be read again: run the backup again"
-            )
-        log.warning(
-            "%d chunks this backup needs left the store while it ran (a prune?): "
-            "reading them from the source again and uploading them",
-            len(gone),
-        )
-        async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
-            for digest, (path, index) in gone.items():
-                await pool.spawn(path, partial(self._upload_again, source, path, index, digest))
-
-    async def _upload_again(self, source: Path, path: str, index: int, digest: str) -> None:
-        data, read = await reread_chunk(
-            source / path,
-            index,
-            self.config.chunk_size,
-            opener=partial(open_beneath, source, path),  # one name at a time: no PATH_MAX
-        )
-        if read != digest:
-            raise SourceError(
-                f"{source / path} changed while it was being backed up (chunk {index + 1} "
-                "no longer matches): back it up again once it is quiet"
-            )
-        self.stored.pop(digest, None)
-        await self.upload(path, digest, data, f"chunk {index + 1} {digest[:12]} (again)")
 
     async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat

@@ -188,29 +188,3 @@ def _read_up_to(fd: int, size: int) -> bytes:
         parts.append(part)
         remaining -= len(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-async def reread_chunk(
-    path: Path, index: int, chunk_size: int, *, opener: Opener | None = None
-) -> tuple[bytes, str]:
-    """Chunk ``index`` of the file at ``path`` (opened by ``opener`` if given), read again,
-    and its sha256 (in a worker thread).
-
-    Raises:
-        SourceError: the file cannot be opened or read.
-    """
-    return await to_thread(_reread, path, index, chunk_size, opener)
-
-
-def _reread(path: Path, index: int, chunk_size: int, opener: Opener | None) -> tuple[bytes, str]:
-    try:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = opener(flags) if opener else os.open(path, flags)
-        try:
-            os.lseek(fd, index * chunk_size, os.SEEK_SET)
-            data = _read_up_to(fd, chunk_size)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise unreadable(path, exc, "read again") from exc
-    return data, sha256_hex(data)

@@ -26,6 +26,15 @@ from asyncbackup.errors import (
     ConfigError,
 )
 from asyncbackup.layout import check_backup_name
+from asyncbackup.locks import (
+    EXCLUSIVE,
+    SHARED,
+    LockKind,
+    LockSettings,
+    RepositoryLock,
+    UnlockReport,
+    unlock,
+)
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
 from asyncbackup.patterns import Patterns, select
@@ -58,6 +67,7 @@ class BackupInfo:
     files: int = 0
     bytes: int = 0
     chunks: int = 0
+    tags: tuple[str, ...] = ()
     problem: str = ""
 
 
@@ -81,8 +91,11 @@ class BackupEngine:
     retry budget. Every method may be cancelled: the transfers stop and nothing is committed.
     ``sleep`` is the retry sleep, injectable so tests of retries take milliseconds; ``clock`` gives
     a backup's started and finished times (and prune's "now"), injectable so tests of retention
-    can make backups days apart in a second. ``bandwidth`` caps the rate of chunk uploads and
-    downloads; one ``Bandwidth`` may be shared by engines.
+    can make backups days apart in a second; it also stamps the repository locks. ``bandwidth``
+    caps the rate of chunk uploads and downloads; one ``Bandwidth`` may be shared by engines.
+    ``locking`` says how long a job waits for the repository lock and how often it refreshes it;
+    ``lock_sleep`` is the lock's own sleep (its back-off and refresh interval), injectable so
+    tests can order a backup and a prune step by step.
 
     File reads and writes, hashing, compression and MANIFEST parsing run in worker threads:
     on ``executor`` if given (the caller owns it and shuts it down), else on a pool of
@@ -102,6 +115,8 @@ class BackupEngine:
         bandwidth: Bandwidth | None = None,
         clock: Clock = utc_clock,
         executor: Executor | None = None,
+        locking: LockSettings | None = None,
+        lock_sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.store = store
         self._executor = executor
@@ -118,6 +133,8 @@ class BackupEngine:
         self._sleep = sleep
         self._bandwidth = bandwidth
         self._clock = clock
+        self.locking = locking if locking is not None else LockSettings()
+        self._lock_sleep = lock_sleep
 
     @contextmanager
     def _thread_pool(self) -> Iterator[Executor]:
@@ -148,6 +165,19 @@ class BackupEngine:
             manifest_limit=self.config.max_manifest_size,
         )
 
+    def lock(self, repo: Repository, kind: LockKind) -> RepositoryLock:
+        """The repository lock a job on ``repo`` takes (``async with``): ``SHARED`` for a job
+        that writes chunks and commits a MANIFEST, ``EXCLUSIVE`` for one that removes chunks.
+        A job calls ``await lock.check()`` before its commit or each batch of deletes."""
+        return RepositoryLock(
+            repo,
+            kind=kind,
+            operation=repo.operation,
+            settings=self.locking,
+            clock=lambda: self._clock().timestamp(),
+            sleep=self._lock_sleep,
+        )
+
     @_on_own_threads
     async def backup(
         self,
@@ -169,7 +199,13 @@ class BackupEngine:
         repo = self._repository("backup")
         await self.store.mark_as_repository()
         job = BackupJob(
-            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options
+            repo,
+            self.config,
+            self.metrics,
+            self.progress,
+            clock=self._clock,
+            options=options,
+            lock=self.lock(repo, SHARED),
         )
         return await self._timed("backup", job.run(Path(source), name))
 
@@ -197,7 +233,14 @@ class BackupEngine:
         stream = StreamSource(chunks, filename, source, mode)
         repo = self._repository("backup")
         await self.store.mark_as_repository()
-        job = BackupJob(repo, self.config, self.metrics, self.progress, clock=self._clock)
+        job = BackupJob(
+            repo,
+            self.config,
+            self.metrics,
+            self.progress,
+            clock=self._clock,
+            lock=self.lock(repo, SHARED),
+        )
         return await self._timed("backup", job.run(stream, name))
 
     @_on_own_threads
@@ -215,7 +258,16 @@ class BackupEngine:
         manifest = await repo.load_manifest(check_backup_name(name))
         entry = find_file(manifest, path)
         ahead = self.config.concurrency
-        return await self._timed("restore", write_file(repo, manifest, entry, write, ahead=ahead))
+        expect(self.progress, files=1, nbytes=entry.size)
+
+        async def write_and_count(data: bytes) -> None:
+            await write(data)
+            self.progress.advance(nbytes=len(data))
+
+        job = write_file(repo, manifest, entry, write_and_count, ahead=ahead)
+        written = await self._timed("restore", job)
+        self.progress.advance(files=1)
+        return written
 
     @_on_own_threads
     async def restore(
@@ -311,7 +363,15 @@ class BackupEngine:
                 return
             t = m.totals
             infos[name] = BackupInfo(
-                name, m.started, m.finished, m.host, m.source, t.files, t.bytes, t.unique_chunks
+                name,
+                m.started,
+                m.finished,
+                m.host,
+                m.source,
+                t.files,
+                t.bytes,
+                t.unique_chunks,
+                m.tags,
             )
 
         async with TaskPool("list", limit=self.config.concurrency) as pool:
@@ -323,10 +383,27 @@ class BackupEngine:
     async def delete(self, name: str) -> None:
         """Delete backup ``name``'s MANIFEST. Its chunks stay until a prune removes unused ones.
 
+        It takes a shared lock: it removes no chunk, so it may run beside backups, but it waits
+        for a running prune, whose report of what it kept and removed then stays exact.
+
         Raises:
             ManifestError: there is no such backup.
+            LockError: a prune held the lock for longer than the lock wait.
         """
-        await self._repository("verify").delete_manifest(check_backup_name(name))
+        repo = self._repository("delete")
+        async with self.lock(repo, SHARED):
+            await repo.delete_manifest(check_backup_name(name))
+
+    @_on_own_threads
+    async def unlock(self, *, force: bool = False) -> UnlockReport:
+        """Remove the store's stale locks (of jobs killed, or not refreshed for the stale
+        period); with ``force``, every lock, each live one with a WARNING."""
+        return await unlock(
+            self._repository("unlock"),
+            force=force,
+            settings=self.locking,
+            clock=lambda: self._clock().timestamp(),
+        )
 
     @_on_own_threads
     async def prune(
@@ -334,23 +411,26 @@ class BackupEngine:
     ) -> PruneReport:
         """Remove the backups ``policy`` lets go, then every chunk no remaining backup names
         and that is older than ``grace`` seconds (see ``asyncbackup/prune.py`` for why it is
-        safe beside a running backup). With ``dry_run``, delete nothing and report.
+        safe beside a running backup: it holds the exclusive lock). With ``dry_run``, delete
+        nothing, take no lock, and report.
 
         Raises:
             ConfigError: ``grace`` is negative.
             ManifestError: a MANIFEST cannot be read: prune stops rather than guess.
-            IntegrityError: a backup committed during the prune names a chunk it removed.
+            LockError: a backup or another prune held the lock for longer than the lock wait.
             BackupFailed: the store failed.
         """
         if grace < 0:
             raise ConfigError(f"the grace period must not be negative, not {grace} s")
+        repo = self._repository("prune")
         job = PruneJob(
-            self._repository("prune"),
+            repo,
             self.config,
             policy=policy,
             grace=grace,
             dry_run=dry_run,
             clock=self._clock,
+            lock=self.lock(repo, EXCLUSIVE),
         )
         return await self._timed("prune", job.run())
 

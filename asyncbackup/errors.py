@@ -11,6 +11,7 @@
     │   └── ManifestTooLarge        a MANIFEST over the size limit: not read
     ├── NameTakenError              another job committed a backup of this name first
     ├── IntegrityError              a chunk or file whose hash or size does not match
+    ├── LockError                   the repository lock could not be taken, or was lost
     ├── StorageError
     │   ├── TransientStorageError   timeouts, resets, 408, 429, 5xx, SlowDown: retried
     │   └── PermanentStorageError   401, 403, NoSuchBucket, 400: never retried
@@ -73,6 +74,11 @@ class ManifestTooLarge(ManifestError):
 
 class IntegrityError(BackupError):
     """Stored bytes whose hash or size differs from what the manifest promises."""
+
+
+class LockError(BackupError):
+    """The repository lock could not be taken within ``--lock-wait``, or a job could no longer
+    trust its own lock: the job stopped before its next destructive or committing step."""
 
 
 class StorageError(BackupError):

@@ -3,6 +3,7 @@
 chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however often used
 chunks/<sha256 of the raw chunk>.zst the same chunk compressed (.gz for gzip): see compression.py
 backups/<name>/MANIFEST              the commit record of one backup, written last
+locks/<random id>                    a job's repository lock (JSON): see locks.py
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from asyncbackup.errors import ConfigError
 CHUNKS = "chunks/"
 BACKUPS = "backups/"
 MANIFEST = "MANIFEST"
+LOCKS = "locks/"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -52,6 +54,11 @@ def name_of_manifest_key(key: str) -> str | None:
     if len(parts) == 3 and parts[0] + "/" == BACKUPS and parts[2] == MANIFEST:
         return parts[1]
     return None
+
+
+def lock_key(lock_id: str) -> str:
+    """The key of the lock ``lock_id`` (random hex, so no two jobs ever share one)."""
+    return LOCKS + lock_id
 
 
 def is_digest(text: str) -> bool:

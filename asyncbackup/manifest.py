@@ -151,6 +151,7 @@ class Manifest:
     compression: str = "none"  # the codec asked for; each chunk's ref says how it is stored
     warnings: tuple[SourceWarning, ...] = ()  # files skipped or stored while changing
     excludes: ExcludeRecord | None = None  # what the backup was told to leave out
+    tags: tuple[str, ...] = ()  # backup --tag: what retention may select backups by
     totals: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -172,9 +173,9 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """3 with a version 3 field (warnings, excludes, the root's entry); else 1 while every
+        """3 with a version 3 field (warnings, excludes, tags, the root's entry); else 1 while every
         chunk is stored raw, else 2."""
-        if self.warnings or self.excludes is not None or self.root is not None:
+        if self.warnings or self.excludes is not None or self.root is not None or self.tags:
             return 3
         if any(e.is_version_3 for e in self.entries):
             return 3
@@ -209,6 +210,8 @@ class Manifest:
             head["warnings"] = [w.to_json() for w in self.warnings]
         if self.excludes is not None:
             head["excludes"] = self.excludes.to_json()
+        if self.tags:
+            head["tags"] = list(self.tags)
         lines = ",\n".join(_compact(e.to_json()) for e in self.entries)
         return f'{_compact(head)[:-1]},"entries":[\n{lines}\n]}}\n'.encode("ascii")
 
@@ -306,6 +309,9 @@ def _parse(doc: Any) -> Manifest:
     _check_tree(entries)
     warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
     excludes = ExcludeRecord.from_json(doc["excludes"]) if "excludes" in doc else None
+    tags = doc.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ManifestError(f"tags {tags!r} is not a list of text")
     return Manifest(
         name=str(doc["name"]),
         job_id=str(doc["job_id"]),
@@ -318,6 +324,7 @@ def _parse(doc: Any) -> Manifest:
         compression=compression,
         warnings=warnings,
         excludes=excludes,
+        tags=tuple(tags),
     )
 
 

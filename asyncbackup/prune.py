@@ -1,63 +1,72 @@
 """Prune: remove the backups a retention policy lets go, then the chunks no backup needs.
 
-Mark and sweep, in this order:
+Mark and sweep, under the repository's exclusive lock (``locks.py``):
 
-1. Note the time the prune began (``began``), by this machine's clock.
+1. Take the exclusive lock (a dry run takes none: it deletes nothing). Note the time (``began``).
 2. Read every MANIFEST. If one cannot be read, stop here, having deleted nothing: the chunks of a
    backup we cannot read would look unused, and sweeping them would destroy it.
-3. Decide (``retention.decide``) and remove the MANIFESTs of the backups let go.
+3. Decide (``retention.decide``); check the lock; remove the MANIFESTs of the backups let go.
 4. Mark every chunk ref the kept backups name; list ``chunks/`` with each object's time.
-5. Sweep: an unmarked chunk is removed only if it was last written before ``began - grace``.
-   A chunk written after the prune began, or within the grace period before it, stays: it may
-   belong to a backup that is running and has not committed its MANIFEST yet. The temporary
-   files of writes a crash cut short (local store) are removed by the same rule.
-6. Before each batch of deletes, list the MANIFESTs again: a backup committed since step 2 is
-   read, and the chunks it names are taken out of the sweep.
+5. Sweep: an unmarked chunk written before ``began - grace`` is removed, in batches of
+   ``DELETE_BATCH``; the lock is checked (read back) before each batch, and its guard passes
+   before every single delete attempt. The temporary files of writes a crash cut short (local
+   store) are removed by the same rule.
+6. Release the lock.
 
-The race the grace period does not cover: a backup that starts before a prune lists the chunks
-and finds an *old* chunk already stored, so it does not upload it. That chunk may be unmarked
-(its backups were let go), so this prune may remove it before the backup commits. The backup's
-side of the contract closes that: just before it commits, it lists the chunks again and uploads
-once more, read from its source and checked against its hash, every chunk it needs that is gone
-(``BackupJob._recheck``).
+**Invariant.** No chunk named by a committed MANIFEST, or seen in ``chunks/`` by a backup that
+has not committed yet, is removed while that backup could still commit.
 
-What remains, stated plainly: a window between the backup's re-check listing and its MANIFEST
-write (one sync and one put), against a prune whose last listing of MANIFESTs (step 6) came
-before that write and whose delete of one of those chunks comes after the re-check. Both spans
-are short (a batch of ``DELETE_BATCH`` deletes, and a commit), and step 7 catches the outcome:
+*Proof sketch.* A backup holds a shared lock from before its first read of the store (the
+``chunks/`` listing) until after its MANIFEST is written; prune deletes only while it holds the
+exclusive lock and trusts it (every delete attempt passes ``guard``). (a) Mutual exclusion: of a
+backup and a prune that each wrote their lock and then listed ``locks/``, the later writer's
+listing sees the other's lock (strong list-after-write consistency: S3, GCS, local file system),
+so at most one of them proceeds; a waiter retries until the holder's lock is gone. (b) So every
+delete of a prune happens either before the backup's lock was written, and then the backup's
+listing, which comes after, no longer shows the chunk (it uploads it), or after the backup's lock
+was removed, which the backup does only after its commit (or after giving up): then the chunk is
+named by a committed MANIFEST, which prune read in step 2 under the same lock, so it is marked and
+stays. (c) MANIFESTs committed before prune took its lock are all read in step 2, since no backup
+commits while prune holds the lock. (d) Staleness is the one way a lock is overridden: a job
+trusts its lock only while it refreshed it within half the stale period, and stops (no delete, no
+commit) as soon as it cannot (``locks.py`` states the clock and pause assumptions: skew and
+pauses well below a quarter of the stale period, 7.5 minutes by default).
 
-7. After the sweep, list the MANIFESTs once more; a backup committed meanwhile that names a chunk
-   this prune removed is reported (``IntegrityError``, exit 1), naming the backup, so nothing is
-   lost silently: ``verify`` shows it, and the next backup of the same data uploads the chunk
-   again (it is missing from the listing), which repairs the damaged backup too.
+So the old after-the-fact checks are gone: the backup no longer lists ``chunks/`` again before
+its commit, and prune no longer re-reads the MANIFESTs between batches or after its sweep.
 
-Object times come from the store's clock (S3's LastModified, GCS's ``updated``, the file's
-mtime), ``began`` from this machine's: the grace period must exceed any skew between the two,
-which the default of 24 hours does by far. ``--grace 0`` is for tests and quiet stores.
+**The grace period** is no longer part of the safety argument. It stays (default 24 hours) for
+two reasons: a backup re-run after a crash reuses the chunks the crashed run uploaded (named by
+no MANIFEST, so a prune in between would remove them and the re-run would upload them again);
+and writers that take no lock (asyncbackup before version 3 of the format, a backup run with the
+protocol switched off) still get the old protection for chunks they wrote within it. Object times
+come from the store's clock, ``began`` from this machine's: the grace period must exceed the skew
+between the two. ``--grace 0`` is safe beside locked backups.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
 from asyncbackup.config import EngineConfig
 from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
-from asyncbackup.errors import IntegrityError, ManifestError
+from asyncbackup.errors import ManifestError
 from asyncbackup.layout import CHUNKS, chunk_key, manifest_key, ref_of_chunk_key
+from asyncbackup.locks import EXCLUSIVE, RepositoryLock
 from asyncbackup.manifest import Manifest
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
-from asyncbackup.retention import Decision, RetentionPolicy, decide
+from asyncbackup.retention import Candidate, Decision, RetentionPolicy, decide
 from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
 DELETE_BATCH = 1000
-"""Chunks deleted between two listings of the MANIFESTs (step 6)."""
+"""Chunks deleted between two checks of the lock (step 5)."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +78,9 @@ class PruneReport:
     decisions: list[Decision]
     chunks_deleted: int = 0
     bytes_freed: int = 0
-    chunks_in_use: int = 0  # named by a kept backup (or one committed while the prune ran)
+    chunks_in_use: int = 0  # named by a kept backup
     chunks_young: int = 0  # unused, but written within the grace period or since the prune began
     bytes_young: int = 0
-    late_backups: list[str] = field(default_factory=list)  # committed while the prune ran
     leftovers: int = 0  # temporary files of writes a crash cut short (local store)
 
     @property
@@ -84,14 +92,17 @@ class PruneReport:
         return [d for d in self.decisions if not d.kept]
 
     def decision_lines(self) -> list[str]:
-        """One line per backup, newest first: kept (and by which rules), or removed."""
+        """One line per backup selected, group by group, newest first: kept (and by which
+        rules), or removed; each names its group in brackets (unless there is one group)."""
         lines = []
         for d in self.decisions:
             when = d.finished.isoformat(timespec="seconds")
+            group = f" [{d.group}]" if d.group else ""
             if d.kept:
-                lines.append(f"keep {d.name} {when} ({', '.join(d.reasons)})")
+                lines.append(f"keep {d.name} {when} ({', '.join(d.reasons)}){group}")
             else:
-                lines.append(f"{'would remove' if self.dry_run else 'remove'} {d.name} {when}")
+                verb = "would remove" if self.dry_run else "remove"
+                lines.append(f"{verb} {d.name} {when}{group}")
         return lines
 
     def summary(self) -> str:
@@ -114,8 +125,6 @@ class PruneReport:
                 f"; {self.chunks_young} unused chunks ({self.bytes_young / 2**20:.1f} MiB) are "
                 f"younger than the grace period ({self.grace:g} s) and stay"
             )
-        if self.late_backups:
-            tail += f"; committed while it ran: {', '.join(self.late_backups)}"
         if self.leftovers:
             verb = "would remove" if self.dry_run else "removed"
             tail += (
@@ -136,6 +145,7 @@ class PruneJob:
         grace: float,
         dry_run: bool,
         clock: Callable[[], datetime],
+        lock: RepositoryLock | None = None,
     ) -> None:
         self.repo = repo
         self.config = config
@@ -143,8 +153,9 @@ class PruneJob:
         self.grace = grace
         self.dry_run = dry_run
         self.clock = clock
-        self.seen: set[str] = set()  # backups whose MANIFESTs were read, kept or let go
-        self.late: list[str] = []
+        self.lock = (
+            lock if lock is not None else RepositoryLock(repo, kind=EXCLUSIVE, operation=OPERATION)
+        )
         # One str per ref, shared by every backup that names it: 30 backups of 100,000 chunks
         # then cost 30 sets of pointers, not 3 million strings.
         self._interned: dict[str, str] = {}
@@ -154,19 +165,28 @@ class PruneJob:
 
         Raises:
             ManifestError: a MANIFEST cannot be read or has no valid time; nothing was deleted.
-            IntegrityError: a backup committed during the prune names a chunk it removed.
+            LockError: the exclusive lock could not be taken within ``--lock-wait`` (nothing
+                was deleted), or was lost (nothing more was deleted).
             BackupFailed: the store failed (what was deleted so far stays deleted: harmless).
         """
+        if self.dry_run:  # deletes nothing, so it needs no lock and waits for no backup
+            return await self._locked_run()
+        async with self.lock:
+            return await self._locked_run()
+
+    async def _locked_run(self) -> PruneReport:
         began = self.clock().timestamp()
         names = await self.repo.backup_names()
         backups = await self._read_all(names)
-        self.seen.update(names)
-        decisions = decide([(n, b.finished) for n, b in backups.items()], self.policy)
-        kept = {d.name for d in decisions if d.kept}
+        decisions = decide([b.candidate for b in backups.values()], self.policy)
         removed = [d.name for d in decisions if not d.kept]
-        if not self.dry_run:
+        if not self.dry_run and removed:
+            await self.lock.check()
             await self._delete_all([manifest_key(n) for n in removed], label="backup")
-        marked = await to_thread(_union, [backups[n].refs for n in kept])
+        # Everything not removed is marked: the kept backups, and those the policy's filters
+        # (--host, --source, --tag) did not select, which it leaves alone.
+        staying = [b.refs for n, b in backups.items() if n not in set(removed)]
+        marked = await to_thread(_union, staying)
         del backups
 
         cutoff = began - self.grace
@@ -186,29 +206,22 @@ class PruneJob:
                     sweep[ref] = obj.size
         del marked
 
-        deleted: dict[str, int] = {}
-        protected: set[str] = set()
         refs = sorted(sweep)
-        for start in range(0, len(refs), DELETE_BATCH):
-            protected |= await self._committed_since()
-            batch = [r for r in refs[start : start + DELETE_BATCH] if r not in protected]
-            if not self.dry_run:
-                await self._delete_all([chunk_key(r) for r in batch], label="chunk")
-            deleted.update((r, sweep[r]) for r in batch)
-        in_use += len(sweep.keys() - deleted.keys())  # spared: a late backup names them
-        leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
         if not self.dry_run:
-            await self._check_late_backups(set(deleted))
+            for start in range(0, len(refs), DELETE_BATCH):
+                await self.lock.check()
+                batch = refs[start : start + DELETE_BATCH]
+                await self._delete_all([chunk_key(r) for r in batch], label="chunk")
+        leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
         return PruneReport(
             dry_run=self.dry_run,
             grace=self.grace,
             decisions=decisions,
-            chunks_deleted=len(deleted),
-            bytes_freed=sum(deleted.values()),
+            chunks_deleted=len(refs),
+            bytes_freed=sum(sweep.values()),
             chunks_in_use=in_use,
             chunks_young=young,
             bytes_young=bytes_young,
-            late_backups=list(self.late),
             leftovers=leftovers,
         )
 
@@ -233,7 +246,10 @@ class PruneJob:
                 broken[name] = str(exc)
                 return
             refs = await to_thread(self._refs_of, manifest)
-            backups[name] = _Backup(finished, refs)
+            candidate = Candidate(
+                name, finished, manifest.host, manifest.source, tuple(manifest.tags)
+            )
+            backups[name] = _Backup(candidate, refs)
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
             for name in names:
@@ -254,37 +270,6 @@ class PruneJob:
         intern = self._interned.setdefault  # atomic under the GIL: threads may share it
         return frozenset(intern(ref, ref) for entry in manifest.entries for ref in entry.chunks)
 
-    async def _committed_since(self) -> set[str]:
-        """The refs named by backups committed since the prune read the MANIFESTs (step 6).
-
-        Raises:
-            ManifestError: such a backup's MANIFEST cannot be read.
-        """
-        names = [n for n in await self.repo.backup_names() if n not in self.seen]
-        if not names:
-            return set()
-        backups = await self._read_all(names, stopped="prune stopped sweeping")
-        self.seen.update(names)
-        self.late.extend(names)
-        log.info("prune: %d backups committed meanwhile; their chunks stay", len(names))
-        return await to_thread(_union, [b.refs for b in backups.values()])
-
-    async def _check_late_backups(self, deleted: set[str]) -> None:
-        names = [n for n in await self.repo.backup_names() if n not in self.seen]
-        if not names:
-            return
-        backups = await self._read_all(names, stopped="prune swept, then stopped")
-        self.late.extend(names)
-        for name, backup in sorted(backups.items()):
-            lost = backup.refs & deleted
-            if lost:
-                raise IntegrityError(
-                    f"backup {name!r} was committed while prune removed "
-                    f"{len(lost)} chunks it needs (such as {sorted(lost)[0]}); "
-                    f"'asyncbackup verify STORE {name}' shows which files are "
-                    "affected, and the next backup of the same source uploads them again"
-                )
-
     async def _delete_all(self, keys: list[str], *, label: str) -> None:
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
             for key in keys:
@@ -299,9 +284,10 @@ def _count(n: int, noun: str) -> str:
 
 @dataclass(frozen=True)
 class _Backup:
-    """What prune keeps of a MANIFEST: when the backup finished, and the chunks it names."""
+    """What prune keeps of a MANIFEST: what retention needs (when it finished, host, source,
+    tags), and the chunks it names."""
 
-    finished: datetime
+    candidate: Candidate
     refs: frozenset[str]
 
 

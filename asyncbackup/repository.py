@@ -42,8 +42,17 @@ def _decode_and_hash(stored: bytes, codec: Codec, limit: int, where: str) -> tup
     return data, sha256_hex(data)
 
 
+def _unguarded() -> None:
+    """The guard of a job that holds no lock: nothing to check."""
+
+
 class Repository:
-    """One job's view of a store: what it holds, and retried reads and writes of its objects."""
+    """One job's view of a store: what it holds, and retried reads and writes of its objects.
+
+    ``guard`` runs before every attempt of a destructive or committing call (a delete, the
+    MANIFEST's sync and write): a job's repository lock installs its own, which raises
+    ``LockError`` once the lock can no longer be trusted (see ``locks.py``).
+    """
 
     def __init__(
         self,
@@ -57,6 +66,14 @@ class Repository:
         self.retrier = retrier
         self.operation = operation
         self.manifest_limit = manifest_limit
+        self.guard: Callable[[], None] = _unguarded
+
+    def _guarded(self, call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        async def attempt() -> T:
+            self.guard()  # each attempt: a retry may come long after the first try
+            return await call()
+
+        return attempt
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, one retried request per listing page."""
@@ -191,12 +208,15 @@ class Repository:
         Raises:
             NameTakenError: another job committed a backup of the same name meanwhile.
         """
-        await self.retrier.run(Transfer(self.operation, "sync", self.store.url), self.store.sync)
+        sync = Transfer(self.operation, "sync", self.store.url)
+        await self.retrier.run(sync, self._guarded(self.store.sync))
         key = manifest_key(manifest.name)
         data = await to_thread(manifest.to_json)
         what = Transfer(self.operation, "commit", key, nbytes=len(data))
         try:
-            await self.retrier.run(what, lambda: self.store.put(key, data, overwrite=False))
+            await self.retrier.run(
+                what, self._guarded(lambda: self.store.put(key, data, overwrite=False))
+            )
         except ObjectExistsError:
             # An attempt that failed after it stored the MANIFEST leaves it in place for the
             # retry to find: if it is ours, the backup is committed, exactly once.
@@ -207,11 +227,32 @@ class Repository:
                     "run again with another --name (the chunks uploaded will be reused)"
                 ) from None
 
-    async def delete_object(self, key: str) -> None:
-        """Remove ``key``, retried; a key already gone is not an error."""
-        await self.retrier.run(
-            Transfer(self.operation, "delete", key), lambda: self.store.delete(key)
+    async def delete_object(self, key: str, *, guarded: bool = True) -> None:
+        """Remove ``key``, retried; a key already gone is not an error. Each attempt passes the
+        job's ``guard`` first, unless ``guarded`` is False (a lock removing itself).
+
+        Raises:
+            LockError: the job's lock can no longer be trusted; nothing more is deleted.
+        """
+        call = lambda: self.store.delete(key)  # noqa: E731
+        what = Transfer(self.operation, "delete", key)
+        await self.retrier.run(what, self._guarded(call) if guarded else call)
+
+    async def get_object(self, key: str, *, action: str) -> bytes:
+        """The bytes of ``key``, retried.
+
+        Raises:
+            ObjectNotFoundError: no such key.
+        """
+        return await self.retrier.run(
+            Transfer(self.operation, action, key), lambda: self.store.get(key)
         )
+
+    async def put_object(self, key: str, data: bytes, *, action: str) -> None:
+        """Store ``data`` under ``key`` (overwriting), retried; a small object (a lock), so
+        it pays nothing to a bandwidth limit, which caps the data."""
+        what = Transfer(self.operation, action, key)
+        await self.retrier.run(what, lambda: self.store.put(key, data))
 
     async def delete_manifest(self, name: str) -> None:
         """Remove backup ``name``'s MANIFEST: the backup is gone, its chunks stay for others.
@@ -223,7 +264,4 @@ class Repository:
             raise ManifestError(
                 f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
             )
-        key = manifest_key(name)
-        await self.retrier.run(
-            Transfer(self.operation, "delete", key), lambda: self.store.delete(key)
-        )
+        await self.delete_object(manifest_key(name))

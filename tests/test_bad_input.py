@@ -61,11 +61,12 @@ def names_under(root: Path) -> list[bytes]:
 
 
 def on_first_put(action: Callable[[], None]) -> Callable[[str], Awaitable[None]]:
-    """A ``WatchedStorage`` hook that runs ``action`` once, at the first put of the backup."""
+    """A ``WatchedStorage`` hook that runs ``action`` once, at the backup's first put of a
+    chunk (after the walk began: the lock's put comes before it)."""
     pending = [action]
 
     async def on_put(key: str) -> None:
-        while pending:
+        while pending and key.startswith("chunks/"):
             pending.pop()()
 
     return on_put

@@ -278,7 +278,8 @@ USAGE_ERRORS = {
     ),
     "prune-keeps-nothing": (
         ["prune", "{store}"],
-        "prune needs at least one of --keep-last, --keep-daily or --keep-weekly above 0",
+        "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, "
+        "--keep-yearly or --keep-within above 0",
     ),
     "prune-negative-keep": (
         ["prune", "{store}", "--keep-last", "-1"],

@@ -97,7 +97,7 @@ async def test_resume_after_a_crash_uploads_only_what_is_missing(
 
     async def die_at_the_sixth_put(key: str) -> None:
         nonlocal puts
-        puts += 1
+        puts += key.startswith("chunks/")
         if puts == 6:  # the process dies mid-backup: the job is cancelled mid-put
             job.cancel()
             await asyncio.Event().wait()
@@ -107,7 +107,7 @@ async def test_resume_after_a_crash_uploads_only_what_is_missing(
     job = asyncio.create_task(engine.backup(tree, name="one"))
     with pytest.raises(asyncio.CancelledError):
         await job
-    assert not any(k.startswith("backups/") for k in memory.objects)
+    assert not any(k.startswith(("backups/", "locks/")) for k in memory.objects)
     left_behind = len(chunk_keys(memory))
     assert left_behind == 5
 
@@ -116,9 +116,10 @@ async def test_resume_after_a_crash_uploads_only_what_is_missing(
     manifest = await BackupEngine(memory).manifest("one")
     assert watched.puts("chunks/") == manifest.totals.unique_chunks - left_behind
     assert summary.chunks_uploaded == manifest.totals.unique_chunks - left_behind
-    # Learnt from one listing, never a request per chunk; the third listing is the re-check
-    # before the commit (a chunk a prune removed meanwhile is uploaded again).
-    assert sum(n for (op, _), n in watched.calls.items() if op == "list") == 3
+    # Learnt from one listing of chunks/, never a request per chunk, and never listed again
+    # before the commit: the lock keeps a prune out (the other listings: locks/ and the name).
+    lists = {key: n for (op, key), n in watched.calls.items() if op == "list"}
+    assert lists == {"locks/": 1, "backups/one/MANIFEST": 1, "chunks/": 1}
     await BackupEngine(memory).restore("one", tmp_path / "out")
     assert_same_tree(tree, tmp_path / "out")
 
@@ -238,7 +239,9 @@ async def test_metrics_land_on_the_callers_registry(tree: Path, tmp_path: Path) 
     assert value("backup_inflight_transfers", operation="backup") == 0
     assert (value("backup_last_success_timestamp_seconds", operation="restore") or 0) > 1e9
     assert value("backup_chunk_duration_seconds_count", operation="backup") == (
-        summary.chunks_uploaded + 5  # plus: three listings, the sync and the commit
+        # plus: the name check, the chunk listing, the sync, the commit, and the lock's
+        # write, listing of locks/, check before the commit and removal
+        summary.chunks_uploaded + 8
     )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from asyncbackup import BackupEngine, MemoryStorage
+from tests.conftest import fast_config
 from tests.test_cli import EXIT_OK, cli
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files away")
@@ -119,3 +121,31 @@ def test_xattrs_are_recorded_with_the_flag_and_restored(tmp_path: Path, store_ur
     restored_plain = cli("restore", store_url, "plain", tmp_path / "plain")
     assert restored_plain.returncode == EXIT_OK, restored_plain.stderr
     assert os.listxattr(tmp_path / "plain" / "dir" / "file") == []
+
+
+class CountingProgress:
+    """Counts the bytes the backup reports it read."""
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+
+    def advance(self, *, files: int = 0, nbytes: int = 0) -> None:
+        self.nbytes += nbytes
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_file_with_several_names_is_read_once(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(300_000))
+    for name in ("b", "c", "d"):
+        os.link(source / "a", source / name)
+    progress = CountingProgress()
+    engine = BackupEngine(MemoryStorage(), fast_config(), progress=progress)
+    summary = await engine.backup(source, name="n")
+    assert progress.nbytes == 300_000  # not 4 x: the other names are not read again
+    assert (summary.files, summary.bytes) == (4, 4 * 300_000)  # yet each name is a file
+    manifest = await engine.manifest("n")
+    assert [e.hardlink for e in manifest.entries if e.type == "file"] == ["", "a", "a", "a"]

@@ -248,7 +248,8 @@ def test_list_json_gives_a_script_every_fact_of_each_backup(tmp_path: Path) -> N
     assert [e["name"] for e in listing] == ["a", "b", "c"]
     a, _, c = listing
     assert set(a) == {
-        "name", "started", "finished", "host", "source", "files", "bytes", "chunks", "problem"
+        "name", "started", "finished", "host", "source", "files", "bytes", "chunks", "tags",
+        "problem",
     }  # fmt: skip
     started, finished = (datetime.fromisoformat(str(a[k])) for k in ("started", "finished"))
     assert started.utcoffset() is not None and started <= finished
@@ -292,11 +293,12 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert any(line.endswith("  sub/line\\nbreak") for line in lines)  # one line per entry
     assert any(line.endswith("  sub/bytes-\\xff\\xfe/latin-\\xe9.txt") for line in lines)
     assert "warnings        0" in lines
-    # The summary, a blank line, 13 files, 5 dirs and the root (.), 3 links.
-    assert len(lines) == 14 + 1 + 22
+    # The summary (with tags), a blank line, 13 files, 5 dirs and the root (.), 3 links.
+    assert len(lines) == 15 + 1 + 22
+    assert "tags            -" in lines
 
     summary_only = cli("show", store, "one")
-    assert summary_only.stdout.splitlines() == lines[:14]
+    assert summary_only.stdout.splitlines() == lines[:15]
 
 
 def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_path: Path) -> None:

@@ -60,6 +60,23 @@ async def test_verify_deep_moves_from_zero_to_its_total(tree: Path, tmp_path: Pa
     assert progress.nbytes <= backup.bytes  # each distinct chunk once
 
 
+async def test_cat_announces_the_file_size_and_reaches_it(tree: Path, tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    await BackupEngine(store, fast_config()).backup(tree, name="b")
+    big = max((p for p in tree.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    progress = Recorded()
+    pieces: list[bytes] = []
+
+    async def keep(data: bytes) -> None:
+        pieces.append(data)
+
+    engine = BackupEngine(store, fast_config(), progress=progress)
+    await engine.restore_file("b", big.relative_to(tree).as_posix(), keep)
+    assert b"".join(pieces) == big.read_bytes()
+    assert progress.expected == (1, big.stat().st_size)
+    assert (progress.files, progress.nbytes) == progress.expected
+
+
 def test_log_lines_show_percentage_rate_and_time_left() -> None:
     now = [100.0]
     progress = LogProgress("restore", interval=10, clock=lambda: now[0])

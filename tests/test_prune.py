@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asyncbackup import (
     BackupEngine,
     BackupFailed,
-    Compression,
     ConfigError,
     FaultyStorage,
-    IntegrityError,
     LocalStorage,
     ManifestError,
     MemoryStorage,
@@ -40,7 +37,7 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def kept(backups: list[tuple[str, datetime]], **policy: int) -> dict[str, tuple[str, ...]]:
+def kept(backups: list[tuple[str, datetime]], **policy: Any) -> dict[str, tuple[str, ...]]:
     return {d.name: d.reasons for d in decide(backups, RetentionPolicy(**policy)) if d.kept}
 
 
@@ -87,14 +84,16 @@ def test_keep_weekly_uses_iso_weeks_and_rules_add_up() -> None:
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
-        ({}, "prune needs at least one of --keep-last, --keep-daily or --keep-weekly"),
+        ({}, "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, --keep-mon"),
+        ({"keep_within": -60.0, "keep_last": 1}, "--keep-within must not be negative, not -60"),
+        ({"keep_last": 1, "group_by": ("host", "path")}, "cannot group backups by 'host,path'"),
         ({"keep_last": 0, "keep_daily": 0}, "at least one of"),
         ({"keep_last": -1}, "--keep-last must not be negative, not -1"),
         ({"keep_weekly": -2, "keep_last": 1}, "--keep-weekly must not be negative"),
     ],
 )
 def test_a_policy_that_keeps_nothing_or_less_is_refused(
-    policy: dict[str, int], message: str
+    policy: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         RetentionPolicy(**policy)
@@ -165,12 +164,12 @@ async def test_prune_keeps_what_it_promises_and_frees_the_rest(
 
     engine = BackupEngine(store, fast_config(), clock=clock, sleep=sleep)
     before = dict(store.objects)
-    dry = await engine.prune(RetentionPolicy(keep_daily=2), grace=0, dry_run=True)
+    dry = await engine.prune(RetentionPolicy(keep_daily=2, group_by=()), grace=0, dry_run=True)
     assert store.objects == before  # a dry run deletes nothing
     assert [d.name for d in dry.removed] == ["d3", "d1"]
     assert dry.chunks_deleted == 2 * 2 + 1  # the unique chunks of d1 and d3, and the orphan
 
-    report = await engine.prune(RetentionPolicy(keep_daily=2), grace=0)
+    report = await engine.prune(RetentionPolicy(keep_daily=2, group_by=()), grace=0)
     assert {d.name: d.reasons for d in report.kept} == {
         "d3b": ("daily 2026-11-04",),
         "d2": ("daily 2026-11-03",),
@@ -195,7 +194,7 @@ async def test_delete_then_prune_gives_the_space_back(tmp_path: Path) -> None:
     await engine.delete("b")
     clock.now = T0 + timedelta(days=1)
     assert len(chunk_keys(store)) == 5  # shared + a's two + b's two: delete frees nothing
-    report = await engine.prune(RetentionPolicy(keep_last=5), grace=0)
+    report = await engine.prune(RetentionPolicy(keep_last=5, group_by=()), grace=0)
     assert report.removed == [] and report.chunks_deleted == 2
     assert chunk_keys(store) == await refs_of(store, ["a"])
 
@@ -207,10 +206,10 @@ async def test_unused_chunks_younger_than_the_grace_period_stay(tmp_path: Path) 
     engine = BackupEngine(store, fast_config(), clock=clock)
     await engine.delete("a")  # a's chunks: 2 hours old when b finished
     clock.now = T0 + timedelta(hours=3)
-    report = await engine.prune(RetentionPolicy(keep_last=1), grace=4 * 3600)
+    report = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=4 * 3600)
     assert report.chunks_deleted == 0 and report.chunks_young == 2
     assert len(chunk_keys(store)) == 5
-    report = await engine.prune(RetentionPolicy(keep_last=1), grace=2 * 3600)
+    report = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=2 * 3600)
     assert report.chunks_deleted == 2 and report.chunks_young == 0
     assert chunk_keys(store) == await refs_of(store, ["b"])
 
@@ -227,7 +226,7 @@ async def test_an_unreadable_manifest_stops_prune_before_it_deletes_anything(
     before = dict(store.objects)
     with pytest.raises(ManifestError) as caught:
         await BackupEngine(store, fast_config(), clock=clock).prune(
-            RetentionPolicy(keep_last=1), grace=0
+            RetentionPolicy(keep_last=1, group_by=()), grace=0
         )
     message = str(caught.value)
     assert "prune stopped and deleted nothing: the MANIFEST of backup 'b' cannot be read" in message
@@ -235,41 +234,7 @@ async def test_an_unreadable_manifest_stops_prune_before_it_deletes_anything(
     assert store.objects == before
 
 
-# The races with a backup that runs meanwhile (interleaved by hooks, never by sleeps)
-
-
-async def test_a_chunk_a_prune_removes_while_a_backup_skips_it_is_uploaded_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The backup lists the chunks, finds the old ones of a deleted backup and skips them; a
-    prune then removes them (unreferenced, old); the backup's re-check uploads them again."""
-    clock = Clock(T0)
-    memory = MemoryStorage(clock=clock.posix)
-    await make_backups(memory, tmp_path, clock, [("old", T0)])
-    old_refs = await refs_of(memory, ["old"])
-    await BackupEngine(memory).delete("old")
-    clock.now = T0 + timedelta(days=3)
-    source = write_source(tmp_path / "src" / "old", "old")  # the same data again...
-    (source / "new.txt").write_text("and one new file\n")  # ...and one new chunk to upload
-
-    pruned: list[int] = []
-
-    async def prune_mid_backup(key: str) -> None:
-        if key.startswith("chunks/") and not pruned:
-            report = await BackupEngine(memory, clock=clock).prune(
-                RetentionPolicy(keep_last=1), grace=0
-            )
-            pruned.append(report.chunks_deleted)
-
-    watched = WatchedStorage(memory, on_put=prune_mid_backup)
-    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
-        await BackupEngine(watched, fast_config(), clock=clock).backup(source, name="new")
-    assert pruned == [3]  # the prune did remove the old chunks the backup had skipped
-    assert "3 chunks this backup needs left the store while it ran" in caplog.text
-    assert old_refs <= chunk_keys(memory)  # uploaded again before the commit
-    assert all(watched.calls["put", k] == 1 for k in old_refs)
-    await BackupEngine(memory).restore("new", tmp_path / "out")
-    assert_same_tree(source, tmp_path / "out")
+# The grace period, beside writers that take no lock
 
 
 class HookedListing(WatchedStorage):
@@ -301,65 +266,11 @@ async def test_chunks_written_after_the_prune_began_stay(tmp_path: Path) -> None
         await memory.put(written_during, b"part of a backup not yet committed")
 
     store = HookedListing(memory, "backups/", a_backup_uploads)
-    report = await BackupEngine(store, clock=clock).prune(RetentionPolicy(keep_last=1), grace=0)
+    report = await BackupEngine(store, clock=clock).prune(
+        RetentionPolicy(keep_last=1, group_by=()), grace=0
+    )
     assert written_during in memory.objects
     assert report.chunks_deleted == 0 and report.chunks_young == 1
-
-
-async def test_a_backup_committed_while_prune_runs_keeps_its_chunks(tmp_path: Path) -> None:
-    """Prune read the MANIFESTs and let ``a`` go; before it deletes, a backup of the same data
-    commits, reusing a's chunks: prune reads the new MANIFEST and spares them."""
-    clock = Clock(T0)
-    memory = MemoryStorage(clock=clock.posix)
-    sources = await make_backups(
-        memory, tmp_path, clock, [("a", T0), ("b", T0 + timedelta(days=1))]
-    )
-    a_refs = await refs_of(memory, ["a"])
-    clock.now = T0 + timedelta(days=2)
-
-    async def a_backup_commits() -> None:
-        await BackupEngine(memory, fast_config(), clock=clock).backup(sources["a"], name="late")
-
-    store = HookedListing(memory, "chunks/", a_backup_commits)
-    report = await BackupEngine(store, fast_config(), clock=clock).prune(
-        RetentionPolicy(keep_last=1), grace=0
-    )
-    assert [d.name for d in report.removed] == ["a"] and report.late_backups == ["late"]
-    assert report.chunks_deleted == 0
-    assert a_refs <= chunk_keys(memory)
-    await BackupEngine(memory).restore("late", tmp_path / "out")
-    assert_same_tree(sources["a"], tmp_path / "out")
-
-
-async def test_a_backup_that_commits_during_the_deletes_is_reported(tmp_path: Path) -> None:
-    """The window left open: a backup commits between prune's last look at the MANIFESTs and
-    its delete of a chunk the backup reuses. Prune says so, naming the backup."""
-    clock = Clock(T0)
-    memory = MemoryStorage(clock=clock.posix)
-    sources = await make_backups(
-        memory, tmp_path, clock, [("a", T0), ("b", T0 + timedelta(days=1))]
-    )
-    clock.now = T0 + timedelta(days=2)
-    committed: list[str] = []
-
-    class CommitOnFirstDelete(WatchedStorage):
-        async def delete(self, key: str) -> None:
-            if key.startswith("chunks/") and not committed:
-                committed.append("late")  # the backup skips the chunks: they are listed
-                await BackupEngine(memory, fast_config(), clock=clock).backup(
-                    sources["a"], name="late"
-                )
-            await super().delete(key)
-
-    with pytest.raises(IntegrityError, match="backup 'late' was committed while prune removed"):
-        await BackupEngine(CommitOnFirstDelete(memory), fast_config(), clock=clock).prune(
-            RetentionPolicy(keep_last=1), grace=0
-        )
-    # What the message promises: verify shows the damage, and the next backup repairs it.
-    report = await BackupEngine(memory).verify("late")
-    assert not report.ok
-    await BackupEngine(memory, fast_config(), clock=clock).backup(sources["a"], name="again")
-    assert (await BackupEngine(memory).verify("late", deep=True)).ok
 
 
 async def test_prune_deletes_are_retried_transfers(tmp_path: Path, sleep: RecordingSleep) -> None:
@@ -375,51 +286,18 @@ async def test_prune_deletes_are_retried_transfers(tmp_path: Path, sleep: Record
     always = FaultyStorage(memory, rule=lambda op, key: "fail_after" if op == "delete" else None)
     engine = BackupEngine(always, fast_config(max_attempts=3), clock=clock, sleep=sleep)
     with pytest.raises(BackupFailed, match="delete backups/"):
-        await engine.prune(RetentionPolicy(keep_last=1), grace=0)
+        await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=0)
     assert len(sleep.calls) >= 2 and always.injected["fail_after"] >= 3
     assert chunk_keys(memory) == chunks
 
     # Half of the calls fail, before or after taking effect: the retries finish the job.
     flaky = FaultyStorage(memory, rate=0.5, seed=3)
     await BackupEngine(flaky, fast_config(), clock=clock, sleep=sleep).prune(
-        RetentionPolicy(keep_last=1), grace=0
+        RetentionPolicy(keep_last=1, group_by=()), grace=0
     )
     assert sum(flaky.injected.values()) > 5
     assert sorted(b.name for b in await BackupEngine(memory).list_backups()) == ["d"]
     assert chunk_keys(memory) == await refs_of(memory, ["d"])
-
-
-async def test_a_chunk_pruned_but_stored_again_under_another_codec_is_used_as_it_is(
-    tmp_path: Path,
-) -> None:
-    """The backup found ``old``'s raw chunk and skipped it; a prune removed it, and another
-    backup stored it again compressed: the MANIFEST names the compressed copy, no upload."""
-    clock = Clock(T0)
-    memory = MemoryStorage(clock=clock.posix)
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "log.txt").write_bytes(b"compressible line\n" * 2000)
-    await BackupEngine(memory, fast_config(), clock=clock).backup(tmp_path / "src", name="old")
-    [raw] = await refs_of(memory, ["old"])
-    await BackupEngine(memory).delete("old")
-    clock.now = T0 + timedelta(days=3)
-    (tmp_path / "src" / "new.txt").write_text("new\n")
-    zstd = replace(fast_config(), compression=Compression("zstd"))
-    events: list[str] = []
-
-    async def prune_and_restore_compressed(key: str) -> None:
-        if key.startswith("chunks/") and not events:
-            events.append("pruned")
-            await BackupEngine(memory, clock=clock).prune(RetentionPolicy(keep_last=1), grace=0)
-            assert raw not in memory.objects
-            await BackupEngine(memory, zstd, clock=clock).backup(tmp_path / "src", name="other")
-
-    watched = WatchedStorage(memory, on_put=prune_and_restore_compressed)
-    await BackupEngine(watched, zstd, clock=clock).backup(tmp_path / "src", name="new")
-    refs = await refs_of(memory, ["new"])
-    assert raw + ".zst" in refs and raw not in memory.objects
-    assert watched.calls["put", raw + ".zst"] == 0 and watched.calls["put", raw] == 0
-    await BackupEngine(memory).restore("new", tmp_path / "out")
-    assert_same_tree(tmp_path / "src", tmp_path / "out")
 
 
 async def test_temporary_files_a_crash_left_in_a_local_store_go_after_the_grace_period(
@@ -436,10 +314,10 @@ async def test_temporary_files_a_crash_left_in_a_local_store_go_after_the_grace_
         path.write_bytes(b"half a chunk")
         os.utime(path, (now - age, now - age))
 
-    dry = await engine.prune(RetentionPolicy(keep_last=1), grace=3600, dry_run=True)
+    dry = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=3600, dry_run=True)
     assert dry.leftovers == 1 and stale.exists()
     assert "would remove 1 temporary file left by interrupted writes" in dry.summary()
-    report = await engine.prune(RetentionPolicy(keep_last=1), grace=3600)
+    report = await engine.prune(RetentionPolicy(keep_last=1, group_by=()), grace=3600)
     assert report.leftovers == 1 and report.chunks_deleted == 0
     assert not stale.exists() and fresh.exists()  # a young one may be a running job's
     await engine.restore("a", tmp_path / "restored")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,15 +78,17 @@ def test_prune_keeps_what_it_promises_and_every_kept_backup_restores(
     sources = asyncio.run(make_backups(store_url, tmp_path))
     chunks_before, _ = asyncio.run(store_state(store_url))
 
-    policy = ("--keep-last", "1", "--keep-daily", "2", "--grace", "0")
+    # Each backup has a source of its own: grouped by host alone, they are one group.
+    policy = ("--keep-last", "1", "--keep-daily", "2", "--grace", "0", "--group-by", "host")
+    group = f" [host {socket.gethostname()}]"
     dry = cli("prune", store_url, *policy, "--dry-run")
     assert dry.returncode == EXIT_OK, dry.stderr
     assert dry.stdout.splitlines() == [
         f"keep wed-b {WHEN['wed-b'].isoformat(timespec='seconds')} "
-        f"(last 1, daily {WHEN['wed-b'].date()})",
-        f"would remove wed-a {WHEN['wed-a'].isoformat(timespec='seconds')}",
-        f"keep tue {WHEN['tue'].isoformat(timespec='seconds')} (daily {WHEN['tue'].date()})",
-        f"would remove mon {WHEN['mon'].isoformat(timespec='seconds')}",
+        f"(last 1, daily {WHEN['wed-b'].date()}){group}",
+        f"would remove wed-a {WHEN['wed-a'].isoformat(timespec='seconds')}{group}",
+        f"keep tue {WHEN['tue'].isoformat(timespec='seconds')} (daily {WHEN['tue'].date()}){group}",
+        f"would remove mon {WHEN['mon'].isoformat(timespec='seconds')}{group}",
     ]
     assert "would delete 8 unused chunks" in dry.stderr  # 4 unique chunks each of mon, wed-a
     assert "nothing deleted" in dry.stderr
@@ -115,7 +118,7 @@ def test_the_default_grace_period_spares_chunks_just_written(tmp_path: Path) -> 
     store_url = str(tmp_path / "store")
     asyncio.run(make_backups(store_url, tmp_path))
     chunks_before, _ = asyncio.run(store_state(store_url))
-    pruned = cli("prune", store_url, "--keep-last", "1")
+    pruned = cli("prune", store_url, "--keep-last", "1", "--group-by", "none")
     assert pruned.returncode == EXIT_OK, pruned.stderr
     assert [b["name"] for b in list_json(store_url)] == ["wed-b"]
     assert "deleted 0 unused chunks" in pruned.stderr

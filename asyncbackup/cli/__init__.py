@@ -1,5 +1,5 @@
 # PYTHON_ARGCOMPLETE_OK  (argcomplete: this entry point completes; see docs/commands.md)
-"""The command line: ``asyncbackup backup|restore|list|show|diff|verify|delete|prune``.
+"""The command line: ``asyncbackup backup|restore|list|show|diff|verify|delete|prune|unlock``.
 
 Exit codes: 0 done; 1 the operation failed and nothing was committed (or verify found damage);
 2 bad usage or configuration; 3 a backup committed with warnings (files skipped, or stored

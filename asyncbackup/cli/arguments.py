@@ -22,6 +22,7 @@ from asyncbackup.config import (
 )
 from asyncbackup.defaults import (
     DEFAULT_GRACE,
+    DEFAULT_LOCK_WAIT,
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_PUSH_JOB,
     DEFAULT_STDIN_NAME,
@@ -211,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail the backup, committing nothing, when a file vanishes, cannot be read, or "
         "keeps changing (default: skip it or store it as read, warn, and exit 3)",
     )
+    backup.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="record TAG in the backup (repeatable); list and show print tags, prune --tag "
+        "selects by them",
+    )
 
     restore = add_command(
         commands, "restore", "restore a backup", offers={CONCURRENCY, BWLIMIT, METRICS},
@@ -321,8 +330,49 @@ def build_parser() -> argparse.ArgumentParser:
         ("last", "the N newest backups"),
         ("daily", "the newest backup of each of the last N days (UTC) that have one"),
         ("weekly", "the newest backup of each of the last N ISO weeks that have one"),
+        ("monthly", "the newest backup of each of the last N months (UTC) that have one"),
+        ("yearly", "the newest backup of each of the last N years (UTC) that have one"),
     ):
         prune.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N", help=f"keep {what}")
+    prune.add_argument(
+        "--keep-within",
+        type=parse_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="keep every backup that finished within DURATION (e.g. 7d) before the newest one "
+        "of its group",
+    )
+    prune.add_argument(
+        "--group-by",
+        choices=("host,source", "host", "source", "none"),
+        default="host,source",
+        metavar="BY",
+        help="host,source (the default): apply the policy within each group of backups of "
+        "the same host and source; host or source: of the same host, or source; none: to all "
+        "backups as one group",
+    )
+    prune.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="consider only backups made on HOST (repeatable); the others stay",
+    )
+    prune.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="consider only backups of source PATH (repeatable); the others stay",
+    )
+    prune.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG]",
+        help="consider only backups with every tag of TAG[,TAG] (repeatable: any of them); "
+        "the others stay",
+    )
     prune.add_argument(
         "--grace",
         type=parse_duration,
@@ -333,6 +383,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--dry-run", action="store_true", help="say what would be removed, and remove nothing"
+    )
+    for command in (backup, delete, prune):
+        command.add_argument(
+            "--lock-wait",
+            type=parse_duration,
+            default=DEFAULT_LOCK_WAIT,
+            metavar="DURATION",
+            help="how long to wait for a conflicting job's repository lock (a backup for a "
+            "running prune, a prune for running backups) before failing (default 5m)",
+        )
+
+    unlocking = add_command(
+        commands, "unlock", "remove stale repository locks (of jobs that died)",
+        description="Remove the locks of jobs that are gone: not refreshed for 30 minutes, or "
+        "of a process no longer running on this host. Print one line per lock removed.",
+    )  # fmt: skip
+    add_store(unlocking)
+    unlocking.add_argument(
+        "--force",
+        action="store_true",
+        help="remove every lock, live ones too: only when no job runs on the store",
     )
     for command in commands.choices.values():
         _add_shared_options(command)

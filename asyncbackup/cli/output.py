@@ -11,6 +11,7 @@ from asyncbackup import show
 from asyncbackup.backup import BackupSummary
 from asyncbackup.diff import BackupDiff
 from asyncbackup.engine import BackupInfo, VerifyReport
+from asyncbackup.locks import UnlockReport
 from asyncbackup.manifest import Manifest
 from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
@@ -68,6 +69,14 @@ def report(args: argparse.Namespace, result: object) -> int:
         for line in result.decision_lines():  # stdout: what a script needs
             print(line)
         log.info("%s", result.summary())
+    elif isinstance(result, UnlockReport):
+        for line in result.removed:
+            print(line)
+        for line in result.kept:
+            log.info("left the live lock of %s (--force removes it)", line)
+        log.info(
+            "unlock: removed %d locks, left %d live ones", len(result.removed), len(result.kept)
+        )
     elif isinstance(result, Manifest) and args.json:
         print(json.dumps(show.document(result), indent=1))
     elif isinstance(result, Manifest):
@@ -91,6 +100,7 @@ def _report_list(args: argparse.Namespace, infos: list[BackupInfo]) -> int:
             log.info("no backups in %s", args.store)
         for i in infos:
             where = f"{i.finished}  {i.files} files  {_mib(i.bytes)}  {i.host}:{i.source}"
+            where += f"  [{', '.join(i.tags)}]" if i.tags else ""
             print(f"{i.name}  {f'PROBLEM: {i.problem}' if i.problem else where}")
     bad = [i.name for i in infos if i.problem]
     if bad:  # every readable backup is listed; the exit code says that some are not

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from asyncbackup.backup_options import BackupOptions
+from asyncbackup.backup_options import BackupOptions, check_tag
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
@@ -26,6 +26,7 @@ from asyncbackup.engine import BackupEngine
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
+from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
 from asyncbackup.patterns import read_pattern_files
 from asyncbackup.progress import BarProgress, LogProgress, NoProgress
@@ -183,7 +184,10 @@ async def _command(
     progress = progress_for(args, interactive=interactive)
     limit = getattr(args, "bwlimit", None)
     bandwidth = Bandwidth(limit) if limit is not None else None
-    engine = BackupEngine(store, config, metrics=metrics, progress=progress, bandwidth=bandwidth)
+    locking = LockSettings(wait=getattr(args, "lock_wait", LockSettings().wait))
+    engine = BackupEngine(
+        store, config, metrics=metrics, progress=progress, bandwidth=bandwidth, locking=locking
+    )
     redirect: Any = nullcontext()
     if interactive:
         redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
@@ -244,7 +248,9 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             exclude_if_present=tuple(args.exclude_if_present),
             one_file_system=args.one_file_system,
         )
-        options = BackupOptions(strict=args.strict, excludes=excludes, xattrs=args.xattrs)
+        options = BackupOptions(
+            strict=args.strict, excludes=excludes, xattrs=args.xattrs, tags=tuple(args.tag)
+        )
         return await engine.backup(args.source, name=args.name, options=options)
     if args.command == "cat":
         await engine.restore_file(args.name, args.path, _write_stdout)
@@ -267,9 +273,21 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "verify":
         return await engine.verify(args.name, deep=args.deep)
     if args.command == "prune":
+        group_by = () if args.group_by == "none" else tuple(args.group_by.split(","))
         policy = RetentionPolicy(
-            keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly
+            keep_last=args.keep_last,
+            keep_daily=args.keep_daily,
+            keep_weekly=args.keep_weekly,
+            keep_monthly=args.keep_monthly,
+            keep_yearly=args.keep_yearly,
+            keep_within=args.keep_within,
+            group_by=group_by,
+            hosts=tuple(args.host),
+            sources=tuple(args.source),
+            tags=tuple(tuple(check_tag(t) for t in tags.split(",")) for tags in args.tag),
         )
         return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
+    if args.command == "unlock":
+        return await engine.unlock(force=args.force)
     await engine.delete(args.name)
     return None
