@@ -1,94 +1,32 @@
-"""The command line: each command's own arguments and options, the groups of options they
-share, and how values are parsed. Each option also reads an ``ASYNCBACKUP_*`` variable
-(``environment.py``); docs/commands.md is generated from this parser (``reference.py``)."""
+"""The command line: each command, its own arguments and options, in the order ``--help``
+shows them. The option groups commands share are in ``groups.py``, value parsers in
+``values.py``; each option also reads an ``ASYNCBACKUP_*`` variable (``environment.py``), and
+docs/commands.md is generated from this parser (``reference.py``, ``make docs``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import os
-import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from asyncbackup.cli import environment
+from asyncbackup.cli.groups import (
+    BWLIMIT,
+    CONCURRENCY,
+    METRICS,
+    CommandParser,
+    add_command,
+    add_name,
+    add_shared_options,
+    add_store,
+)
+from asyncbackup.cli.values import parse_duration, parse_size, target_dir
 from asyncbackup.compression import CODECS
-from asyncbackup.config import (
-    DEFAULT_BASE_DELAY,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAX_MANIFEST_SIZE,
-    EngineConfig,
-    RetryPolicy,
-)
-from asyncbackup.defaults import (
-    DEFAULT_GRACE,
-    DEFAULT_LOCK_WAIT,
-    DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PUSH_JOB,
-    DEFAULT_STDIN_NAME,
-)
-from asyncbackup.errors import ConfigError
+from asyncbackup.config import DEFAULT_CHUNK_SIZE
+from asyncbackup.defaults import DEFAULT_GRACE, DEFAULT_LOCK_WAIT, DEFAULT_STDIN_NAME
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
-
-_SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'8M', '8MiB', '512K' or '65536' as a number of bytes (powers of 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 65536, 512K or 8M")
-    unit = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2).upper()]
-    return int(match.group(1)) * unit
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> float:
-    """'90', '90s', '30m', '24h' or '7d' as a number of seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use e.g. 0, 90s, 30m, 24h or 7d"
-        )
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
-    return float(match.group(1)) * unit
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a fault rate is between 0 and 1, not {text}")
-    return value
-
-
-def _target_dir(text: str) -> Path:
-    if text == "-":
-        raise argparse.ArgumentTypeError(
-            "restore writes a directory tree, not standard output: give a directory "
-            "(./- for a directory named '-'); 'asyncbackup cat STORE NAME PATH' writes one "
-            "file to standard output"
-        )
-    return Path(text)
-
-
-def _bwlimit(text: str) -> float:
-    try:
-        from asyncbackup.bandwidth import parse_rate  # asyncio: only when the option is given
-
-        return parse_rate(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-# Which commands offer the shared options that do not matter to every command. A new command
-# names the groups it needs in ``add_command(..., offers=...)``; global and testing options
-# come with every command.
-CONCURRENCY, BWLIMIT, METRICS = "concurrency", "bwlimit", "metrics"
-STORE_HELP = (
-    "where the backups live: a path, file:///abs/path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store(restore)
     add_name(restore, "the backup to restore (see list)")
     restore.add_argument(
-        "target", type=_target_dir, metavar="TARGET_DIR", help="where to restore: empty or absent"
+        "target", type=target_dir, metavar="TARGET_DIR", help="where to restore: empty or absent"
     )
     restore.add_argument(
         "--overwrite",
@@ -406,176 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove every lock, live ones too: only when no job runs on the store",
     )
     for command in commands.choices.values():
-        _add_shared_options(command)
+        add_shared_options(command)
     environment.document(parser)
     return parser
-
-
-class CommandParser(argparse.ArgumentParser):
-    """One command's parser; ``offers`` names the shared option groups it takes."""
-
-    offers: Collection[str] = ()
-
-
-def add_command(
-    commands: argparse._SubParsersAction[CommandParser],
-    name: str,
-    summary: str,
-    *,
-    description: str,
-    offers: Collection[str] = (),
-) -> CommandParser:
-    """A command's parser. The caller adds its own arguments and options; ``build_parser``
-    then adds the shared groups it ``offers``, the global options and the testing options, in
-    that order after them (in usage lines and in --help)."""
-    parser = commands.add_parser(name, help=summary, description=description)
-    parser._positionals.title = "arguments"
-    parser._optionals.title = f"{name} options"
-    parser.offers = offers
-    return parser
-
-
-def _add_shared_options(parser: CommandParser) -> None:
-    if parser.offers:
-        transfers = parser.add_argument_group("transfer options")
-        if CONCURRENCY in parser.offers:
-            transfers.add_argument(
-                "--concurrency",
-                type=int,
-                default=EngineConfig().concurrency,
-                metavar="N",
-                help="transfers in flight at once (default %(default)s)",
-            )
-        if BWLIMIT in parser.offers:
-            transfers.add_argument(
-                "--bwlimit",
-                type=_bwlimit,
-                metavar="RATE",
-                help="cap chunk uploads and downloads at RATE bytes/s, e.g. 512K or 10M (MiB/s)",
-            )
-    if METRICS in parser.offers:
-        _add_metrics_options(parser.add_argument_group("metrics options"))
-    _add_global_options(parser.add_argument_group("global options"))
-    _add_testing_options(parser.add_argument_group("testing options"))
-    positionals = " ".join(str(a.metavar) for a in parser._positionals._group_actions)
-    parser.usage = f"%(prog)s [options] {positionals}"
-
-
-def add_store(parser: argparse.ArgumentParser) -> None:
-    """The STORE argument (from ``ASYNCBACKUP_STORE`` when it is set)."""
-    parser.add_argument("store", metavar="STORE", help=STORE_HELP)
-
-
-def add_name(
-    parser: argparse.ArgumentParser, help: str, *, metavar: str = "NAME", dest: str = "name"
-) -> None:
-    """A backup's name, as list prints it."""
-    parser.add_argument(dest, metavar=metavar, help=help)
-
-
-def _add_metrics_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--metrics-file",
-        type=Path,
-        metavar="PATH",
-        help="write Prometheus metrics here at the end (textfile collector format)",
-    )
-    group.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while the job runs "
-        "(0: a free port, logged)",
-    )
-    group.add_argument(
-        "--metrics-address",
-        default=DEFAULT_METRICS_ADDRESS,
-        metavar="ADDRESS",
-        help="the address --metrics-port binds (default %(default)s; 0.0.0.0 for every one)",
-    )
-    group.add_argument(
-        "--pushgateway",
-        metavar="URL",
-        help="push metrics to this Prometheus Pushgateway when the job ends, failed or not",
-    )
-    group.add_argument(
-        "--push-job",
-        default=DEFAULT_PUSH_JOB,
-        metavar="NAME",
-        help="the job label of the push (default %(default)s); grouped by instance and command",
-    )
-
-
-def _add_global_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--max-retries",
-        type=int,
-        default=RetryPolicy().max_attempts - 1,
-        metavar="N",
-        help="retries per transfer after its first attempt (default %(default)s)",
-    )
-    group.add_argument(
-        "--retry-delay",
-        type=float,
-        default=DEFAULT_BASE_DELAY,
-        metavar="SECONDS",
-        help="first backoff ceiling (default %(default)s), doubling up to 20 s",
-    )
-    group.add_argument(
-        "--attempt-timeout",
-        type=float,
-        default=RetryPolicy().attempt_timeout,
-        metavar="SECONDS",
-        help="how long one attempt may take (default %(default)s)",
-    )
-    group.add_argument(
-        "--retry-budget",
-        type=int,
-        default=RetryPolicy().budget,
-        metavar="N",
-        help="retries the whole job may spend (default %(default)s)",
-    )
-    group.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)",
-    )
-    group.add_argument("--region", help="S3 region (default: $AWS_REGION or $AWS_DEFAULT_REGION)")
-    group.add_argument(
-        "--addressing-style",
-        choices=("auto", "path", "virtual"),
-        default="auto",
-        help="S3 bucket addressing (default %(default)s; path for most S3-compatible servers)",
-    )
-    group.add_argument(
-        "--max-manifest-size",
-        type=parse_size,
-        default=DEFAULT_MAX_MANIFEST_SIZE,
-        metavar="SIZE",
-        help="refuse to read a MANIFEST larger than this (default 256M: about a million files)",
-    )
-    group.add_argument("-v", "--verbose", action="store_true", help="log every file and every step")
-    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
-
-
-def _add_testing_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--inject-faults",
-        type=_rate,
-        default=0.0,
-        metavar="RATE",
-        help="make RATE (0 to 1) of store operations fail transiently",
-    )
-    group.add_argument(
-        "--inject-latency",
-        type=float,
-        default=0.0,
-        metavar="MS",
-        help="add MS milliseconds to every store operation",
-    )
-    group.add_argument(
-        "--fault-seed", type=int, default=0, metavar="N", help="seed of --inject-faults"
-    )
 
 
 def parse_args(
