@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from asyncbackup.backup_options import BackupOptions
+from asyncbackup.batching import ThreadBatch
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
@@ -118,6 +119,7 @@ class BackupJob:
         self.scheduled: set[str] = set()  # stored, or on its way
         self.skipped = 0
         self.uploaded = 0
+        self._reads = ThreadBatch()  # small files' reads share worker-thread trips
         self.bytes_uploaded = 0
 
     async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
@@ -351,6 +353,7 @@ class BackupJob:
             self.config.chunk_size,
             accept_changes=accept_changes,
             opener=entry.open,
+            batch=self._reads,
         )
         chunks: list[str] = []
         try:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from asyncbackup.batching import ThreadBatch
 from asyncbackup.errors import SourceChangedError, SourceError, SourceVanishedError
 from asyncbackup.reuse import zero_digest
 from asyncbackup.threads import to_thread
@@ -34,6 +35,9 @@ class ChunkReader:
     that do not match the recorded size and hash. With ``accept_changes``, the change is noted in
     ``changed`` instead: ``size`` and ``sha256`` then describe exactly the bytes that were read
     (and handed out as chunks), so what is recorded always matches what is stored.
+
+    With ``batch``, the first step (all of a small file's work) shares a worker-thread trip with
+    other readers' (``batching.ThreadBatch``); a large file's later chunks go one trip each.
     """
 
     def __init__(
@@ -43,9 +47,11 @@ class ChunkReader:
         *,
         accept_changes: bool = False,
         opener: Opener | None = None,
+        batch: ThreadBatch | None = None,
     ) -> None:
         self.path = path  # for messages; ``opener`` (if given) is how the file is opened
         self._opener = opener
+        self._batch = batch
         self.chunk_size = chunk_size
         self.accept_changes = accept_changes
         self.changed = ""  # why the file is not a consistent copy, when a change was accepted
@@ -71,6 +77,8 @@ class ChunkReader:
         """
         if self._done:  # the step that read the last chunk also checked and closed the file
             return None
+        if self._batch is not None and self.stat is None:  # the first step
+            return await self._batch.run(self._step)
         return await to_thread(self._step)
 
     async def aclose(self) -> None:
@@ -148,6 +156,9 @@ class ChunkReader:
     def _close(self) -> None:
         with self._lock:
             self._close_fd()
+            # A step whose caller was cancelled may still be on its way to a thread: it must
+            # not open the file after this close.
+            self._done = True
 
     def _close_fd(self) -> None:
         if self._fd is not None:

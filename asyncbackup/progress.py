@@ -12,9 +12,10 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Protocol, TextIO, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TextIO, runtime_checkable
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 MiB = 2**20
 
@@ -60,9 +61,11 @@ class BarProgress:
     percentage and the time left."""
 
     def __init__(self, description: str, *, file: TextIO | None = None) -> None:
+        from tqdm import tqdm  # only on a terminal: a job run by cron or a service never pays
+
         self._files = 0
         self._expected_files = 0
-        self._bar = tqdm(
+        self._bar: tqdm[None] = tqdm(
             desc=description,
             unit="MiB",
             bar_format=_OPEN_ENDED,

@@ -138,21 +138,6 @@ class Retrier:
             PermanentStorageError: at once, never retried; also a connection refused before
                 any request of the job succeeded.
         """
-        try:
-            return await self._run(transfer, call)
-        except TransientStorageError as exc:
-            if self._answered or not _refused(exc):
-                raise
-            # Nothing listens there: almost always a wrong address, and ten retries would only
-            # hide that for half a minute. Once the store has answered, a refusal is a restart
-            # or an overloaded server, and is retried like any transient error.
-            raise PermanentStorageError(
-                f"{exc}: the connection was refused at the job's first request: wrong address? "
-                "Check the store URL, --endpoint-url or $AWS_ENDPOINT_URL, or "
-                "$STORAGE_EMULATOR_HOST"
-            ) from exc
-
-    async def _run(self, transfer: Transfer, call: Callable[[], Awaitable[T]]) -> T:
         # The first attempt runs bare: nearly every call succeeds at once, and python-backoff's
         # loop costs more than the rest of the retry layer (benchmarks/lean.py). Only a
         # transient failure enters the loop, whose first try replays that failure, so tries,
@@ -164,7 +149,19 @@ class Retrier:
         except TransientStorageError as exc:
             first_failure = exc
         _FIRST_ATTEMPT_SECONDS.set(time.monotonic() - started)
-        return cast(T, await self._retrying(transfer, call, [first_failure]))
+        try:
+            return cast(T, await self._retrying(transfer, call, [first_failure]))
+        except TransientStorageError as exc:
+            if self._answered or not _refused(exc):
+                raise
+            # Nothing listens there: almost always a wrong address, and ten retries would only
+            # hide that for half a minute. Once the store has answered, a refusal is a restart
+            # or an overloaded server, and is retried like any transient error.
+            raise PermanentStorageError(
+                f"{exc}: the connection was refused at the job's first request: wrong address? "
+                "Check the store URL, --endpoint-url or $AWS_ENDPOINT_URL, or "
+                "$STORAGE_EMULATOR_HOST"
+            ) from exc
 
     async def _replay_or_attempt(
         self, transfer: Transfer, call: Callable[[], Awaitable[T]], replay: list[Exception]

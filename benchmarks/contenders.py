@@ -59,6 +59,21 @@ def asyncbackup(store: str, concurrency: int) -> Contender:
     return Contender(f"asyncbackup c={concurrency}", store, concurrency, argv, {})
 
 
+def asyncbackup_before(store: str, concurrency: int, tree: Path) -> Contender:
+    """asyncbackup at ``concurrency`` from an older checkout's ``asyncbackup/`` in ``tree``, with
+    this venv's libraries: the same run before a change. ``-S -P``: neither the editable install
+    nor the working directory may put this tree first on the path."""
+    now = asyncbackup(store, concurrency)
+    packages = next(p for p in sys.path if p.endswith("site-packages"))
+
+    def argv(source: Path, endpoint: str, target: str) -> list[str]:
+        command = now.argv(source, endpoint, target)
+        return [command[0], "-S", "-P", *command[1:]]
+
+    env = {"PYTHONPATH": f"{tree.absolute()}{os.pathsep}{packages}"}
+    return Contender(f"asyncbackup c={concurrency}, before", store, concurrency, argv, env)
+
+
 SEQUENTIAL = "asyncbackup sequential"
 SEQUENTIAL_FLAGS: tuple[str, ...] = ("--concurrency", "1")
 """What makes asyncbackup the sequential engine it is compared with: one request at a time, and

@@ -19,9 +19,11 @@ import argparse
 import hashlib
 import hmac
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from unittest import mock
 from urllib.parse import quote, urlsplit
@@ -31,6 +33,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from asyncbackup.storage.s3lean import CachedKeySigV4Auth
+from benchmarks.report import RESULTS, command, machine, save
 
 KEY, SECRET, REGION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "us-east-1"
 URL = "https://127.0.0.1:9000/bench/prefix/chunks/" + "ab" * 32
@@ -160,7 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.signers", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--signs", type=int, default=20_000)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    argv = sys.argv[1:]
+    args = parser.parse_args(argv)
     signers = contenders()
     # One instant for all: every Authorization must be the same.
     with (
@@ -180,11 +185,17 @@ def main() -> None:
                 sign()
             micros[name].append((time.process_time() - started) / args.signs * 1e6)
     reference = statistics.median(micros["hand signer"])
-    print(f"| signer | µs of CPU per signature (median of {args.rounds}) | vs hand signer |")
-    print("|---|---:|---:|")
+    lines = [
+        f"| signer | µs of CPU per signature (median of {args.rounds}) | vs hand signer |",
+        "|---|---:|---:|",
+    ]
     for name, values in micros.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {median / reference:.2f}x |")
+        lines.append(f"| {name} | {median:.1f} | {median / reference:.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+    result = {"command": command("benchmarks.signers", argv), "machine": machine(), "runs": micros}
+    save(args.out, "signers", result, table)
 
 
 if __name__ == "__main__":

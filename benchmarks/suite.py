@@ -29,6 +29,7 @@ from benchmarks.contenders import (
     Contender,
     all_contenders,
     asyncbackup,
+    asyncbackup_before,
     asyncbackup_local,
     peers_missing,
     s5cmd,
@@ -117,6 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, help="rounds of each contender (3; quick: 1)")
     parser.add_argument("--latency-ms", type=float, default=25.0, help="delay of every request")
     parser.add_argument("--out", type=Path, help="results dir (benchmarks/results[/quick])")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run asyncbackup c=64 from DIR/asyncbackup (an older checkout) on W1 and W2",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     parts = (
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         with tempfile.TemporaryDirectory(prefix="asyncbackup-suite-") as tmp:
             everyone = all_contenders(Path(tmp))
+            if args.before is not None:
+                everyone += [asyncbackup_before(s, 64, args.before) for s in ("s3", "gcs")]
             for part in parts:
                 source = Path(tmp, part)
                 if part == "local":

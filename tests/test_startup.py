@@ -1,7 +1,8 @@
 """Start-up: what each kind of command imports, seen from a real subprocess (``-X importtime``).
 
 ``asyncbackup --help`` loads neither asyncio nor an SDK nor the metrics; a command on a local
-store loads no SDK; an S3 command loads aiobotocore and not gcloud-aio. Its time is measured by
+store loads no SDK (and, without a terminal, no progress bar); an S3 command loads aiobotocore
+and not gcloud-aio. Its time is measured by
 ``benchmarks/startup.py`` (a benchmark, not a timed assertion).
 """
 
@@ -59,6 +60,7 @@ def test_commands_on_a_local_store_load_no_sdk(tmp_path: Path) -> None:
     store = tmp_path / "store"
     loaded, _ = imports_of("backup", source, store, "--name", "b", "-q")
     assert not loaded & SDKS, sorted(loaded & SDKS)
+    assert "tqdm" not in loaded  # no terminal, no progress bar to draw
     loaded, out = imports_of("list", store, "--json")
     assert '"name": "b"' in out
     assert not loaded & SDKS, sorted(loaded & SDKS)

@@ -6,10 +6,10 @@ docs/commands.md is generated from this parser (``reference.py``, ``make docs``)
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from asyncbackup.cli import environment
 from asyncbackup.cli.groups import (
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 done, 1 failed (nothing committed), 2 bad usage, 3 committed with "
         "warnings, 130 interrupted.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands",
         parser_class=CommandParser,
@@ -363,7 +363,23 @@ def parse_args(
     return parser.parse_args(argv)
 
 
+class _VersionAction(argparse._VersionAction):
+    """``--version``, looked up only when asked: importlib.metadata costs ``--help`` 25 ms."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        self.version = f"%(prog)s {_version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("asyncbackup")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed

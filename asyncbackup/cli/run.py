@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
 from typing import Any
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from asyncbackup.backup_options import BackupOptions, check_tag
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
@@ -190,6 +188,8 @@ async def _command(
     )
     redirect: Any = nullcontext()
     if interactive:
+        from tqdm.contrib.logging import logging_redirect_tqdm  # a terminal's bar only
+
         redirect = logging_redirect_tqdm()  # the root logger's handler: log lines above the bar
     with ExitStack() as stack:  # the bar is gone before the summary is written
         stack.enter_context(redirect)
