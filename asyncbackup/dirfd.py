@@ -13,6 +13,7 @@ descriptor cannot be closed, and its number reused, under that thread's feet.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import threading
 import weakref
@@ -21,7 +22,16 @@ from contextlib import suppress
 from pathlib import Path
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+PROC_FD = "/proc/self/fd"
+"""``PROC_FD/<fd>/<name>`` names ``name`` in the open directory ``fd`` for the few calls that
+take only a path (owners and extended attributes of a link), one name long at any depth."""
 _KEPT_OPEN = 64  # the most recently used directories stay open: siblings restore from them
+
+
+@functools.cache
+def has_proc_fd() -> bool:
+    """Whether ``PROC_FD`` exists here (Linux with /proc mounted); asked once."""
+    return os.path.isdir(PROC_FD)
 
 
 class NotADirectoryBeneath(OSError):

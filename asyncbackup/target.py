@@ -21,7 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from asyncbackup.dirfd import Directory, DirectoryTree, NotADirectoryBeneath
+from asyncbackup.dirfd import (
+    PROC_FD,
+    Directory,
+    DirectoryTree,
+    NotADirectoryBeneath,
+    has_proc_fd,
+)
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError, TargetError
 from asyncbackup.manifest import ROOT_PATH, FileEntry
 from asyncbackup.metadata import apply_owner_and_xattrs
@@ -321,16 +327,13 @@ def _owner_and_xattrs(entry: FileEntry, parent: Directory | None, name: str) -> 
         return
     shown = name if parent is None else str(parent.path / name)
     path = shown
-    if parent is not None and os.path.isdir(_PROC_FD):
-        path = f"{_PROC_FD}/{parent.fd}/{name}"
+    if parent is not None and has_proc_fd():
+        path = f"{PROC_FD}/{parent.fd}/{name}"
     problems = apply_owner_and_xattrs(
         path, uid=entry.uid, gid=entry.gid, xattrs=entry.xattrs, as_root=os.geteuid() == 0
     )
     for problem in problems:  # the bytes are restored; what is missing is said
         log.warning("%s: %s", entry.path, problem.replace(path, shown))
-
-
-_PROC_FD = "/proc/self/fd"
 
 
 def _depth(entry: FileEntry) -> int:

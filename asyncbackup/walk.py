@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from asyncbackup.dirfd import DIRECTORY_FLAGS, Directory, NotADirectoryBeneath
+from asyncbackup.dirfd import DIRECTORY_FLAGS, PROC_FD, Directory, NotADirectoryBeneath, has_proc_fd
 from asyncbackup.errors import SourceAccessError, SourceError, SourceVanishedError
 from asyncbackup.threads import to_thread
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # chunking.py imports this module: every command, so nothing 
 ROOT = "."
 """The path of the source directory itself, as the walk yields it and as a MANIFEST records it."""
 _ACCESS = (errno.EACCES, errno.EPERM)
-_PROC_FD = "/proc/self/fd"
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,8 @@ class SourceEntry:
         """A path to the entry for calls that take only a path (extended attributes): through
         ``/proc/self/fd``, one name long however deep the entry, where Linux offers it."""
         assert self.parent is not None
-        if os.path.isdir(_PROC_FD):
-            return f"{_PROC_FD}/{self.parent.fd}/{self.name}"
+        if has_proc_fd():
+            return f"{PROC_FD}/{self.parent.fd}/{self.name}"
         return str(self.shown)
 
     def open(self, flags: int) -> int:
