@@ -104,6 +104,9 @@ async def test_a_chunk_altered_in_the_store_fails_restore_and_verify_names_it(
     assert shallow.returncode == EXIT_OK, shallow.stderr
 
 
+CHUNKS_OF_GROWING = 100
+
+
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
 def test_a_file_that_keeps_growing_while_it_is_read(tmp_path: Path, strict: bool) -> None:
     """Stored as last read with a WARNING and exit 3; with --strict, the backup fails."""
@@ -111,7 +114,7 @@ def test_a_file_that_keeps_growing_while_it_is_read(tmp_path: Path, strict: bool
     source.mkdir()
     (source / "steady.txt").write_text("steady\n")
     growing = source / "growing.log"
-    growing.write_bytes(os.urandom(40 * SMALL_CHUNK))
+    growing.write_bytes(os.urandom(CHUNKS_OF_GROWING * SMALL_CHUNK))
     stop = threading.Event()
 
     def keep_appending() -> None:  # a service writing its log while the backup runs
@@ -124,10 +127,11 @@ def test_a_file_that_keeps_growing_while_it_is_read(tmp_path: Path, strict: bool
     writer = threading.Thread(target=keep_appending)
     writer.start()
     try:
-        # 40 chunks at 20 ms per upload, 4 at a time: the file is read over about 0.2 s.
+        # 100 chunks at 50 ms per upload, 4 at a time: each read spans over a second, so the
+        # writer appends during every read even on a loaded machine that schedules it late.
         result = cli(
             "backup", source, tmp_path / "store", "--name", "b", "--chunk-size", "64K",
-            "--concurrency", "4", "--inject-latency", "20", *(["--strict"] if strict else []),
+            "--concurrency", "4", "--inject-latency", "50", *(["--strict"] if strict else []),
         )  # fmt: skip
     finally:
         stop.set()
@@ -150,4 +154,4 @@ def test_a_file_that_keeps_growing_while_it_is_read(tmp_path: Path, strict: bool
     restored = cli("restore", tmp_path / "store", "b", tmp_path / "restored")
     assert restored.returncode == EXIT_OK, restored.stderr  # every hash checked on the way
     assert (tmp_path / "restored" / "steady.txt").read_text() == "steady\n"
-    assert (tmp_path / "restored" / "growing.log").stat().st_size >= 40 * SMALL_CHUNK
+    assert (tmp_path / "restored" / "growing.log").stat().st_size >= CHUNKS_OF_GROWING * SMALL_CHUNK
