@@ -205,6 +205,26 @@ async def test_fault_draws_do_not_depend_on_the_order_of_calls() -> None:
     assert 25 < len(forward) < 75
 
 
+async def test_fault_draws_of_lock_objects_do_not_depend_on_their_random_names() -> None:
+    """A lock's key is new in every run; a seeded run must still repeat exactly."""
+
+    async def outcomes() -> list[bool]:
+        store = FaultyStorage(MemoryStorage(), rate=0.5, seed=3)
+        seen = []
+        for _ in range(40):
+            key = f"locks/{os.urandom(16).hex()}"
+            try:
+                await store.put(key, b"{}")
+                seen.append(True)
+            except TransientStorageError:
+                seen.append(False)
+        return seen
+
+    first = await outcomes()
+    assert first == await outcomes()
+    assert 8 < first.count(False) < 32
+
+
 async def test_a_fault_after_the_operation_took_effect() -> None:
     memory = MemoryStorage()
     store = FaultyStorage(memory, rate=1.0, after_share=1.0)

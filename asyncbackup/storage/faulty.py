@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 from asyncbackup.errors import ConfigError, TransientStorageError
+from asyncbackup.layout import LOCKS
 from asyncbackup.storage.base import ObjectPage, Storage
 
 T = TypeVar("T")
@@ -21,7 +22,8 @@ class FaultyStorage(Storage):
     """Wraps ``inner`` so that a seeded fraction ``rate`` of operations fail transiently.
 
     Each draw depends only on the seed, the operation, the key and how many times that operation
-    was called on that key, never on the order of calls: a concurrent run repeats exactly.
+    was called on that key, never on the order of calls: a concurrent run repeats exactly. (Lock
+    objects, whose keys are random, count as one key.)
 
     A failure happens before the operation (nothing changed) or, for ``after_share`` of them,
     after it took effect (the object is stored, yet the caller sees an error). ``hang_rate`` of
@@ -97,8 +99,11 @@ class FaultyStorage(Storage):
     def _draw(self, operation: str, key: str) -> Fault | None:
         if self._rule is not None and (fault := self._rule(operation, key)) is not None:
             return fault
-        self._calls[operation, key] += 1
-        rng = random.Random(f"{self._seed}/{operation}/{key}/{self._calls[operation, key]}")
+        # A lock's key is random, new in every run: its draws go by the lock prefix instead,
+        # so that a seeded run still repeats exactly.
+        drawn = LOCKS if key.startswith(LOCKS) else key
+        self._calls[operation, drawn] += 1
+        rng = random.Random(f"{self._seed}/{operation}/{drawn}/{self._calls[operation, drawn]}")
         draw = rng.random()
         if draw < self._hang_rate:
             return "hang"
