@@ -180,9 +180,14 @@ class BackupEngine:
             BackupFailed: the job gave up; no MANIFEST was written.
         """
         name = check_backup_name(name if name is not None else default_name())
+        job = await self._backup_job(options)
+        return await self._timed("backup", job.run(Path(source), name))
+
+    async def _backup_job(self, options: BackupOptions | None = None) -> BackupJob:
+        """A backup job on this engine's store, under a shared repository lock."""
         repo = self._repository("backup")
         await self.store.mark_as_repository()
-        job = BackupJob(
+        return BackupJob(
             repo,
             self.config,
             self.metrics,
@@ -191,7 +196,6 @@ class BackupEngine:
             options=options,
             lock=self.lock(repo, SHARED),
         )
-        return await self._timed("backup", job.run(Path(source), name))
 
     @_on_own_threads
     async def backup_stream(
@@ -215,16 +219,7 @@ class BackupEngine:
         """
         name = check_backup_name(name if name is not None else default_name())
         stream = StreamSource(chunks, filename, source, mode)
-        repo = self._repository("backup")
-        await self.store.mark_as_repository()
-        job = BackupJob(
-            repo,
-            self.config,
-            self.metrics,
-            self.progress,
-            clock=self._clock,
-            lock=self.lock(repo, SHARED),
-        )
+        job = await self._backup_job()
         return await self._timed("backup", job.run(stream, name))
 
     @_on_own_threads
