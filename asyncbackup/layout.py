@@ -4,6 +4,9 @@ chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however
 chunks/<sha256 of the raw chunk>.zst the same chunk compressed (.gz for gzip): see compression.py
 backups/<name>/MANIFEST              the commit record of one backup, written last
 locks/<random id>                    a job's repository lock (JSON): see locks.py
+shards/<name>/<k>.record             shard k's part of backup <name>, until its commit: see
+                                     shard_records.py
+shards/<name>/<k>.started            shard k began (a re-run then lists what it stored)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ CHUNKS = "chunks/"
 BACKUPS = "backups/"
 MANIFEST = "MANIFEST"
 LOCKS = "locks/"
+SHARDS = "shards/"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -59,6 +63,11 @@ def name_of_manifest_key(key: str) -> str | None:
 def lock_key(lock_id: str) -> str:
     """The key of the lock ``lock_id`` (random hex, so no two jobs ever share one)."""
     return LOCKS + lock_id
+
+
+def shard_key(name: str, index: int, *, started: bool = False) -> str:
+    """The key of shard ``index``'s record of backup ``name`` (or of its start marker)."""
+    return f"{SHARDS}{name}/{index}.{'started' if started else 'record'}"
 
 
 def is_digest(text: str) -> bool:
