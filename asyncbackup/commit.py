@@ -154,8 +154,8 @@ class CommitJob:
             async with room:
                 try:
                     record = await read_record(self.repo, name, index)
-                except ManifestError as exc:
-                    problems[index] = FailedItem(key, exc)
+                except ManifestError as exc:  # its message names the record
+                    problems[index] = FailedItem("", exc)
                     return
             if record is None:
                 problems[index] = FailedItem(key, ManifestError("removed while commit ran"))
