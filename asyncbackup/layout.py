@@ -3,7 +3,12 @@
 chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however often used
 chunks/<sha256 of the raw chunk>.zst the same chunk compressed (.gz for gzip): see compression.py
 backups/<name>/MANIFEST              the commit record of one backup, written last
+backups/<name>/INDEX                 where each packed chunk of that backup lies: see packs.py
+packs/<sha256 of the pack's bytes>   small chunks, encoded, end to end, then a trailer: packs.py
 locks/<random id>                    a job's repository lock (JSON): see locks.py
+shards/<name>/<k>.record             shard k's part of backup <name>, until its commit: see
+                                     shard_records.py
+shards/<name>/<k>.started            shard k began (a re-run then lists what it stored)
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from asyncbackup.errors import ConfigError
 CHUNKS = "chunks/"
 BACKUPS = "backups/"
 MANIFEST = "MANIFEST"
+INDEX = "INDEX"
 LOCKS = "locks/"
+PACKS = "packs/"
+SHARDS = "shards/"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -56,9 +64,30 @@ def name_of_manifest_key(key: str) -> str | None:
     return None
 
 
+def index_key(name: str) -> str:
+    """The key of backup ``name``'s INDEX (written only by backups that pack chunks)."""
+    return f"{BACKUPS}{name}/{INDEX}"
+
+
+def pack_key(pack_id: str) -> str:
+    """The key of the pack ``pack_id`` names: the sha256 of its bytes."""
+    return PACKS + pack_id
+
+
+def pack_id_of_key(key: str) -> str | None:
+    """The pack id a key under ``packs/`` names, or None for anything else (a stray file)."""
+    pack_id = key.removeprefix(PACKS)
+    return pack_id if key.startswith(PACKS) and is_digest(pack_id) else None
+
+
 def lock_key(lock_id: str) -> str:
     """The key of the lock ``lock_id`` (random hex, so no two jobs ever share one)."""
     return LOCKS + lock_id
+
+
+def shard_key(name: str, index: int, *, started: bool = False) -> str:
+    """The key of shard ``index``'s record of backup ``name`` (or of its start marker)."""
+    return f"{SHARDS}{name}/{index}.{'started' if started else 'record'}"
 
 
 def is_digest(text: str) -> bool:

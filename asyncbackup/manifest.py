@@ -27,7 +27,12 @@ the source's mode and mtime), the backup's tags and parent, what it skipped or s
 changed (``warnings``) and what it was told to leave out (``excludes``); it is stored compressed
 with zstd (see ``manifest_encoding.py``). Every backup writes version 3; every field added since
 version 1 is optional when read, and MANIFESTs of versions 1 and 2 still restore."""
-READABLE_VERSIONS = (1, 2, 3)
+PACKED_FORMAT_VERSION = 4
+"""Version 4 is version 3 whose backup also has an INDEX (``backups/<name>/INDEX``, see
+``packs.py``) placing some of its chunks inside packs: written only when the backup names a
+packed chunk, so that a reader that does not know packs refuses it clearly instead of failing on
+a missing chunk. The MANIFEST itself is laid out exactly as version 3."""
+READABLE_VERSIONS = (1, 2, 3, PACKED_FORMAT_VERSION)
 ROOT_PATH = "."
 """The path of the entry that records the source directory itself (version 3)."""
 EntryType = Literal["file", "dir", "symlink"]

@@ -61,6 +61,7 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
 from asyncbackup.retention import Candidate, Decision, RetentionPolicy, decide
+from asyncbackup.shard_records import refs_of_shard_records
 from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
@@ -187,6 +188,8 @@ class PruneJob:
         # (--host, --source, --tag) did not select, which it leaves alone.
         staying = [b.refs for n, b in backups.items() if n not in set(removed)]
         marked = await to_thread(_union, staying)
+        # Chunks of shards not yet committed: no lock protects them until the commit (issue 16).
+        marked |= await refs_of_shard_records(self.repo, now=began, dry_run=self.dry_run)
         del backups
 
         cutoff = began - self.grace

@@ -21,14 +21,19 @@ from asyncbackup.errors import ObjectNotFoundError as NotFound
 from asyncbackup.layout import (
     BACKUPS,
     CHUNKS,
+    PACKS,
     chunk_key,
     digest_of_ref,
+    index_key,
     manifest_key,
     name_of_manifest_key,
+    pack_id_of_key,
+    pack_key,
     ref_of_chunk_key,
 )
 from asyncbackup.manifest import READABLE_VERSIONS, Manifest
 from asyncbackup.manifest_encoding import HEAD_READ
+from asyncbackup.packs import TAIL_READ, Pack, PackedChunk, PackIndex, parse_trailer, trailer_length
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
 from asyncbackup.threads import to_thread
@@ -179,6 +184,82 @@ class Repository:
             )
         return data
 
+    async def put_pack(self, pack: Pack, *, label: str) -> None:
+        """Store one pack: one transfer, one retry unit, its sha256 sent as the checksum, so
+        bytes damaged in transit are refused by the server and sent again. Harmless to repeat:
+        its key is the hash of its bytes."""
+        path = f"pack {pack.pack_id[:12]}"
+        what = Transfer(self.operation, "upload", path, label, nbytes=len(pack.data))
+        key = pack_key(pack.pack_id)
+        await self.retrier.run(what, lambda: self.store.put(key, pack.data, digest=pack.pack_id))
+
+    async def read_pack(
+        self, pack_id: str, start: int, length: int, *, whole: bool = False, label: str = ""
+    ) -> bytes:
+        """``length`` bytes of pack ``pack_id`` from ``start`` (one range GET), or with
+        ``whole`` the whole pack (one GET), retried.
+
+        Raises:
+            ObjectNotFoundError: the pack is not in the store (a prune may have repacked it:
+                ``packread.py`` then reads the backup's INDEX again).
+        """
+        key = pack_key(pack_id)
+        what = Transfer(self.operation, "download", key, label, nbytes=length)
+        if whole:
+            return await self.retrier.run(what, lambda: self.store.get(key))
+        return await self.retrier.run(what, lambda: self.store.get_range(key, start, length))
+
+    async def read_pack_trailer(self, pack_id: str, size: int) -> list[PackedChunk]:
+        """What pack ``pack_id`` (of ``size`` bytes) holds, from its trailer: one range GET of
+        its last bytes, a second one only for a trailer larger than ``TAIL_READ``.
+
+        Raises:
+            IntegrityError: the pack's end is not a pack's trailer.
+            ObjectNotFoundError: the pack is not in the store.
+        """
+        where = f"{self.store.url}/{pack_key(pack_id)}"
+        start = max(0, size - TAIL_READ)
+        tail = await self.read_pack(pack_id, start, size - start, label="trailer")
+        length = trailer_length(tail, size, where=where)
+        if length + 8 <= len(tail):
+            trailer = tail[len(tail) - 8 - length : len(tail) - 8]
+        else:
+            trailer = await self.read_pack(pack_id, size - 8 - length, length, label="trailer")
+        return await to_thread(parse_trailer, trailer, size, where=where)
+
+    async def pack_ids(self) -> set[str]:
+        """Every pack in the store, by id: one listing of ``packs/``."""
+        return {p for p in map(pack_id_of_key, await self.list_keys(PACKS)) if p is not None}
+
+    async def put_index(self, name: str, index: PackIndex) -> None:
+        """Write backup ``name``'s INDEX (overwriting one a failed run of it left), retried.
+        A backup writes it after every pack it names is stored, before its MANIFEST."""
+        data = await to_thread(index.encode, name)
+        key = index_key(name)
+        what = Transfer(self.operation, "write index", key, nbytes=len(data))
+        await self.retrier.run(what, self._guarded(lambda: self.store.put(key, data)))
+
+    async def load_index(self, name: str) -> PackIndex:
+        """Backup ``name``'s INDEX: where each packed chunk it names lies. At most
+        ``manifest_limit`` bytes are read, and as many decompressed.
+
+        Raises:
+            ManifestError: the INDEX is missing, corrupt or too large.
+        """
+        key = index_key(name)
+        where = f"{self.store.url}/{key}"
+        what = Transfer(self.operation, "read index", key)
+        try:
+            data = await self.retrier.run(what, lambda: self.store.get(key))
+        except NotFound:
+            raise ManifestError(
+                f"{where} is missing: backup {name} names packed chunks, and without its INDEX "
+                "they cannot be found; restore another backup, or back up the source again"
+            ) from None
+        if len(data) > self.manifest_limit:
+            raise ManifestError(f"{where} is {len(data):,} bytes, over --max-manifest-size")
+        return await to_thread(PackIndex.decode, data, where=where, limit=self.manifest_limit)
+
     async def load_manifest(self, name: str, *, size: int | None = None) -> Manifest:
         """Read and validate backup ``name``'s MANIFEST, if it is no larger than
         ``manifest_limit``: its size as listed (``size``, if the caller listed it already) is
@@ -288,11 +369,15 @@ class Repository:
             Transfer(self.operation, action, key), lambda: self.store.get(key)
         )
 
-    async def put_object(self, key: str, data: bytes, *, action: str) -> None:
+    async def put_object(
+        self, key: str, data: bytes, *, action: str, guarded: bool = False
+    ) -> None:
         """Store ``data`` under ``key`` (overwriting), retried; a small object (a lock), so
-        it pays nothing to a bandwidth limit, which caps the data."""
+        it pays nothing to a bandwidth limit, which caps the data. With ``guarded``, each
+        attempt passes the job's ``guard`` first (a shard record, which commits a shard)."""
         what = Transfer(self.operation, action, key)
-        await self.retrier.run(what, lambda: self.store.put(key, data))
+        call = lambda: self.store.put(key, data)  # noqa: E731
+        await self.retrier.run(what, self._guarded(call) if guarded else call)
 
     async def delete_manifest(self, name: str) -> None:
         """Remove backup ``name``'s MANIFEST: the backup is gone, its chunks stay for others.
@@ -305,3 +390,4 @@ class Repository:
                 f"no backup named {name!r} in {self.store.url}: 'asyncbackup list' shows them"
             )
         await self.delete_object(manifest_key(name))
+        await self.delete_object(index_key(name))  # after: a MANIFEST never lacks its INDEX

@@ -14,7 +14,8 @@ from asyncbackup.storage.faulty import Fault, Rule
 
 class WatchedStorage(Storage):
     """Counts calls per (operation, key) and the most puts ever in flight at once, and notes when
-    each key's last put returned (``stored_at``, monotonic seconds).
+    each key's last put returned (``stored_at``, monotonic seconds) and the order in which puts
+    started, returned and failed (``events``: ("put" | "stored" | "failed", key)).
 
     ``on_put`` runs before each put of the inner store: tests use it to fail, block or cancel.
     """
@@ -29,6 +30,7 @@ class WatchedStorage(Storage):
         self.max_in_flight = 0
         self.max_tasks = 0
         self.stored_at: dict[str, float] = {}
+        self.events: list[tuple[str, str]] = []
         self._on_put = on_put
 
     async def put(
@@ -38,11 +40,16 @@ class WatchedStorage(Storage):
         self.max_tasks = max(self.max_tasks, len(asyncio.all_tasks()))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.events.append(("put", key))
         try:
             if self._on_put is not None:
                 await self._on_put(key)
             await self.inner.put(key, data, overwrite=overwrite, digest=digest)
             self.stored_at[key] = time.monotonic()
+            self.events.append(("stored", key))
+        except BaseException:
+            self.events.append(("failed", key))
+            raise
         finally:
             self.in_flight -= 1
 

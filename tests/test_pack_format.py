@@ -1,0 +1,225 @@
+"""The pack and INDEX formats (``packs.py``) and their retried reads and writes
+(``repository.py``), on the memory store and, through ``any_store``, on local, S3 and GCS."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+
+import pytest
+import zstandard
+from prometheus_client import CollectorRegistry
+
+from asyncbackup import MemoryStorage
+from asyncbackup.compression import Compression, codec_of_ref, decode, encode_chunk
+from asyncbackup.config import RetryPolicy
+from asyncbackup.errors import IntegrityError, ManifestError, ObjectNotFoundError
+from asyncbackup.layout import index_key, pack_id_of_key, pack_key
+from asyncbackup.metrics import Metrics
+from asyncbackup.packs import (
+    INDEX_LINE_CHUNKS,
+    MAGIC,
+    TAIL,
+    TAIL_READ,
+    PackIndex,
+    Place,
+    build_pack,
+    parse_pack,
+    parse_trailer,
+    trailer_length,
+)
+from asyncbackup.repository import Repository
+from asyncbackup.retry import Retrier
+from asyncbackup.storage.base import Storage
+from tests.conftest import RecordingSleep
+from tests.remote import StoreUnderTest
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chunks_of(*raws: bytes, compression: Compression | None = None) -> list[tuple[str, bytes, int]]:
+    out = []
+    for raw in raws:
+        if compression is None:
+            out.append((sha(raw), raw, len(raw)))
+        else:
+            stored, ref, _ = encode_chunk(raw, sha(raw), compression)
+            out.append((ref, stored, len(raw)))
+    return out
+
+
+def repository(store: Storage, sleep: RecordingSleep) -> Repository:
+    metrics = Metrics(CollectorRegistry())
+    retrier = Retrier(RetryPolicy(max_attempts=3), concurrency=4, metrics=metrics, sleep=sleep)
+    return Repository(store, retrier, operation="backup")
+
+
+def test_a_pack_holds_its_chunks_end_to_end_and_describes_them() -> None:
+    raws = [os.urandom(100), b"log line\n" * 500, b"", os.urandom(7000)]
+    chunks = chunks_of(*raws, compression=Compression("zstd"))
+    pack = build_pack(chunks)
+    assert pack.pack_id == sha(pack.data)
+    assert pack.data.endswith(MAGIC)
+    described = parse_pack(pack.data, where="p")
+    assert described == list(pack.chunks)
+    for (ref, stored, raw_length), entry, raw in zip(chunks, described, raws, strict=True):
+        assert entry.ref == ref and entry.raw_length == raw_length == len(raw)
+        assert pack.data[entry.offset : entry.offset + entry.length] == stored
+        assert decode(stored, codec_of_ref(ref), limit=len(raw), where="c") == raw
+    assert chunks[1][0].endswith(".zst") and not chunks[0][0].endswith(".zst")  # per chunk
+
+
+def test_the_same_chunks_make_the_same_pack() -> None:
+    chunks = chunks_of(b"a" * 10, b"b" * 20)
+    assert build_pack(chunks).pack_id == build_pack(chunks).pack_id
+    assert build_pack(chunks).pack_id != build_pack(chunks[::-1]).pack_id
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: d[:-1] + b"X", "does not end as a pack does"),
+        (lambda d: d[:-8] + TAIL.pack(len(d), MAGIC), "claims a trailer"),
+        (lambda d: d[:4], "too short for a pack"),
+        (lambda d: d[:-12] + b"\0\0\0\0" + d[-8:], "trailer cannot be read"),
+    ],
+)
+def test_a_damaged_pack_is_refused_clearly(damage: object, message: str) -> None:
+    pack = build_pack(chunks_of(b"x" * 300, b"y" * 400))
+    with pytest.raises(IntegrityError, match=message):
+        parse_pack(damage(pack.data), where="packs/p")  # type: ignore[operator]
+
+
+def test_a_trailer_placing_a_chunk_past_the_data_is_refused() -> None:
+    trailer = zstandard.ZstdCompressor().compress(
+        b'{"pack_format":1,"chunks":[["' + b"a" * 64 + b'",0,500,500]]}'
+    )
+    with pytest.raises(IntegrityError, match="lies past its data"):
+        parse_trailer(trailer, 100 + len(trailer) + TAIL.size, where="p")
+    with pytest.raises(IntegrityError, match="cannot be read"):
+        parse_trailer(zstandard.ZstdCompressor().compress(b'{"pack_format":2}'), 999, where="p")
+
+
+def test_the_layout_of_packs_and_indexes() -> None:
+    pack_id = "ab" * 32
+    assert pack_key(pack_id) == f"packs/{pack_id}"
+    assert pack_id_of_key(pack_key(pack_id)) == pack_id
+    assert pack_id_of_key("packs/.tmp-x") is None and pack_id_of_key(f"chunks/{pack_id}") is None
+    assert index_key("n1") == "backups/n1/INDEX"
+
+
+def index_of_packs(*packs: list[tuple[str, bytes, int]]) -> PackIndex:
+    index = PackIndex()
+    for chunks in packs:
+        pack = build_pack(chunks)
+        index.add_pack(pack.pack_id, len(pack.data), pack.chunks)
+    return index
+
+
+def test_an_index_round_trips_and_lines_stay_short() -> None:
+    many = chunks_of(*(i.to_bytes(4, "big") for i in range(INDEX_LINE_CHUNKS + 5)))
+    index = index_of_packs(many, chunks_of(b"other", b"more", compression=Compression("gzip")))
+    data = index.encode("b1")
+    back = PackIndex.decode(data, where="INDEX", limit=1 << 30)
+    assert back.places == index.places and back.pack_sizes == index.pack_sizes
+    lines = zstandard.ZstdDecompressor().decompress(data).splitlines()
+    assert len(lines) == 1 + 2 + 1  # the head, the big pack on two lines, the small one
+    assert all(len(line) < 100 * INDEX_LINE_CHUNKS for line in lines)
+    assert len(data) / len(index) < 110  # what docs/design.md promises per chunk, compressed
+
+
+def test_restricted_keeps_only_the_refs_named_and_their_packs() -> None:
+    first, second = chunks_of(b"1", b"2"), chunks_of(b"3")
+    index = index_of_packs(first, second)
+    kept = index.restricted([first[1][0], "f" * 64])
+    assert list(kept.places) == [first[1][0]]
+    assert set(kept.pack_sizes) == {kept.places[first[1][0]].pack}
+    assert list(kept.by_pack()) == [kept.places[first[1][0]].pack]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'{"index_format":9}\n', "index_format"),
+        (b"not json\n", "corrupt"),
+        (b'{"index_format":1}\n{"pack":"xyz","size":100,"chunks":[]}\n', "not a pack id"),
+        (
+            b'{"index_format":1}\n{"pack":"'
+            + b"a" * 64
+            + b'","size":100,"chunks":[["'
+            + b"b" * 64
+            + b'",90,50]]}\n',
+            "past the end",
+        ),
+        (
+            b'{"index_format":1}\n{"pack":"'
+            + b"a" * 64
+            + b'","size":100,"chunks":[["../x",0,1]]}\n',
+            "not a chunk ref",
+        ),
+        (
+            b'{"index_format":1}\n{"pack":"'
+            + b"a" * 64
+            + b'","size":100,"chunks":[["'
+            + b"b" * 64
+            + b'",-1,5]]}\n',
+            "not an offset",
+        ),
+    ],
+)
+def test_a_damaged_index_is_refused_clearly(text: bytes, message: str) -> None:
+    data = zstandard.ZstdCompressor().compress(text)
+    with pytest.raises(ManifestError, match=message):
+        PackIndex.decode(data, where="s/backups/b/INDEX", limit=1 << 20)
+
+
+def test_an_index_is_decompressed_within_its_limit() -> None:
+    data = zstandard.ZstdCompressor().compress(b'{"index_format":1}\n' + b" " * 5000)
+    with pytest.raises(ManifestError, match="more than 1000 bytes"):
+        PackIndex.decode(data, where="INDEX", limit=1000)
+    with pytest.raises(ManifestError, match="corrupt"):
+        PackIndex.decode(zlib.compress(b"x"), where="INDEX", limit=1000)
+
+
+async def test_packs_and_indexes_through_the_repository(
+    any_store: StoreUnderTest, sleep: RecordingSleep
+) -> None:
+    """On every kind of store: a pack stored whole, read by ranges, whole, and by its trailer;
+    an INDEX written and read back; a missing pack or INDEX named."""
+    async with any_store.store() as store:
+        repo = repository(store, sleep)
+        raws = [os.urandom(3000) for _ in range(40)]
+        pack = build_pack(chunks_of(*raws))
+        await repo.put_pack(pack, label="pack 1")
+        assert await repo.pack_ids() == {pack.pack_id}
+        size = len(pack.data)
+        third = pack.chunks[3]
+        part = await repo.read_pack(pack.pack_id, third.offset, third.length)
+        assert part == raws[3]
+        assert await repo.read_pack(pack.pack_id, 0, size, whole=True) == pack.data
+        assert await repo.read_pack_trailer(pack.pack_id, size) == list(pack.chunks)
+
+        index = PackIndex()
+        index.add_pack(pack.pack_id, size, pack.chunks)
+        await repo.put_index("b1", index)
+        back = await repo.load_index("b1")
+        assert back.places == index.places
+        assert back.get(third.ref) == Place(pack.pack_id, third.offset, third.length)
+
+        with pytest.raises(ObjectNotFoundError):
+            await repo.read_pack("0" * 64, 0, 10)
+        with pytest.raises(ManifestError, match="INDEX is missing"):
+            await repo.load_index("b2")
+
+
+async def test_a_trailer_larger_than_the_first_read_takes_a_second(sleep: RecordingSleep) -> None:
+    store = MemoryStorage()
+    repo = repository(store, sleep)
+    raws = [os.urandom(40) for _ in range(3000)]  # ~100 KiB of random refs: a large trailer
+    pack = build_pack(chunks_of(*raws))
+    assert trailer_length(pack.data[-8:], len(pack.data), where="p") > TAIL_READ
+    await repo.put_pack(pack, label="big trailer")
+    assert await repo.read_pack_trailer(pack.pack_id, len(pack.data)) == list(pack.chunks)
