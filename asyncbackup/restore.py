@@ -226,17 +226,21 @@ class RestoreJob:
                 return
 
         async def fetch(index: int) -> None:
-            ref = entry.chunks[index]
-            if self.shared.is_shared(ref):
-                await self._fetch_whole_into(pending, index, chunk_size)
-            else:
+            if self._streamable(entry.chunks[index]):
                 await self._stream_into(pending, index, chunk_size)
+            else:
+                await self._fetch_whole_into(pending, index, chunk_size)
             if await pending.hash.landed(index):
                 await self._finish_file(pending)
 
         for index in range(len(entry.chunks)):
             if index not in holes:
                 await pool.spawn(entry.path, partial(fetch, index))
+
+    def _streamable(self, ref: str) -> bool:
+        """Whether chunk ``ref`` is streamed to its place: an object of its own that no other
+        use needs (a chunk used again is fetched whole, to be kept for that use)."""
+        return not self.shared.is_shared(ref)
 
     async def _fetch_whole_into(self, pending: _PendingFile, index: int, chunk_size: int) -> None:
         expected = min(chunk_size, pending.entry.size - index * chunk_size)

@@ -549,7 +549,7 @@ async def test_a_manifest_of_an_unknown_format_version_is_refused(
     await small_backup(store, tmp_path, sleep)
     edit_manifest(store, "b", lambda doc: doc.update(format_version=99))
     with pytest.raises(
-        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3\)"
+        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3, 4\)"
     ) as caught:
         await engine(store, sleep).restore("b", tmp_path / "target")
     assert "another version of asyncbackup" in str(caught.value)
