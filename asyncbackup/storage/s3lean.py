@@ -35,6 +35,7 @@ from botocore.credentials import ReadOnlyCredentials
 from botocore.httpsession import DEFAULT_CA_BUNDLE
 from yarl import URL
 
+from asyncbackup.storage.base import STREAM_PIECE
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
 
@@ -166,7 +167,7 @@ class LeanRequests:
         async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
             if answer.status != 200:
                 raise await _client_error(answer, "GetObject")
-            async for piece in answer.content.iter_chunked(READ_PIECE):
+            async for piece in answer.content.iter_chunked(STREAM_PIECE):
                 yield piece
 
     async def _signed(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
