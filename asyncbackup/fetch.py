@@ -22,9 +22,10 @@ What a failed check means:
 
 The whole file's sha256 (``OrderedHash``) is computed as the chunks land, in order: as soon as
 the chunks before it have landed, a verified chunk's range is hashed from the page cache of the
-file just written, in a worker thread, while the other downloads go on. No pass over the whole
-file is left for the end, and the file is placed only if that hash and its size match the
-MANIFEST, as before.
+file just written, in a worker thread, while the other downloads go on; its writeback to disk is
+started then too (``POSIX_FADV_DONTNEED``), so the file's fsync does not write it all at the
+end. No pass over the whole file is left for the end, and the file is placed only if that hash
+and its size match the MANIFEST, as before.
 """
 
 from __future__ import annotations
@@ -267,5 +268,9 @@ class OrderedHash:
                         break  # shorter than its chunks: the size check refuses it
                     self.digest.update(block)
                     offset += len(block)
+                # Hashed, so no longer needed in the page cache: this starts its writeback now,
+                # overlapped with the other downloads, so the fsync before the file is put in
+                # place is not left to write the whole file at the end.
+                os.posix_fadvise(fd, end - size, size, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.before is not None:
         tools.insert(len(levels), asyncbackup(max(levels), before=args.before))
     size = args.size_mib * MiB
+    # a plain kill still stops every server this run started (the finally blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     spawner = Spawner()
     runs: list[dict[str, Any]] = []
     try:
