@@ -70,7 +70,7 @@ class EngineConfig:
     takes its bytes from the budget before it is filled and gives them back once it is gone.
     One buffer larger than the whole budget (a chunk bigger than it) still proceeds, alone.
     A restore streams each large chunk to its place in the file, holding ``fetch.STREAM_HOLD``
-    (512 KiB) per download, not the chunk.
+    (768 KiB) per download, not the chunk.
 
     With ``compression``, a chunk being uploaded also holds its encoded copy (never larger than
     the chunk): a backup takes twice the chunk's length from the budget. Add one codec context

@@ -48,10 +48,10 @@ from asyncbackup.retry import Transfer
 from asyncbackup.storage.base import STREAM_PIECE
 from asyncbackup.threads import settled
 
-WRITE_BLOCK = 256 * 1024
+WRITE_BLOCK = 512 * 1024
 """Bytes gathered from a download before one thread call decodes, hashes and writes them:
-small, since every download in flight holds this much (64 at once hold 32 MiB), and large
-enough that the thread trips cost little (4,096 per GiB)."""
+small, since every download in flight holds this much and a piece more (64 at once hold
+48 MiB), and large enough that the thread trips cost little (2,048 per GiB)."""
 STREAM_HOLD = WRITE_BLOCK + STREAM_PIECE
 """What one streamed download takes from the byte budget (twice its chunk's length, if less):
 the pieces it gathers, up to one piece past a block, or the decoded piece beside them."""

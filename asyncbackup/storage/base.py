@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -11,6 +11,15 @@ from typing import Self
 STREAM_PIECE = 256 * 1024
 """The largest piece ``Storage.stream`` gives at a time (stores that stream): what a restore's
 download holds besides the block it gathers (``fetch.py``)."""
+
+
+def within_piece_size(received: bytes) -> Iterator[bytes]:
+    """``received`` as pieces of at most ``STREAM_PIECE`` bytes: itself (no copy) if it fits."""
+    if len(received) <= STREAM_PIECE:
+        yield received
+        return
+    for start in range(0, len(received), STREAM_PIECE):
+        yield received[start : start + STREAM_PIECE]
 
 
 @dataclass(frozen=True, slots=True)
