@@ -48,17 +48,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 
 from asyncbackup.config import EngineConfig
 from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
 from asyncbackup.errors import ManifestError
-from asyncbackup.layout import CHUNKS, chunk_key, manifest_key, ref_of_chunk_key
+from asyncbackup.layout import (
+    CHUNKS,
+    chunk_key,
+    index_key,
+    manifest_key,
+    pack_key,
+    ref_of_chunk_key,
+)
 from asyncbackup.locks import EXCLUSIVE, RepositoryLock
-from asyncbackup.manifest import Manifest
+from asyncbackup.manifest import PACKED_FORMAT_VERSION, Manifest
+from asyncbackup.packuse import LivePacks, RepackPolicy, plan_packs
 from asyncbackup.pool import TaskPool
+from asyncbackup.repack import Repacker
 from asyncbackup.repository import Repository
 from asyncbackup.retention import Candidate, Decision, RetentionPolicy, decide
 from asyncbackup.threads import to_thread
@@ -82,6 +91,21 @@ class PruneReport:
     chunks_young: int = 0  # unused, but written within the grace period or since the prune began
     bytes_young: int = 0
     leftovers: int = 0  # temporary files of writes a crash cut short (local store)
+    packs_deleted: int = 0  # named by no kept backup (see repack.py)
+    bytes_packs_deleted: int = 0
+    packs_repacked: int = 0  # partly used past --max-unused: live chunks copied, then deleted
+    bytes_repacked: int = 0  # their size, before
+    packs_written: int = 0  # the new packs the repacked chunks went into
+    bytes_written: int = 0
+    packs_in_use: int = 0
+    packs_young: int = 0  # unused, but written within the grace period
+    bytes_packs_young: int = 0
+    packs_over_cap: int = 0  # past --max-unused, left for the next prune by --max-repack-size
+
+    @property
+    def bytes_freed_by_packs(self) -> int:
+        """What the pack work freed: unused packs, and repacked packs less the new ones."""
+        return self.bytes_packs_deleted + self.bytes_repacked - self.bytes_written
 
     @property
     def kept(self) -> list[Decision]:
@@ -120,6 +144,8 @@ class PruneReport:
         else:
             head = f"prune: kept {kept}, removed {removed}; deleted {chunks}"
         tail = f"; {self.chunks_in_use} chunks in use"
+        if self.packs_in_use or self.packs_deleted or self.packs_young:
+            tail += "; " + self._packs_line()
         if self.chunks_young:
             tail += (
                 f"; {self.chunks_young} unused chunks ({self.bytes_young / 2**20:.1f} MiB) are "
@@ -131,6 +157,30 @@ class PruneReport:
                 f"; {verb} {_count(self.leftovers, 'temporary file')} left by interrupted writes"
             )
         return head + tail
+
+    def _packs_line(self) -> str:
+        would = "would " if self.dry_run else ""
+        line = (
+            f"packs: {would}delete {_count(self.packs_deleted, 'unused pack')} "
+            f"({_mib(self.bytes_packs_deleted)}), {would}repack {self.packs_repacked} "
+            f"({_mib(self.bytes_repacked)})"
+        )
+        if self.packs_repacked:
+            into = "about " if self.dry_run else ""
+            line += f" into {into}{_count(self.packs_written, 'new pack')}"
+        line += f", freeing {'about ' if self.dry_run else ''}{_mib(self.bytes_freed_by_packs)}"
+        line += f"; {self.packs_in_use} packs in use"
+        if self.packs_over_cap:
+            line += (
+                f" ({self.packs_over_cap} past --max-unused left for the next prune by "
+                "--max-repack-size)"
+            )
+        if self.packs_young:
+            line += (
+                f"; {_count(self.packs_young, 'unused pack')} ({_mib(self.bytes_packs_young)}) "
+                "younger than the grace period stay"
+            )
+        return line
 
 
 class PruneJob:
@@ -146,8 +196,10 @@ class PruneJob:
         dry_run: bool,
         clock: Callable[[], datetime],
         lock: RepositoryLock | None = None,
+        repack: RepackPolicy | None = None,
     ) -> None:
         self.repo = repo
+        self.repack = repack if repack is not None else RepackPolicy()
         self.config = config
         self.policy = policy
         self.grace = grace
@@ -179,15 +231,19 @@ class PruneJob:
         names = await self.repo.backup_names()
         backups = await self._read_all(names)
         decisions = decide([b.candidate for b in backups.values()], self.policy)
-        removed = [d.name for d in decisions if not d.kept]
+        removed = {d.name for d in decisions if not d.kept}
+        # Everything not removed stays: the kept backups, and those the policy's filters
+        # (--host, --source, --tag) did not select, which it leaves alone.
+        staying = {n: b for n, b in backups.items() if n not in removed}
+        live = await self._read_indexes(staying)  # before any delete: it may stop the prune
         if not self.dry_run and removed:
             await self.lock.check()
-            await self._delete_all([manifest_key(n) for n in removed], label="backup")
-        # Everything not removed is marked: the kept backups, and those the policy's filters
-        # (--host, --source, --tag) did not select, which it leaves alone.
-        staying = [b.refs for n, b in backups.items() if n not in set(removed)]
-        marked = await to_thread(_union, staying)
-        del backups
+            await self._delete_all([manifest_key(n) for n in sorted(removed)], label="backup")
+            # After the MANIFESTs: a MANIFEST never lacks its INDEX.
+            packed = sorted(n for n in removed if backups[n].packed)
+            await self._delete_all([index_key(n) for n in packed], label="INDEX")
+        marked = await to_thread(_union, [b.refs for b in staying.values()])
+        del backups, staying
 
         cutoff = began - self.grace
         sweep: dict[str, int] = {}  # ref -> size: only the candidates are held, page by page
@@ -208,11 +264,23 @@ class PruneJob:
 
         refs = sorted(sweep)
         if not self.dry_run:
-            for start in range(0, len(refs), DELETE_BATCH):
-                await self.lock.check()
-                batch = refs[start : start + DELETE_BATCH]
-                await self._delete_all([chunk_key(r) for r in batch], label="chunk")
+            await self._delete_checked([chunk_key(r) for r in refs], label="chunk")
+        plan = await plan_packs(
+            self.repo, live, cutoff=cutoff, policy=self.repack, concurrency=self.config.concurrency
+        )
+        written: dict[str, int] = {}
+        if not self.dry_run:
+            await self._delete_checked([pack_key(p) for p in sorted(plan.unused)], label="pack")
+            repacker = Repacker(
+                self.repo, live, policy=self.repack, lock=self.lock,
+                delete=partial(self._delete_checked, label="pack"),
+                concurrency=self.config.concurrency,
+            )  # fmt: skip
+            written = (await repacker.run(plan.repack)).new_packs
         leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
+        new_packs = (
+            len(written) if not self.dry_run else -(-plan.repack_live // self.repack.pack_size)
+        )
         return PruneReport(
             dry_run=self.dry_run,
             grace=self.grace,
@@ -223,7 +291,57 @@ class PruneJob:
             chunks_young=young,
             bytes_young=bytes_young,
             leftovers=leftovers,
+            packs_deleted=len(plan.unused),
+            bytes_packs_deleted=plan.bytes_unused,
+            packs_repacked=len(plan.repack),
+            bytes_repacked=sum(plan.repack.values()),
+            packs_written=new_packs,
+            bytes_written=sum(written.values()) if not self.dry_run else plan.repack_live,
+            packs_in_use=plan.in_use,
+            packs_young=plan.young,
+            bytes_packs_young=plan.bytes_young,
+            packs_over_cap=len(plan.skipped),
         )
+
+    async def _read_indexes(self, staying: dict[str, _Backup]) -> LivePacks:
+        """Fold the INDEX of every staying backup that packs chunks into ``LivePacks``, one at
+        a time, and leave in each such backup's ``refs`` only the chunks it stores as objects.
+
+        Raises:
+            ManifestError: an INDEX cannot be read; nothing was deleted.
+        """
+        live = LivePacks()
+        broken: dict[str, str] = {}
+
+        async def read(name: str, backup: _Backup) -> None:
+            try:
+                index = await self.repo.load_index(name)
+            except ManifestError as exc:
+                broken[name] = str(exc)
+                return
+            await to_thread(live.fold, name, index, chunk_size=backup.chunk_size)
+            staying[name] = replace(backup, refs=backup.refs - index.places.keys())
+
+        async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
+            for name, backup in sorted(staying.items()):
+                if backup.packed:
+                    await pool.spawn(f"INDEX of {name}", partial(read, name, backup))
+        if broken:
+            first = sorted(broken)[0]
+            more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+            raise ManifestError(
+                f"prune stopped and deleted nothing: the INDEX of backup {first!r} cannot be "
+                f"read ({broken[first]}){more}. Without it, the packs holding that backup's "
+                "chunks would look unused. Remove the backup with 'asyncbackup delete STORE "
+                f"{first}' if it is beyond repair, then run prune again"
+            )
+        return live
+
+    async def _delete_checked(self, keys: list[str], *, label: str) -> None:
+        """Delete ``keys`` in batches of ``DELETE_BATCH``, reading the lock back before each."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            await self.lock.check()
+            await self._delete_all(keys[start : start + DELETE_BATCH], label=label)
 
     async def _read_all(
         self, names: Iterable[str], *, stopped: str = "prune stopped and deleted nothing"
@@ -249,7 +367,8 @@ class PruneJob:
             candidate = Candidate(
                 name, finished, manifest.host, manifest.source, tuple(manifest.tags)
             )
-            backups[name] = _Backup(candidate, refs)
+            packed = manifest.format_version >= PACKED_FORMAT_VERSION
+            backups[name] = _Backup(candidate, refs, packed, manifest.chunk_size)
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
             for name in names:
@@ -278,6 +397,10 @@ class PruneJob:
             log.debug("prune: deleted %d %ss", len(keys), label)
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -285,10 +408,13 @@ def _count(n: int, noun: str) -> str:
 @dataclass(frozen=True)
 class _Backup:
     """What prune keeps of a MANIFEST: what retention needs (when it finished, host, source,
-    tags), and the chunks it names."""
+    tags), the chunks it names (once its INDEX is read: those it stores as objects), whether it
+    has an INDEX, and its chunk size (the bound for decoding its chunks)."""
 
     candidate: Candidate
     refs: frozenset[str]
+    packed: bool = False
+    chunk_size: int = 0
 
 
 def _union(sets: list[frozenset[str]]) -> set[str]:
