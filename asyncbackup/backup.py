@@ -104,8 +104,12 @@ class BackupJob:
         clock: Clock = utc_clock,
         options: BackupOptions | None = None,
         lock: RepositoryLock | None = None,
+        host: str | None = None,
     ) -> None:
         self.repo = repo
+        # What the MANIFEST records, and whose backups the parent is chosen from: this host,
+        # unless the job is one shard of a backup many hosts make (``shards.py``).
+        self.host = host if host is not None else socket.gethostname()
         self.parent: Parent | None = None
         self.lock = (
             lock if lock is not None else RepositoryLock(repo, kind=SHARED, operation=OPERATION)
@@ -194,7 +198,7 @@ class BackupJob:
                 self.parent = await find_parent(
                     self.repo,
                     explicit=self.options.parent,
-                    host=socket.gethostname(),
+                    host=self.host,
                     source=str(source),
                     rules=self.options.changes,
                     chunk_size=self.config.chunk_size,
@@ -219,7 +223,8 @@ class BackupJob:
                 assert excluder is not None
                 walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
                 async for entry in walking:
-                    await self._add(pool, entry)
+                    if self._takes(entry):
+                        await self._add(pool, entry)
         if self.parent is not None:
             self.parent.forget()
         finished = self._now()
@@ -247,7 +252,7 @@ class BackupJob:
                 job_id=uuid.uuid4().hex,
                 started=started,
                 finished=finished,
-                host=socket.gethostname(),
+                host=self.host,
                 source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
                 entries=tuple(sorted(entries, key=lambda e: e.path)),
@@ -260,6 +265,23 @@ class BackupJob:
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
+        await self._commit(manifest)
+        return manifest
+
+    def _takes(self, entry: SourceEntry) -> bool:
+        """Whether this job backs up ``entry``: every one, unless it is one shard of a backup
+        split across processes (``shards.py`` takes only its own paths)."""
+        return True
+
+    async def _commit(self, manifest: Manifest) -> None:
+        """Write the MANIFEST: the backup's commit (a shard writes its shard record instead).
+
+        Raises:
+            LockError: the lock was lost; nothing was committed.
+            BackupFailed: the MANIFEST write kept failing; its outcome is unknown.
+        """
+        budget = self.repo.retrier.budget
+        name = manifest.name
         try:
             # The lock must still be ours: else a prune may have taken it as stale and removed
             # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.
@@ -276,7 +298,6 @@ class BackupJob:
                 "run the same command again: stored chunks are reused.",
                 outcome="its commit was not confirmed",
             ) from exc
-        return manifest
 
     async def _learn_stored(self) -> None:
         """Decide which chunks this backup may take as stored without uploading them: the one

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -17,6 +19,7 @@ from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cat import Write, find_file, write_file
 from asyncbackup.catalog import BackupInfo, Filters, read_catalog
+from asyncbackup.commit import CommitJob, CommitSummary
 from asyncbackup.config import EngineConfig
 from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
@@ -43,6 +46,7 @@ from asyncbackup.repository import Repository
 from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
+from asyncbackup.shards import ShardJob, ShardSpec, ShardSummary
 from asyncbackup.storage.base import Storage
 from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 from asyncbackup.threads import to_thread, using
@@ -197,6 +201,55 @@ class BackupEngine:
             options=options,
             lock=self.lock(repo, SHARED),
         )
+
+    @_on_own_threads
+    async def backup_shard(
+        self,
+        source: str | Path,
+        *,
+        name: str,
+        shard: ShardSpec,
+        options: BackupOptions | None = None,
+        worker: str = "",
+    ) -> ShardSummary:
+        """Back up shard ``shard`` of directory ``source`` for backup ``name`` and write its
+        shard record; the backup exists once ``commit`` has merged every shard (see shards.py).
+        ``worker`` names the Dask worker that runs it, for the record.
+
+        Raises:
+            ConfigError: as ``backup``.
+            BackupFailed: the shard gave up; its record was not written (or not confirmed).
+        """
+        name = check_backup_name(name)
+        repo = self._repository("backup")
+        await self.store.mark_as_repository()
+        job = ShardJob(
+            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options,
+            lock=self.lock(repo, SHARED), shard=shard, worker=worker,
+        )  # fmt: skip
+        summary = await self._timed("backup", job.run(Path(source), name))
+        record = f"{repo.store.url}/shards/{name}/{shard.index}.record"
+        where = (socket.gethostname(), os.getpid())
+        return ShardSummary(summary, shard, record, *where, worker=worker, rerun=job.rerun)
+
+    @_on_own_threads
+    async def commit(self, name: str, *, shards: int) -> CommitSummary:
+        """Check the ``shards`` shard records of backup ``name``, write its MANIFEST, and remove
+        the records (see commit.py).
+
+        Raises:
+            ConfigError: a bad name or count, or another backup of this name exists.
+            BackupFailed: a record is missing, damaged or inconsistent, or a chunk it names is
+                not stored; nothing was committed.
+        """
+        repo = self._repository("commit")
+        job = CommitJob(
+            repo,
+            concurrency=self.config.concurrency,
+            progress=self.progress,
+            lock=self.lock(repo, SHARED),
+        )
+        return await self._timed("commit", job.run(check_backup_name(name), shards))
 
     @_on_own_threads
     async def backup_stream(

@@ -112,9 +112,15 @@ class LocalStorage(Storage):
             self._dirty_dirs.add(path.parent)
             # Leave no empty directories behind (backups/<name>/ once its MANIFEST is gone).
             parent = path.parent
-            while parent != self.root and not await to_thread(os.listdir, parent):
-                await to_thread(os.rmdir, parent)
-                parent = parent.parent
+            try:
+                while parent != self.root and not await to_thread(os.listdir, parent):
+                    await to_thread(os.rmdir, parent)
+                    parent = parent.parent
+            except (FileNotFoundError, OSError) as exc:
+                # A concurrent delete removed it first, or a write put something in it since:
+                # either way our object is gone, which is all a delete promises.
+                if not isinstance(exc, FileNotFoundError) and exc.errno != errno.ENOTEMPTY:
+                    raise
 
     async def sync(self) -> None:
         dirs, self._dirty_dirs = self._dirty_dirs, set()
