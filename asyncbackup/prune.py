@@ -56,7 +56,9 @@ from asyncbackup.config import EngineConfig
 from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
 from asyncbackup.errors import ManifestError
 from asyncbackup.layout import (
+    BACKUPS,
     CHUNKS,
+    INDEX,
     chunk_key,
     index_key,
     manifest_key,
@@ -176,6 +178,9 @@ class PruneJob:
                 concurrency=self.config.concurrency,
             )  # fmt: skip
             written = (await repacker.run(plan.repack)).new_packs
+        orphans = await self._orphan_indexes(set(names), cutoff)
+        if not self.dry_run:
+            await self._delete_checked(orphans, label="INDEX")
         leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
         new_packs = (
             len(written) if not self.dry_run else -(-plan.repack_live // self.repack.pack_size)
@@ -190,6 +195,7 @@ class PruneJob:
             chunks_young=young,
             bytes_young=bytes_young,
             leftovers=leftovers,
+            orphan_indexes=len(orphans),
             packs_deleted=len(plan.unused),
             bytes_packs_deleted=plan.bytes_unused,
             packs_repacked=len(plan.repack),
@@ -235,6 +241,19 @@ class PruneJob:
                 f"{first}' if it is beyond repair, then run prune again"
             )
         return live
+
+    async def _orphan_indexes(self, names: set[str], cutoff: float) -> list[str]:
+        """The INDEXes older than ``cutoff`` whose backup has no MANIFEST: left by a backup
+        that failed before its commit, or a prune or delete killed between a MANIFEST's delete
+        and its INDEX's. No backup runs now (the lock), so none is about to commit one."""
+        orphans = []
+        async for page in self.repo.object_pages(BACKUPS):
+            for obj in page:
+                parts = obj.key.split("/")
+                orphan = len(parts) == 3 and parts[2] == INDEX and parts[1] not in names
+                if orphan and obj.modified < cutoff and obj.key == index_key(parts[1]):
+                    orphans.append(obj.key)
+        return sorted(orphans)
 
     async def _delete_checked(self, keys: list[str], *, label: str) -> None:
         """Delete ``keys`` in batches of ``DELETE_BATCH``, reading the lock back before each."""

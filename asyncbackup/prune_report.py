@@ -20,6 +20,7 @@ class PruneReport:
     chunks_young: int = 0  # unused, but written within the grace period or since the prune began
     bytes_young: int = 0
     leftovers: int = 0  # temporary files of writes a crash cut short (local store)
+    orphan_indexes: int = 0  # INDEXes of no backup: a failed backup's, a killed prune's
     packs_deleted: int = 0  # named by no kept backup (see repack.py)
     bytes_packs_deleted: int = 0
     packs_repacked: int = 0  # partly used past --max-unused: live chunks copied, then deleted
@@ -80,6 +81,9 @@ class PruneReport:
                 f"; {self.chunks_young} unused chunks ({self.bytes_young / 2**20:.1f} MiB) are "
                 f"younger than the grace period ({self.grace:g} s) and stay"
             )
+        if self.orphan_indexes:
+            verb = "would remove" if self.dry_run else "removed"
+            tail += f"; {verb} {_count(self.orphan_indexes, 'INDEX')} of no backup"
         if self.leftovers:
             verb = "would remove" if self.dry_run else "removed"
             tail += (
