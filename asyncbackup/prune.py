@@ -62,6 +62,7 @@ from asyncbackup.layout import (
     chunk_key,
     index_key,
     manifest_key,
+    name_of_manifest_key,
     pack_key,
     ref_of_chunk_key,
 )
@@ -74,6 +75,7 @@ from asyncbackup.repack import Repacker
 from asyncbackup.repository import Repository
 from asyncbackup.retention import Candidate, RetentionPolicy, decide
 from asyncbackup.shard_records import refs_of_shard_records
+from asyncbackup.storage.base import ObjectInfo
 from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
@@ -127,7 +129,8 @@ class PruneJob:
 
     async def _locked_run(self) -> PruneReport:
         began = self.clock().timestamp()
-        names = await self.repo.backup_names()
+        cutoff = began - self.grace
+        names, orphans = await self._list_backups(cutoff)
         backups = await self._read_all(names)
         decisions = decide([b.candidate for b in backups.values()], self.policy)
         removed = {d.name for d in decisions if not d.kept}
@@ -146,7 +149,6 @@ class PruneJob:
         marked |= await refs_of_shard_records(self.repo, now=began, dry_run=self.dry_run)
         del backups, staying
 
-        cutoff = began - self.grace
         sweep: dict[str, int] = {}  # ref -> size: only the candidates are held, page by page
         in_use = young = bytes_young = 0
         async for page in self.repo.object_pages(CHUNKS):
@@ -178,7 +180,6 @@ class PruneJob:
                 concurrency=self.config.concurrency,
             )  # fmt: skip
             written = (await repacker.run(plan.repack)).new_packs
-        orphans = await self._orphan_indexes(set(names), cutoff)
         if not self.dry_run:
             await self._delete_checked(orphans, label="INDEX")
         leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
@@ -242,18 +243,26 @@ class PruneJob:
             )
         return live
 
-    async def _orphan_indexes(self, names: set[str], cutoff: float) -> list[str]:
-        """The INDEXes older than ``cutoff`` whose backup has no MANIFEST: left by a backup
-        that failed before its commit, or a prune or delete killed between a MANIFEST's delete
-        and its INDEX's. No backup runs now (the lock), so none is about to commit one."""
-        orphans = []
+    async def _list_backups(self, cutoff: float) -> tuple[list[str], list[str]]:
+        """The names of every committed backup, sorted, and the INDEXes older than ``cutoff``
+        whose backup has no MANIFEST: left by a backup that failed before its commit, or by a
+        prune or delete killed between a MANIFEST's delete and its INDEX's. No backup runs
+        now (the lock), so none of them is about to be committed."""
+        names: list[str] = []
+        indexes: dict[str, ObjectInfo] = {}
         async for page in self.repo.object_pages(BACKUPS):
             for obj in page:
-                parts = obj.key.split("/")
-                orphan = len(parts) == 3 and parts[2] == INDEX and parts[1] not in names
-                if orphan and obj.modified < cutoff and obj.key == index_key(parts[1]):
-                    orphans.append(obj.key)
-        return sorted(orphans)
+                name = name_of_manifest_key(obj.key)
+                if name is not None:
+                    names.append(name)
+                elif (
+                    obj.key.count("/") == 2
+                    and obj.key.endswith("/" + INDEX)
+                    and obj.modified < cutoff
+                ):
+                    indexes[obj.key] = obj
+        kept = {index_key(n) for n in names}
+        return sorted(names), sorted(k for k in indexes if k not in kept)
 
     async def _delete_checked(self, keys: list[str], *, label: str) -> None:
         """Delete ``keys`` in batches of ``DELETE_BATCH``, reading the lock back before each."""
