@@ -243,7 +243,7 @@ async def _run_shards(
         progress.advance(files=msg.get("files", 0), nbytes=msg.get("bytes", 0))
 
     try:
-        client = await Client(address, asynchronous=True, timeout=30)  # type: ignore[no-untyped-call]
+        client = await Client(address, asynchronous=True, timeout=10)  # type: ignore[no-untyped-call]
     except (OSError, TimeoutError) as exc:
         raise ConfigError(
             f"cannot reach the Dask scheduler at {address} ({exc}): check the address "
