@@ -293,7 +293,10 @@ class BackupEngine:
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
         entry = find_file(manifest, path)
-        ahead = self.config.concurrency
+        # Chunks fetched ahead of the writes, within the byte budget (at least one).
+        ahead = max(
+            1, min(self.config.concurrency, self.config.buffer_budget // manifest.chunk_size)
+        )
         expect(self.progress, files=1, nbytes=entry.size)
 
         async def write_and_count(data: bytes) -> None:

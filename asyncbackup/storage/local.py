@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,8 @@ MARKER = "asyncbackup-store"
 """The file that marks a directory as a store, written by the first backup. A directory with a
 ``backups/`` or ``chunks/`` directory is one too: stores made before the marker existed."""
 _MARKER_TEXT = b"An asyncbackup store: see docs/design.md. Do not edit what is here.\n"
+STREAM_PIECE = 1024 * 1024
+"""What one read of a streamed object takes from the file."""
 TEMP_PREFIX = ".tmp-"
 """Objects are written under this name first; listings skip it, keys may not start with '.'."""
 
@@ -90,6 +92,20 @@ class LocalStorage(Storage):
         path = self.path_of(key)
         with _mapped_errors(self.url, key):
             return await to_thread(_read_range, path, start, length)
+
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        path = self.path_of(key)
+        offset = 0
+        while True:
+            # One thread call per piece, each opening the file: no descriptor is left open by
+            # a consumer that stops early or is cancelled. A chunk's bytes never change.
+            with _mapped_errors(self.url, key):
+                piece = await to_thread(_read_range, path, offset, STREAM_PIECE)
+            if piece:
+                yield piece
+            if len(piece) < STREAM_PIECE:
+                return
+            offset += len(piece)
 
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         with _mapped_errors(self.url, prefix):
