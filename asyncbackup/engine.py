@@ -42,6 +42,7 @@ from asyncbackup.locks import (
 )
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.packuse import RepackPolicy
 from asyncbackup.patterns import Patterns, select
 from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -457,12 +458,18 @@ class BackupEngine:
 
     @_on_own_threads
     async def prune(
-        self, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
+        self,
+        policy: RetentionPolicy,
+        *,
+        grace: float = DEFAULT_GRACE,
+        dry_run: bool = False,
+        repack: RepackPolicy | None = None,
     ) -> PruneReport:
-        """Remove the backups ``policy`` lets go, then every chunk no remaining backup names
-        and that is older than ``grace`` seconds (see ``asyncbackup/prune.py`` for why it is
-        safe beside a running backup: it holds the exclusive lock). With ``dry_run``, delete
-        nothing, take no lock, and report.
+        """Remove the backups ``policy`` lets go, then every chunk and pack no remaining backup
+        names and that is older than ``grace`` seconds, and repack the packs ``repack`` finds
+        too wasteful (see ``asyncbackup/prune.py`` for why it is safe beside a running backup:
+        it holds the exclusive lock; ``asyncbackup/repack.py`` for why a repack never leaves an
+        INDEX naming a missing pack). With ``dry_run``, delete nothing, take no lock, and report.
 
         Raises:
             ConfigError: ``grace`` is negative.
@@ -481,8 +488,26 @@ class BackupEngine:
             dry_run=dry_run,
             clock=self._clock,
             lock=self.lock(repo, EXCLUSIVE),
+            repack=repack,
         )
-        return await self._timed("prune", job.run())
+        report = await self._timed("prune", job.run())
+        if not dry_run:
+            self._count_pruned(report)
+        return report
+
+    def _count_pruned(self, report: PruneReport) -> None:
+        objects = self.metrics.pruned
+        for kind, outcome, n in (
+            ("backup", "deleted", len(report.removed)),
+            ("chunk", "deleted", report.chunks_deleted),
+            ("pack", "deleted", report.packs_deleted),
+            ("pack", "repacked", report.packs_repacked),
+            ("pack", "written", report.packs_written),
+        ):
+            objects.labels("prune", kind, outcome).inc(n)
+        freed = report.bytes_freed + report.bytes_freed_by_packs
+        self.metrics.pruned_bytes.labels("prune", "freed").inc(freed)
+        self.metrics.pruned_bytes.labels("prune", "copied").inc(report.bytes_written)
 
     async def _timed(self, operation: str, job: Awaitable[T]) -> T:
         started = time.monotonic()

@@ -22,10 +22,15 @@ from asyncbackup.cli.groups import (
     add_shared_options,
     add_store,
 )
-from asyncbackup.cli.values import parse_duration, parse_size, target_dir
+from asyncbackup.cli.values import parse_duration, parse_share, parse_size, target_dir
 from asyncbackup.compression import CODECS
 from asyncbackup.config import DEFAULT_CHUNK_SIZE
-from asyncbackup.defaults import DEFAULT_GRACE, DEFAULT_LOCK_WAIT, DEFAULT_STDIN_NAME
+from asyncbackup.defaults import (
+    DEFAULT_GRACE,
+    DEFAULT_LOCK_WAIT,
+    DEFAULT_MAX_UNUSED,
+    DEFAULT_STDIN_NAME,
+)
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
 
 
@@ -371,6 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="never remove a chunk written this recently: it may belong to a backup still "
         "running (default 24h)",
+    )
+    prune.add_argument(
+        "--max-unused",
+        type=parse_share,
+        default=DEFAULT_MAX_UNUSED,
+        metavar="SHARE",
+        help="repack a pack once more than SHARE of its bytes is used by no remaining backup: "
+        "its live chunks are copied into new packs and it is deleted (default 10%%; 0%% "
+        "repacks every partly used pack; 'unlimited' never repacks, and packs no backup uses "
+        "are still deleted)",
+    )
+    prune.add_argument(
+        "--max-repack-size",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="copy at most SIZE of live chunks into new packs in one prune, the most wasteful "
+        "packs first; the rest wait for the next prune (default: no limit)",
     )
     prune.add_argument(
         "--dry-run", action="store_true", help="say what would be removed, and remove nothing"

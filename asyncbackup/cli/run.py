@@ -29,6 +29,7 @@ from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
+from asyncbackup.packuse import RepackPolicy
 from asyncbackup.patterns import read_pattern_files
 from asyncbackup.progress import BarProgress, LogProgress, NoProgress
 from asyncbackup.retention import RetentionPolicy
@@ -408,7 +409,8 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             sources=tuple(args.source),
             tags=tuple(tuple(check_tag(t) for t in tags.split(",")) for tags in args.tag),
         )
-        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
+        repack = RepackPolicy(max_unused=args.max_unused, max_repack_bytes=args.max_repack_size)
+        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run, repack=repack)
     if args.command == "unlock":
         return await engine.unlock(force=args.force)
     await engine.delete(args.name)
