@@ -42,9 +42,6 @@ from asyncbackup.storage.uncopied import UncopiedBody
 READ_PIECE = 1024 * 1024
 """Bodies are read in pieces of this size: a stalled body is noticed between pieces."""
 
-READ_BUFFER = 256 * 1024
-"""aiohttp's read buffer per response: what a connection may hold (twice this) unread."""
-
 ERROR_BODY_LIMIT = 64 * 1024
 """An error document is a few hundred bytes; more than this is not one."""
 
@@ -121,10 +118,6 @@ class LeanRequests:
             ),
             auto_decompress=False,
             skip_auto_headers=("Content-Type",),
-            # A response buffers up to twice this before reading from its socket pauses: at
-            # aiohttp's 64 KiB, a streamed chunk paused and resumed every 128 KiB, two epoll
-            # calls each, and read in small pieces (measured: 0.4 s of a 512 MiB restore).
-            read_bufsize=READ_BUFFER,
         )
         # aiohttp resends an idempotent request once, silently, on a reset connection: off, so
         # every fault reaches the retry layer and is counted (see s3._NoResendSession).
