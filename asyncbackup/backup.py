@@ -16,6 +16,7 @@ from pathlib import Path
 
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.batching import ThreadBatch
+from asyncbackup.catalog import BackupInfo, read_catalog
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
@@ -24,6 +25,7 @@ from asyncbackup.errors import (
     ConfigError,
     FailedItem,
     IntegrityError,
+    ManifestError,
     PermanentStorageError,
     SourceChangedError,
     SourceError,
@@ -32,12 +34,22 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.excludes import Excluder, excluder_for
-from asyncbackup.layout import manifest_key
+from asyncbackup.layout import digest_of_ref, index_key, manifest_key
 from asyncbackup.links import HardLinks
 from asyncbackup.locks import SHARED, RepositoryLock
-from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.manifest import (
+    FORMAT_VERSION,
+    PACKED_FORMAT_VERSION,
+    EntryType,
+    FileEntry,
+    Manifest,
+    SourceWarning,
+    WarningKind,
+)
 from asyncbackup.metadata import xattrs_of
 from asyncbackup.metrics import Metrics
+from asyncbackup.packer import Packer, places_of
+from asyncbackup.packs import Pack, PackIndex
 from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress, phase
@@ -122,6 +134,11 @@ class BackupJob:
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
         self.stored: dict[str, str] = {}
         self.scheduled: set[str] = set()  # stored, or on its way
+        # ref -> place of each chunk known to lie in a pack: trusted INDEX entries, and the
+        # packs this job stored; the new INDEX is this, for the refs the MANIFEST names
+        self.places = PackIndex()
+        self.packer: Packer | None = None
+        self.catalog: list[BackupInfo] | None = None  # read once, to find a parent
         self.skipped = 0
         self.unchanged = 0
         self.bytes_read = 0
@@ -191,6 +208,10 @@ class BackupJob:
                 )
             if isinstance(source, Path):  # a stream has no files to compare: no parent
                 phase(self.progress, "reading the parent")
+                if self.options.parent is None and not self.options.changes.force:
+                    self.catalog = await read_catalog(
+                        self.repo, concurrency=self.config.concurrency
+                    )
                 self.parent = await find_parent(
                     self.repo,
                     explicit=self.options.parent,
@@ -199,6 +220,7 @@ class BackupJob:
                     rules=self.options.changes,
                     chunk_size=self.config.chunk_size,
                     concurrency=self.config.concurrency,
+                    catalog=self.catalog,
                 )
             await self._learn_stored()
         except PermanentStorageError:
@@ -212,6 +234,13 @@ class BackupJob:
                 excluder_for, source, self.repo.store.url, self.options.excludes
             )
         phase(self.progress, "reading and uploading")
+        if self.config.pack_threshold:
+            self.packer = Packer(
+                self.repo,
+                pack_size=self.config.pack_size,
+                concurrency=self.config.concurrency,
+                on_stored=self._pack_stored,
+            )
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             if isinstance(source, StreamSource):
                 await store_stream(self, pool, source)
@@ -220,10 +249,14 @@ class BackupJob:
                 walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
                 async for entry in walking:
                     await self._add(pool, entry)
+        if self.packer is not None:  # the last pack, partly filled: once every chunk is in
+            async with TaskPool(OPERATION, limit=1, hint=hint) as pool:
+                await pool.spawn("packs/", self.packer.flush)
         if self.parent is not None:
             self.parent.forget()
         finished = self._now()
         stored = dict(self.stored)
+        index = PackIndex()
 
         def build_manifest() -> Manifest:  # sorting 100,000 entries would stall the event loop
             unconfirmed = {d for e in self.entries for d in e.chunks if d not in stored}
@@ -238,10 +271,13 @@ class BackupJob:
             for warning in lost_links:
                 log.warning("%s", warning.message)
             warnings = self.warnings + lost_links
-            entries = (
+            entries = [
                 replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
                 for e in (*self.entries, *linked)
-            )
+            ]
+            # The INDEX: where each packed chunk the MANIFEST names lies (one it lacks is an
+            # object of its own under chunks/).
+            index.update(self.places.restricted(c for e in entries for c in e.chunks))
             return Manifest(
                 name=name,
                 job_id=uuid.uuid4().hex,
@@ -256,10 +292,19 @@ class BackupJob:
                 excludes=excluder.record() if excluder is not None else None,
                 tags=tuple(dict.fromkeys(self.options.tags)),
                 parent=self.parent.name if self.parent is not None else "",
+                format_version=PACKED_FORMAT_VERSION if index else FORMAT_VERSION,
             )
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
+        if index:  # after every pack it names is stored, before the MANIFEST
+            try:
+                await self.repo.put_index(name, index)
+            except PermanentStorageError:
+                raise
+            except StorageError as exc:
+                failure = FailedItem(index_key(name), exc)
+                raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         try:
             # The lock must still be ours: else a prune may have taken it as stale and removed
             # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.
@@ -302,7 +347,13 @@ class BackupJob:
         the parent is not in its index.
         """
         missing: list[str] = []
-        if self.parent is not None:
+        if self.parent is not None and self.parent.format_version >= PACKED_FORMAT_VERSION:
+            try:
+                self.parent.places = await self.repo.load_index(self.parent.name)
+            except ManifestError as exc:
+                log.warning("the parent's chunks are not trusted, listing the store: %s", exc)
+                missing = ["INDEX"]
+        if self.parent is not None and not missing:
             phase(self.progress, "checking the parent's chunks")
             missing = await spot_check(self.repo, self.parent)
             if missing:
@@ -314,13 +365,51 @@ class BackupJob:
                 )  # fmt: skip
         if self.parent is not None and not missing:
             refs: set[str] = self.parent.refs
+            self.places = self.parent.places
             log.info("backup: %d chunks named by the parent %s", len(refs), self.parent.name)
         else:
             phase(self.progress, "listing the store")
             refs = await self.repo.stored_refs(on_page=self._listed)
             log.info("backup: %d chunks already in the store", len(refs))
+            self.places = await self._learn_packed()
+            refs |= self.places.places.keys()
         self.stored = preferred_refs(refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
+
+    async def _learn_packed(self) -> PackIndex:
+        """Packed chunks a backup without a trusted parent may name: those the INDEX of the
+        newest backup of each host and source places in a pack that a listing of ``packs/``
+        shows (``places_of``); docs/design.md gives the cost and why it is enough."""
+        if self.catalog is None:
+            self.catalog = await read_catalog(self.repo, concurrency=self.config.concurrency)
+        newest: dict[tuple[str, str], BackupInfo] = {}
+        for info in self.catalog:
+            if not info.problem and info.format_version >= PACKED_FORMAT_VERSION:
+                key = (info.host, info.source)
+                if key not in newest or (info.finished, info.name) > (
+                    newest[key].finished,
+                    newest[key].name,
+                ):
+                    newest[key] = info
+        if not newest:
+            return PackIndex()
+        listed = await self.repo.pack_ids()
+        found = await places_of(self.repo, sorted(i.name for i in newest.values()), listed=listed)
+        log.info(
+            "backup: %d packed chunks in %d packs, from the INDEX of %d backups",
+            len(found), len(found.pack_sizes), len(newest),
+        )  # fmt: skip
+        return found
+
+    def _pack_stored(self, pack: Pack) -> None:
+        """A pack's upload is confirmed: each of its chunks is stored, at its place."""
+        self.places.add_pack(pack.pack_id, len(pack.data), pack.chunks)
+        for chunk in pack.chunks:
+            self.stored[digest_of_ref(chunk.ref)] = chunk.ref
+        self.uploaded += len(pack.chunks)
+        self.bytes_uploaded += len(pack.data)
+        self.metrics.chunks.labels(OPERATION, "transferred").inc(len(pack.chunks))
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(pack.data))
 
     def _listed(self, chunks: int) -> None:
         phase(self.progress, "listing the store", f"{chunks} chunks")
@@ -499,6 +588,9 @@ class BackupJob:
             stored, ref, stored_sha256 = data, digest, digest
         else:  # each chunk on its own, in a worker thread: the loop never compresses
             stored, ref, stored_sha256 = await to_thread(encode_chunk, data, digest, compression)
+        if self.packer is not None and len(stored) < self.config.pack_threshold:
+            await self.packer.add(ref, stored, len(data))  # counted once its pack is stored
+            return
         await self.repo.put_chunk(ref, stored, data_sha256=stored_sha256, path=path, label=label)
         self.stored[digest] = ref
         self.uploaded += 1

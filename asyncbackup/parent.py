@@ -26,12 +26,14 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import Sequence
 
 from asyncbackup.backup_options import ChangeDetection
-from asyncbackup.catalog import newest_of, read_catalog
+from asyncbackup.catalog import BackupInfo, newest_of, read_catalog
 from asyncbackup.errors import ConfigError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.packs import PackIndex
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
 
@@ -50,6 +52,8 @@ class Parent:
         self._files = {e.path: e for e in manifest.entries if e.type == "file"}
         self.refs = manifest.refs()
         self.sample = random.sample(sorted(self.refs), min(SPOT_CHECKS, len(self.refs)))
+        self.format_version = manifest.format_version
+        self.places = PackIndex()  # where its packed chunks lie: its INDEX, once read
 
     def unchanged(self, path: str, st: os.stat_result) -> FileEntry | None:
         """The parent's entry for ``path`` with the digests of its chunks, if the file at
@@ -97,10 +101,12 @@ async def find_parent(
     rules: ChangeDetection,
     chunk_size: int,
     concurrency: int,
+    catalog: Sequence[BackupInfo] | None = None,
 ) -> Parent | None:
     """The parent of a backup of ``host``:``source``: backup ``explicit`` if given, else the
-    newest backup of the same host and source; None for a first backup, with ``--force``, or
-    when the parent cannot be used (each said in a log line).
+    newest backup of the same host and source (in ``catalog``, if the caller read it already);
+    None for a first backup, with ``--force``, or when the parent cannot be used (each said in a
+    log line).
 
     Raises:
         ConfigError: ``explicit`` names no backup, or one whose MANIFEST cannot be read.
@@ -117,9 +123,9 @@ async def find_parent(
                 "--parent out to use the newest backup of this host and source"
             ) from None
     else:
-        newest = newest_of(
-            await read_catalog(repo, concurrency=concurrency), host=host, source=source
-        )
+        if catalog is None:
+            catalog = await read_catalog(repo, concurrency=concurrency)
+        newest = newest_of(catalog, host=host, source=source)
         if newest is None:
             log.info("no earlier backup of %s:%s: every file is read", host, source)
             return None
@@ -154,7 +160,7 @@ async def spot_check(repo: Repository, parent: Parent) -> list[str]:
 
     async def check(ref: str) -> None:
         try:
-            await repo.probe_chunk(ref)
+            await repo.probe_chunk(ref, place=parent.places.get(ref))
         except ObjectNotFoundError:
             missing.append(ref)
 

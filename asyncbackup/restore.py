@@ -20,6 +20,8 @@ from asyncbackup.errors import IntegrityError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.packread import DEFAULT_BUDGET, ChunkSource
+from asyncbackup.packs import PackIndex
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
@@ -83,6 +85,7 @@ class RestoreJob:
         self.holes = 0
         self.zero: dict[int, str] = {}
         self.shared = SharedChunks((), budget=0)
+        self.source = ChunkSource(repo, PackIndex())  # chunk objects, or ranges of packs
 
     async def run(
         self, manifest: Manifest, target: Path, *, overwrite: bool, delete: bool = False
@@ -99,6 +102,8 @@ class RestoreJob:
                 half-written under its final name.
         """
         started = time.monotonic()
+        held = max(DEFAULT_BUDGET, self.config.concurrency * manifest.chunk_size)
+        self.source = await ChunkSource.open(self.repo, manifest, budget=held)  # its INDEX
         tree, occupied = await settled(fs.prepare, target, overwrite or delete)
         leftovers = deleted = 0
         if occupied:
@@ -121,7 +126,8 @@ class RestoreJob:
         files = [e for e in manifest.entries if e.type == "file" and e.hardlink not in leaders]
 
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
-            refs = (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero))
+            refs = [c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero)]
+            self.source.plan(refs)  # which packs to read whole, which by ranges
             return SharedChunks(refs, budget=self.config.concurrency * chunk_size)
 
         zero = self.zero
@@ -247,7 +253,7 @@ class RestoreJob:
         async def download() -> bytes:
             nonlocal fetched
             # Decoding stops past ``expected`` bytes: a corrupt chunk cannot balloon in memory.
-            data = await self.repo.get_chunk(
+            data = await self.source.get(
                 ref, limit=expected, path=entry.path, label=label, size=expected
             )
             fetched = True

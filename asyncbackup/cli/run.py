@@ -19,7 +19,13 @@ from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
-from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.config import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PACK_SIZE,
+    DEFAULT_PACK_THRESHOLD,
+    EngineConfig,
+    RetryPolicy,
+)
 from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.excludes import ExcludeOptions
@@ -105,6 +111,8 @@ async def _run(args: argparse.Namespace) -> int:
             concurrency=getattr(args, "concurrency", EngineConfig().concurrency),
             max_manifest_size=args.max_manifest_size,
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+            pack_threshold=getattr(args, "pack_threshold", DEFAULT_PACK_THRESHOLD),
+            pack_size=getattr(args, "pack_size", DEFAULT_PACK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
             ),
