@@ -193,7 +193,10 @@ def changing_source(tmp_path: Path) -> Path:
 
 
 # One transfer at a time: the first upload runs while a.bin is still being read.
-ONE_AT_A_TIME = EngineConfig(concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy())
+# One object per chunk (no packs): each chunk's upload is a put these tests can act on.
+ONE_AT_A_TIME = EngineConfig(
+    concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy(), pack_threshold=0
+)
 
 
 STRICT = BackupOptions(strict=True)
@@ -549,7 +552,7 @@ async def test_a_manifest_of_an_unknown_format_version_is_refused(
     await small_backup(store, tmp_path, sleep)
     edit_manifest(store, "b", lambda doc: doc.update(format_version=99))
     with pytest.raises(
-        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3\)"
+        ManifestError, match=r"format_version 99 is not one this version reads \(1, 2, 3, 4\)"
     ) as caught:
         await engine(store, sleep).restore("b", tmp_path / "target")
     assert "another version of asyncbackup" in str(caught.value)
