@@ -594,7 +594,9 @@ async def test_a_corrupt_chunk_fails_the_restore_and_leaves_no_half_file(
     assert isinstance(failure.error, IntegrityError)
     assert f"chunk chunks/{big.chunks[1]} of big.bin is corrupt" in str(failure.error)
     assert_no_half_file(target, "big.bin")
-    assert sleep.calls == []  # corrupt bytes are not retried
+    # A chunk of a large file is streamed: a mismatch may be damage in transit, so it is
+    # downloaded once more; the same wrong bytes again are what the store holds: no more tries.
+    assert len(sleep.calls) == 1
 
 
 async def test_a_missing_chunk_fails_the_restore_and_leaves_no_half_file(
