@@ -28,6 +28,7 @@ size limits of ``repository.load_manifest``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import zstandard
@@ -51,6 +52,20 @@ def encode(head_line: bytes, entry_lines: bytes) -> bytes:
     """
     compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
     return compressor.compress(head_line) + compressor.compress(entry_lines)
+
+
+def encode_pieces(head_line: bytes, entry_pieces: Iterable[bytes]) -> bytes:
+    """``encode``, with the entry lines given in pieces and compressed as they come: a frame
+    of unknown content size (readers stream it), and no copy of every line at once.
+
+    Blocking (zstd releases the GIL): callers run it in a worker thread.
+    """
+    compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
+    out = [compressor.compress(head_line)]
+    stream = compressor.compressobj()
+    out += (stream.compress(piece) for piece in entry_pieces)
+    out.append(stream.flush())
+    return b"".join(out)
 
 
 def decode(data: bytes, *, where: str, limit: int = MAX_DECODED_BYTES) -> bytes:
