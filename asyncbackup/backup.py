@@ -33,7 +33,7 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.excludes import Excluder, excluder_for
-from asyncbackup.layout import manifest_key
+from asyncbackup.layout import manifest_key, source_mark_key
 from asyncbackup.links import HardLinks
 from asyncbackup.locks import SHARED, RepositoryLock
 from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
@@ -278,6 +278,16 @@ class BackupJob:
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
+        # Before the MANIFEST, which stays the commit: a mark without one names nothing.
+        mark = source_mark_key(
+            name, host=manifest.host, source=manifest.source, finished=manifest.finished
+        )
+        try:
+            await self.repo.put_object(mark, b"", action="mark")
+        except PermanentStorageError:
+            raise
+        except StorageError as exc:
+            raise BackupFailed(OPERATION, [FailedItem(mark, exc)], hint=hint()) from exc
         try:
             # The lock must still be ours: else a prune may have taken it as stale and removed
             # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.

@@ -30,7 +30,7 @@ import stat
 from collections.abc import Set
 
 from asyncbackup.backup_options import ChangeDetection
-from asyncbackup.catalog import newest_of, read_catalog
+from asyncbackup.catalog import find_newest
 from asyncbackup.errors import ConfigError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
@@ -164,9 +164,7 @@ async def find_parent(
                 "--parent out to use the newest backup of this host and source"
             ) from None
     else:
-        newest = newest_of(
-            await read_catalog(repo, concurrency=concurrency), host=host, source=source
-        )
+        newest = await find_newest(repo, host=host, source=source, concurrency=concurrency)
         if newest is None:
             log.info("no earlier backup of %s:%s: every file is read", host, source)
             return None

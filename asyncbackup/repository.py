@@ -30,6 +30,7 @@ from asyncbackup.layout import (
     pack_id_of_key,
     pack_key,
     ref_of_chunk_key,
+    source_mark_of_key,
 )
 from asyncbackup.manifest import READABLE_VERSIONS, Manifest
 from asyncbackup.manifest_encoding import HEAD_READ
@@ -389,3 +390,6 @@ class Repository:
             )
         await self.delete_object(manifest_key(name))
         await self.delete_object(index_key(name))  # after: a MANIFEST never lacks its INDEX
+        for key in await self.list_keys(f"{BACKUPS}{name}/"):  # its mark (catalog.find_newest)
+            if source_mark_of_key(key) is not None:
+                await self.delete_object(key)
