@@ -278,16 +278,6 @@ class BackupJob:
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
-        # Before the MANIFEST, which stays the commit: a mark without one names nothing.
-        mark = source_mark_key(
-            name, host=manifest.host, source=manifest.source, finished=manifest.finished
-        )
-        try:
-            await self.repo.put_object(mark, b"", action="mark")
-        except PermanentStorageError:
-            raise
-        except StorageError as exc:
-            raise BackupFailed(OPERATION, [FailedItem(mark, exc)], hint=hint()) from exc
         try:
             # The lock must still be ours: else a prune may have taken it as stale and removed
             # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.
@@ -304,7 +294,26 @@ class BackupJob:
                 "run the same command again: stored chunks are reused.",
                 outcome="its commit was not confirmed",
             ) from exc
+        await self._mark(manifest)
         return manifest
+
+    async def _mark(self, manifest: Manifest) -> None:
+        """Leave the committed backup's source mark (``catalog.find_newest``), so that the next
+        backup of this host and source finds it as its parent from a listing. After the
+        MANIFEST, by the job that committed it: a mark only ever names its own job's MANIFEST
+        (unless written by hand). Losing it costs the next backups one head read, no more:
+        the backup is committed, so a failure here is a warning."""
+        key = source_mark_key(
+            manifest.name, host=manifest.host, source=manifest.source, finished=manifest.finished
+        )
+        try:
+            await self.repo.put_object(key, b"", action="mark")
+        except StorageError as exc:
+            log.warning(
+                "backup %s is committed, but its mark %s could not be written (%s): the next "
+                "backups read its head to find their parent",
+                manifest.name, key, exc,
+            )  # fmt: skip
 
     async def _learn_stored(self) -> None:
         """Decide which chunks this backup may take as stored without uploading them: the one

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import FileEntry, Manifest, ManifestError, manifest_encoding, manifest_reader
+from asyncbackup import (
+    FileEntry,
+    Manifest,
+    ManifestError,
+    manifest_encoding,
+    manifest_reader,
+    threads,
+)
+from asyncbackup import manifest as manifest_module
 from asyncbackup.manifest_reader import LINES_PER_TRIP, read_manifest
 
 D1, D2 = "a" * 64, "b" * 64
@@ -138,7 +146,7 @@ async def test_a_large_manifest_is_parsed_in_bounded_trips_with_the_loop_free_be
     count = 3 * LINES_PER_TRIP + 10
     original = many(count)
     parsed = 0
-    real_parse = manifest_reader.parse_entry
+    real_parse = manifest_module.parse_entry
 
     def counting_parse(*args: Any) -> FileEntry:
         nonlocal parsed
@@ -147,7 +155,7 @@ async def test_a_large_manifest_is_parsed_in_bounded_trips_with_the_loop_free_be
 
     ticks = 0
     trips: list[tuple[int, int]] = []  # (ticks when the trip started, entries it parsed)
-    real_to_thread = manifest_reader.to_thread
+    real_to_thread = threads.to_thread
 
     async def recording_to_thread(call: Any, *args: Any, **kwargs: Any) -> Any:
         before = parsed
