@@ -17,6 +17,7 @@ from pathlib import Path
 
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.batching import ThreadBatch
+from asyncbackup.budget import ByteBudget
 from asyncbackup.chunking import ChunkReader
 from asyncbackup.compression import encode_chunk, preferred_refs
 from asyncbackup.config import EngineConfig
@@ -52,8 +53,9 @@ OPERATION = "backup"
 READS_OF_A_CHANGING_FILE = 3
 """A file that changes while it is read is read again; the last of this many reads is stored as
 read, with a warning (or, with ``strict``, the backup fails)."""
-Upload = Callable[[str, bytes, str], Awaitable[None]]
-"""Stores one chunk: (digest, data, label)."""
+Upload = Callable[[str, bytes, str, int], Awaitable[None]]
+"""Stores one chunk: (digest, data, label, bytes it holds of the job's buffer budget, which the
+upload gives back once done, failed or cancelled)."""
 Clock = Callable[[], datetime]
 """The time now, as an aware UTC datetime: a backup's started and finished times."""
 
@@ -93,7 +95,8 @@ def default_name() -> str:
 
 
 class BackupJob:
-    """Backs up one directory. Holds at most ``config.buffered_chunks`` chunks at once."""
+    """Backs up one directory. The chunks it has read and not yet stored hold at most
+    ``config.buffer_budget`` bytes (``buffers``), and are at most ``config.buffered_chunks``."""
 
     def __init__(
         self,
@@ -105,8 +108,12 @@ class BackupJob:
         clock: Clock = utc_clock,
         options: BackupOptions | None = None,
         lock: RepositoryLock | None = None,
+        host: str | None = None,
     ) -> None:
         self.repo = repo
+        # What the MANIFEST records, and whose backups the parent is chosen from: this host,
+        # unless the job is one shard of a backup many hosts make (``shards.py``).
+        self.host = host if host is not None else socket.gethostname()
         self.parent: Parent | None = None
         self.lock = (
             lock if lock is not None else RepositoryLock(repo, kind=SHARED, operation=OPERATION)
@@ -134,6 +141,7 @@ class BackupJob:
         self.bytes_read = 0
         self.uploaded = 0
         self._reads = ThreadBatch()  # small files' reads share worker-thread trips
+        self.buffers = ByteBudget(config.buffer_budget)
         self.bytes_uploaded = 0
 
     async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
@@ -201,7 +209,7 @@ class BackupJob:
                 self.parent = await find_parent(
                     self.repo,
                     explicit=self.options.parent,
-                    host=socket.gethostname(),
+                    host=self.host,
                     source=str(source),
                     rules=self.options.changes,
                     chunk_size=self.config.chunk_size,
@@ -231,7 +239,8 @@ class BackupJob:
                     async for batch in walking:
                         self._took(batch.taken)
                         for entry in batch.entries:
-                            await self._add(pool, entry)
+                            if self._takes(entry):
+                                await self._add(pool, entry)
         if self.parent is not None:
             self.parent.forget()
         finished = self._now()
@@ -265,7 +274,7 @@ class BackupJob:
                 job_id=uuid.uuid4().hex,
                 started=started,
                 finished=finished,
-                host=socket.gethostname(),
+                host=self.host,
                 source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
                 entries=tuple(entries),
@@ -278,6 +287,23 @@ class BackupJob:
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
+        await self._commit(manifest)
+        return manifest
+
+    def _takes(self, entry: SourceEntry) -> bool:
+        """Whether this job backs up ``entry``: every one, unless it is one shard of a backup
+        split across processes (``shards.py`` takes only its own paths)."""
+        return True
+
+    async def _commit(self, manifest: Manifest) -> None:
+        """Write the MANIFEST: the backup's commit (a shard writes its shard record instead).
+
+        Raises:
+            LockError: the lock was lost; nothing was committed.
+            BackupFailed: the MANIFEST write kept failing; its outcome is unknown.
+        """
+        budget = self.repo.retrier.budget
+        name = manifest.name
         try:
             # The lock must still be ours: else a prune may have taken it as stale and removed
             # chunks this MANIFEST names. The commit's attempts pass the lock's guard too.
@@ -295,7 +321,6 @@ class BackupJob:
                 outcome="its commit was not confirmed",
             ) from exc
         await self._mark(manifest)
-        return manifest
 
     async def _mark(self, manifest: Manifest) -> None:
         """Leave the committed backup's source mark (``catalog.find_newest``), so that the next
@@ -371,6 +396,8 @@ class BackupJob:
         None for what the loop must handle (files to read, hard links, special files). Runs in
         the walk's worker thread, so an unchanged file costs the event loop nothing of its own:
         it reads only the parent (not changed while the walk runs) and the job's settings."""
+        if not self._takes(entry):
+            return None  # another shard's: the loop leaves it out
         st = entry.stat
         if entry.kind == "file":
             if self.parent is None or st.st_nlink > 1:  # hard links: ``self.links``, on the loop
@@ -437,8 +464,13 @@ class BackupJob:
             await pool.spawn(entry.path, partial(self._add_file, entry, upload_here))
         elif entry.kind == "file":
             # A large file is read here, chunk by chunk; its chunks are uploaded in parallel.
-            async def upload_in_pool(digest: str, data: bytes, label: str) -> None:
-                await pool.spawn(entry.path, partial(self.upload, entry.path, digest, data, label))
+            async def upload_in_pool(digest: str, data: bytes, label: str, held: int) -> None:
+                upload = partial(self.upload, entry.path, digest, data, label, held)
+                try:
+                    await pool.spawn(entry.path, upload)
+                except BaseException:
+                    self.buffers.release(held)  # the task never started: nobody else will
+                    raise
 
             try:
                 await self._add_file(entry, upload_in_pool)
@@ -524,18 +556,34 @@ class BackupJob:
             batch=self._reads,
         )
         chunks: list[str] = []
+        # A compressed chunk's upload holds its encoded copy as well (never larger).
+        copies = 1 if self.config.compression.codec == "none" else 2
         try:
-            while (chunk := await reader.next_chunk()) is not None:
+            while True:
+                # Read-ahead is bounded in bytes: the chunk's buffer is paid for before it is
+                # filled, and given back once it is uploaded (or found already stored).
+                expected = min(self.config.chunk_size, max(0, entry.stat.st_size - reader.size))
+                held = await self.buffers.acquire(expected * copies)
+                try:
+                    chunk = await reader.next_chunk()
+                except BaseException:
+                    self.buffers.release(held)
+                    raise
+                if chunk is None:
+                    self.buffers.release(held)
+                    break
                 data, digest = chunk
+                held = self._resize(held, len(data) * copies)
                 chunks.append(digest)
                 self.bytes_read += len(data)
                 self.progress.advance(nbytes=len(data))
                 if digest in self.scheduled:
+                    self.buffers.release(held)
                     self.metrics.chunks.labels(OPERATION, "skipped").inc()
                     self.metrics.bytes.labels(OPERATION, "skipped").inc(len(data))
                     continue
                 self.scheduled.add(digest)
-                await upload(digest, data, f"chunk {len(chunks)} {digest[:12]}")
+                await upload(digest, data, f"chunk {len(chunks)} {digest[:12]}", held)
         finally:
             await reader.aclose()
         assert reader.stat is not None
@@ -569,14 +617,33 @@ class BackupJob:
         self.metrics.files.labels(OPERATION, "done").inc()  # counted as it goes, for a scrape
         log.debug("stored %s (%d bytes, %d chunks)", entry.path, reader.size, len(chunks))
 
-    async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
-        """Store one chunk of ``path`` (encoded, if the config says so), retried; count it."""
-        compression = self.config.compression
-        if compression.codec == "none":
-            stored, ref, stored_sha256 = data, digest, digest
-        else:  # each chunk on its own, in a worker thread: the loop never compresses
-            stored, ref, stored_sha256 = await to_thread(encode_chunk, data, digest, compression)
-        await self.repo.put_chunk(ref, stored, data_sha256=stored_sha256, path=path, label=label)
+    def _resize(self, held: int, actual: int) -> int:
+        """What a buffer holds of the budget, once its real length is known: a file that
+        shrank gives back the rest; one that grew since it was listed takes the difference
+        without waiting (it is in memory already)."""
+        if actual < held:
+            self.buffers.release(held - actual)
+        elif actual > held:
+            self.buffers.force(actual - held)
+        return actual
+
+    async def upload(self, path: str, digest: str, data: bytes, label: str, held: int = 0) -> None:
+        """Store one chunk of ``path`` (encoded, if the config says so), retried; count it.
+        ``held`` bytes of the buffer budget are given back at the end, however it ends."""
+        try:
+            compression = self.config.compression
+            if compression.codec == "none":
+                stored, ref, stored_sha256 = data, digest, digest
+            else:  # each chunk on its own, in a worker thread: the loop never compresses
+                stored, ref, stored_sha256 = await to_thread(
+                    encode_chunk, data, digest, compression
+                )
+            await self.repo.put_chunk(
+                ref, stored, data_sha256=stored_sha256, path=path, label=label
+            )
+        finally:
+            if held:
+                self.buffers.release(held)
         self.stored[digest] = ref
         self.uploaded += 1
         self.bytes_uploaded += len(stored)  # what went over the wire: compressed, if it was

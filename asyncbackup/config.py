@@ -16,6 +16,10 @@ DEFAULT_BASE_DELAY = 0.1
 DEFAULT_MAX_DELAY = 20.0
 DEFAULT_ATTEMPT_TIMEOUT = 120.0
 DEFAULT_RETRY_BUDGET = 100
+DEFAULT_BUFFER_BUDGET = 128 * MiB
+"""File data a job may hold in memory at once (read ahead of uploads, fetched ahead of writes):
+16 chunks of 8 MiB in flight, enough to keep a 25 ms store busy, and with the interpreter and
+the SDKs a job stays under 300 MiB of RSS at any concurrency."""
 DEFAULT_MAX_MANIFEST_SIZE = 256 * MiB
 """The largest MANIFEST read (stored and decoded): about a million files of one chunk each.
 Anyone who can write to the bucket can write a MANIFEST; this bounds what reading one costs."""
@@ -60,17 +64,18 @@ class RetryPolicy:
 class EngineConfig:
     """What the engine may hold and run at once.
 
-    Memory: at most ``buffered_chunks`` chunks are held by transfers, plus the one being read, so
-    file data in memory stays under ``(2 * concurrency + 1) * chunk_size`` (264 MiB with the
-    defaults; small files hold only their own size). Half of those buffers can be in transfer while
-    the other half wait for a retry, so a retrying chunk never takes a transfer slot from others.
+    Memory: file data held by a job (chunks read and not yet uploaded, chunks fetched and not
+    yet written, chunks a restore keeps for a later use) is bounded in bytes by
+    ``buffer_budget`` (``budget.py``), whatever the concurrency and the chunk size: each buffer
+    takes its bytes from the budget before it is filled and gives them back once it is gone.
+    One buffer larger than the whole budget (a chunk bigger than it) still proceeds, alone.
+    A restore streams each large chunk to its place in the file, holding one write block
+    (``fetch.WRITE_BLOCK``) per download, not the chunk.
 
-    With ``compression``, a buffered chunk being uploaded also holds its encoded copy (never
-    larger than the chunk: one that does not shrink is stored raw), and a chunk being restored
-    holds its stored copy beside the decoded one, so the worst case is
-    ``(4 * concurrency + 1) * chunk_size`` (520 MiB with the defaults), plus one codec context
-    per worker thread (zstd level 3: about 1.3 MiB; level 19: tens of MiB). In practice the
-    encoded copies are what compression saves, so the figure sits near the uncompressed bound.
+    With ``compression``, a chunk being uploaded also holds its encoded copy (never larger than
+    the chunk): a backup takes twice the chunk's length from the budget. Add one codec context
+    per worker thread (zstd level 3: about 1.3 MiB; level 19: tens of MiB), and the SDKs' own
+    socket buffers, per connection.
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
@@ -78,8 +83,13 @@ class EngineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     compression: Compression = field(default_factory=Compression)
     max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE
+    buffer_budget: int = DEFAULT_BUFFER_BUDGET
 
     def __post_init__(self) -> None:
+        if self.buffer_budget < MiB:
+            raise ConfigError(
+                f"the buffer budget must be at least 1 MiB, not {self.buffer_budget} bytes"
+            )
         if self.max_manifest_size < 1024:
             raise ConfigError(
                 f"the MANIFEST size limit must be at least 1 KiB, not {self.max_manifest_size}"
@@ -93,5 +103,5 @@ class EngineConfig:
 
     @property
     def buffered_chunks(self) -> int:
-        """How many chunks may be read and not yet stored (or fetched and not yet written)."""
+        """How many transfer tasks may be alive at once (their bytes: ``buffer_budget``)."""
         return 2 * self.concurrency

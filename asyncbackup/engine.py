@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -17,6 +19,7 @@ from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cat import Write, find_file, write_file
 from asyncbackup.catalog import BackupInfo, Filters, read_catalog
+from asyncbackup.commit import CommitJob, CommitSummary
 from asyncbackup.config import EngineConfig
 from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
@@ -35,6 +38,7 @@ from asyncbackup.locks import (
 )
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.packuse import RepackPolicy
 from asyncbackup.patterns import Patterns, select
 from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.prune import DEFAULT_GRACE, PruneJob, PruneReport
@@ -42,6 +46,7 @@ from asyncbackup.repository import Repository
 from asyncbackup.restore import RestoreJob, RestoreSummary
 from asyncbackup.retention import RetentionPolicy
 from asyncbackup.retry import Retrier, Sleep
+from asyncbackup.shards import ShardJob, ShardSpec, ShardSummary
 from asyncbackup.storage.base import Storage
 from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 from asyncbackup.threads import to_thread, using
@@ -198,6 +203,55 @@ class BackupEngine:
         )
 
     @_on_own_threads
+    async def backup_shard(
+        self,
+        source: str | Path,
+        *,
+        name: str,
+        shard: ShardSpec,
+        options: BackupOptions | None = None,
+        worker: str = "",
+    ) -> ShardSummary:
+        """Back up shard ``shard`` of directory ``source`` for backup ``name`` and write its
+        shard record; the backup exists once ``commit`` has merged every shard (see shards.py).
+        ``worker`` names the Dask worker that runs it, for the record.
+
+        Raises:
+            ConfigError: as ``backup``.
+            BackupFailed: the shard gave up; its record was not written (or not confirmed).
+        """
+        name = check_backup_name(name)
+        repo = self._repository("backup")
+        await self.store.mark_as_repository()
+        job = ShardJob(
+            repo, self.config, self.metrics, self.progress, clock=self._clock, options=options,
+            lock=self.lock(repo, SHARED), shard=shard, worker=worker,
+        )  # fmt: skip
+        summary = await self._timed("backup", job.run(Path(source), name))
+        record = f"{repo.store.url}/shards/{name}/{shard.index}.record"
+        where = (socket.gethostname(), os.getpid())
+        return ShardSummary(summary, shard, record, *where, worker=worker, rerun=job.rerun)
+
+    @_on_own_threads
+    async def commit(self, name: str, *, shards: int) -> CommitSummary:
+        """Check the ``shards`` shard records of backup ``name``, write its MANIFEST, and remove
+        the records (see commit.py).
+
+        Raises:
+            ConfigError: a bad name or count, or another backup of this name exists.
+            BackupFailed: a record is missing, damaged or inconsistent, or a chunk it names is
+                not stored; nothing was committed.
+        """
+        repo = self._repository("commit")
+        job = CommitJob(
+            repo,
+            concurrency=self.config.concurrency,
+            progress=self.progress,
+            lock=self.lock(repo, SHARED),
+        )
+        return await self._timed("commit", job.run(check_backup_name(name), shards))
+
+    @_on_own_threads
     async def backup_stream(
         self,
         chunks: AsyncIterable[bytes],
@@ -236,7 +290,10 @@ class BackupEngine:
         repo = self._repository("restore")
         manifest = await repo.load_manifest(check_backup_name(name))
         entry = find_file(manifest, path)
-        ahead = self.config.concurrency
+        # Chunks fetched ahead of the writes, within the byte budget (at least one).
+        ahead = max(
+            1, min(self.config.concurrency, self.config.buffer_budget // manifest.chunk_size)
+        )
         expect(self.progress, files=1, nbytes=entry.size)
 
         async def write_and_count(data: bytes) -> None:
@@ -363,12 +420,18 @@ class BackupEngine:
 
     @_on_own_threads
     async def prune(
-        self, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
+        self,
+        policy: RetentionPolicy,
+        *,
+        grace: float = DEFAULT_GRACE,
+        dry_run: bool = False,
+        repack: RepackPolicy | None = None,
     ) -> PruneReport:
-        """Remove the backups ``policy`` lets go, then every chunk no remaining backup names
-        and that is older than ``grace`` seconds (see ``asyncbackup/prune.py`` for why it is
-        safe beside a running backup: it holds the exclusive lock). With ``dry_run``, delete
-        nothing, take no lock, and report.
+        """Remove the backups ``policy`` lets go, then every chunk and pack no remaining backup
+        names and that is older than ``grace`` seconds, and repack the packs ``repack`` finds
+        too wasteful (see ``asyncbackup/prune.py`` for why it is safe beside a running backup:
+        it holds the exclusive lock; ``asyncbackup/repack.py`` for why a repack never leaves an
+        INDEX naming a missing pack). With ``dry_run``, delete nothing, take no lock, and report.
 
         Raises:
             ConfigError: ``grace`` is negative.
@@ -387,8 +450,26 @@ class BackupEngine:
             dry_run=dry_run,
             clock=self._clock,
             lock=self.lock(repo, EXCLUSIVE),
+            repack=repack,
         )
-        return await self._timed("prune", job.run())
+        report = await self._timed("prune", job.run())
+        if not dry_run:
+            self._count_pruned(report)
+        return report
+
+    def _count_pruned(self, report: PruneReport) -> None:
+        objects = self.metrics.pruned
+        for kind, outcome, n in (
+            ("backup", "deleted", len(report.removed)),
+            ("chunk", "deleted", report.chunks_deleted),
+            ("pack", "deleted", report.packs_deleted),
+            ("pack", "repacked", report.packs_repacked),
+            ("pack", "written", report.packs_written),
+        ):
+            objects.labels("prune", kind, outcome).inc(n)
+        freed = report.bytes_freed + report.bytes_freed_by_packs
+        self.metrics.pruned_bytes.labels("prune", "freed").inc(freed)
+        self.metrics.pruned_bytes.labels("prune", "copied").inc(report.bytes_written)
 
     async def _timed(self, operation: str, job: Awaitable[T]) -> T:
         started = time.monotonic()

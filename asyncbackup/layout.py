@@ -7,6 +7,9 @@ backups/<name>/INDEX                 where each packed chunk of that backup lies
 backups/<name>/SOURCE.<group>.<time> empty: whose host and source, finished when (catalog.py)
 packs/<sha256 of the pack's bytes>   small chunks, encoded, end to end, then a trailer: packs.py
 locks/<random id>                    a job's repository lock (JSON): see locks.py
+shards/<name>/<k>.record             shard k's part of backup <name>, until its commit: see
+                                     shard_records.py
+shards/<name>/<k>.started            shard k began (a re-run then lists what it stored)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ INDEX = "INDEX"
 SOURCE_MARK = "SOURCE."
 LOCKS = "locks/"
 PACKS = "packs/"
+SHARDS = "shards/"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -106,6 +110,11 @@ def pack_id_of_key(key: str) -> str | None:
 def lock_key(lock_id: str) -> str:
     """The key of the lock ``lock_id`` (random hex, so no two jobs ever share one)."""
     return LOCKS + lock_id
+
+
+def shard_key(name: str, index: int, *, started: bool = False) -> str:
+    """The key of shard ``index``'s record of backup ``name`` (or of its start marker)."""
+    return f"{SHARDS}{name}/{index}.{'started' if started else 'record'}"
 
 
 def is_digest(text: str) -> bool:

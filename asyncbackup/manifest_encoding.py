@@ -14,11 +14,12 @@ listing a store costs one small GET per backup, whatever the size of each backup
 own frame because a zstd frame cannot be decoded before its beginning, and a frame of its own
 keeps the head's compressed length small and independent of the entries.
 
-Why one entry per line: parsing is incremental (``manifest._entry_by_entry``). A single
-``json.loads`` of a 14 MB document holds the GIL for over a second, so even in a worker thread
-it freezes the event loop; one small ``json.loads`` per line lets the interpreter hand the GIL
-back to the loop between lines (every 5 ms at most, ``sys.getswitchinterval``). Decompression
-itself releases the GIL.
+Why one entry per line: parsing is incremental (``manifest_reader``): a thousand lines at a time
+are one ``json.loads`` of a JSON array, in a worker-thread trip of a few milliseconds, and the
+event loop runs between trips. A single ``json.loads`` of a 14 MB document holds the GIL for
+over a second, so even in a worker thread it freezes the event loop. Decompression itself
+releases the GIL, and it is done a piece at a time as lines are needed. The entries' frame is
+written a piece at a time too (``encode_pieces``), so it carries no content size.
 
 Older MANIFESTs (format 1 and 2) are the same document, uncompressed; both are read. A document
 that is valid JSON but not laid out by line (written by hand) is still read, whole, within the

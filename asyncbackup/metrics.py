@@ -49,6 +49,8 @@ class _Collectors:
     throttled: Counter
     duration: Gauge
     last_success: Gauge
+    pruned: Counter
+    pruned_bytes: Counter
 
 
 _ON_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _Collectors] = (
@@ -100,6 +102,8 @@ class Metrics:
         self.throttled = Labelled(shared.throttled, values)
         self.duration = Labelled(shared.duration, values)
         self.last_success = Labelled(shared.last_success, values)
+        self.pruned = Labelled(shared.pruned, values)
+        self.pruned_bytes = Labelled(shared.pruned_bytes, values)
 
     def start(self, operation: str) -> None:
         """Show every series of ``operation`` from the start, so a job without retries
@@ -176,7 +180,21 @@ def _collectors(registry: CollectorRegistry, names: tuple[str, ...]) -> _Collect
         [*names, "operation"],
         registry=registry,
     )
+    pruned = Counter(
+        "backup_pruned_objects_total",
+        "Objects prune changed, by kind (backup, chunk, pack) and outcome: deleted (no "
+        "remaining backup uses it), repacked (a pack past --max-unused whose live chunks were "
+        "copied before it was deleted), written (a new pack of repacked chunks).",
+        [*names, "operation", "kind", "outcome"],
+        registry=registry,
+    )
+    pruned_bytes = Counter(
+        "backup_pruned_bytes_total",
+        "Bytes prune freed in the store (deleted less written), or copied into new packs.",
+        [*names, "operation", "outcome"],
+        registry=registry,
+    )
     return _Collectors(
         names, retries, files, bytes, chunks, chunk_duration, inflight, throttled, duration,
-        last_success,
+        last_success, pruned, pruned_bytes,
     )  # fmt: skip

@@ -48,89 +48,40 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 
 from asyncbackup.config import EngineConfig
 from asyncbackup.defaults import DEFAULT_GRACE as DEFAULT_GRACE  # re-exported
 from asyncbackup.errors import ManifestError
-from asyncbackup.layout import CHUNKS, chunk_key, manifest_key, ref_of_chunk_key
+from asyncbackup.layout import (
+    BACKUPS,
+    CHUNKS,
+    INDEX,
+    chunk_key,
+    index_key,
+    manifest_key,
+    name_of_manifest_key,
+    pack_key,
+    ref_of_chunk_key,
+)
 from asyncbackup.locks import EXCLUSIVE, RepositoryLock
-from asyncbackup.manifest import Manifest
+from asyncbackup.manifest import PACKED_FORMAT_VERSION, Manifest
+from asyncbackup.packuse import LivePacks, RepackPolicy, plan_packs
 from asyncbackup.pool import TaskPool
+from asyncbackup.prune_report import PruneReport
+from asyncbackup.repack import Repacker
 from asyncbackup.repository import Repository
-from asyncbackup.retention import Candidate, Decision, RetentionPolicy, decide
+from asyncbackup.retention import Candidate, RetentionPolicy, decide
+from asyncbackup.shard_records import refs_of_shard_records
+from asyncbackup.storage.base import ObjectInfo
 from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
 DELETE_BATCH = 1000
 """Chunks deleted between two checks of the lock (step 5)."""
-
-
-@dataclass(frozen=True)
-class PruneReport:
-    """What a prune kept, removed and freed (or, with ``dry_run``, would have)."""
-
-    dry_run: bool
-    grace: float
-    decisions: list[Decision]
-    chunks_deleted: int = 0
-    bytes_freed: int = 0
-    chunks_in_use: int = 0  # named by a kept backup
-    chunks_young: int = 0  # unused, but written within the grace period or since the prune began
-    bytes_young: int = 0
-    leftovers: int = 0  # temporary files of writes a crash cut short (local store)
-
-    @property
-    def kept(self) -> list[Decision]:
-        return [d for d in self.decisions if d.kept]
-
-    @property
-    def removed(self) -> list[Decision]:
-        return [d for d in self.decisions if not d.kept]
-
-    def decision_lines(self) -> list[str]:
-        """One line per backup selected, group by group, newest first: kept (and by which
-        rules), or removed; each names its group in brackets (unless there is one group)."""
-        lines = []
-        for d in self.decisions:
-            when = d.finished.isoformat(timespec="seconds")
-            group = f" [{d.group}]" if d.group else ""
-            if d.kept:
-                lines.append(f"keep {d.name} {when} ({', '.join(d.reasons)}){group}")
-            else:
-                verb = "would remove" if self.dry_run else "remove"
-                lines.append(f"{verb} {d.name} {when}{group}")
-        return lines
-
-    def summary(self) -> str:
-        """What was kept, removed and freed, in one line."""
-        kept = _count(len(self.kept), "backup")
-        removed = len(self.removed)
-        chunks = (
-            f"{_count(self.chunks_deleted, 'unused chunk')} ({self.bytes_freed / 2**20:.1f} MiB)"
-        )
-        if self.dry_run:
-            head = (
-                f"prune (dry run, nothing deleted): would keep {kept} and remove {removed}; "
-                f"would delete {chunks}"
-            )
-        else:
-            head = f"prune: kept {kept}, removed {removed}; deleted {chunks}"
-        tail = f"; {self.chunks_in_use} chunks in use"
-        if self.chunks_young:
-            tail += (
-                f"; {self.chunks_young} unused chunks ({self.bytes_young / 2**20:.1f} MiB) are "
-                f"younger than the grace period ({self.grace:g} s) and stay"
-            )
-        if self.leftovers:
-            verb = "would remove" if self.dry_run else "removed"
-            tail += (
-                f"; {verb} {_count(self.leftovers, 'temporary file')} left by interrupted writes"
-            )
-        return head + tail
 
 
 class PruneJob:
@@ -146,8 +97,10 @@ class PruneJob:
         dry_run: bool,
         clock: Callable[[], datetime],
         lock: RepositoryLock | None = None,
+        repack: RepackPolicy | None = None,
     ) -> None:
         self.repo = repo
+        self.repack = repack if repack is not None else RepackPolicy()
         self.config = config
         self.policy = policy
         self.grace = grace
@@ -176,20 +129,26 @@ class PruneJob:
 
     async def _locked_run(self) -> PruneReport:
         began = self.clock().timestamp()
-        names = await self.repo.backup_names()
+        cutoff = began - self.grace
+        names, orphans = await self._list_backups(cutoff)
         backups = await self._read_all(names)
         decisions = decide([b.candidate for b in backups.values()], self.policy)
-        removed = [d.name for d in decisions if not d.kept]
+        removed = {d.name for d in decisions if not d.kept}
+        # Everything not removed stays: the kept backups, and those the policy's filters
+        # (--host, --source, --tag) did not select, which it leaves alone.
+        staying = {n: b for n, b in backups.items() if n not in removed}
+        live = await self._read_indexes(staying)  # before any delete: it may stop the prune
         if not self.dry_run and removed:
             await self.lock.check()
-            await self._delete_all([manifest_key(n) for n in removed], label="backup")
-        # Everything not removed is marked: the kept backups, and those the policy's filters
-        # (--host, --source, --tag) did not select, which it leaves alone.
-        staying = [b.refs for n, b in backups.items() if n not in set(removed)]
-        marked = await to_thread(_union, staying)
-        del backups
+            await self._delete_all([manifest_key(n) for n in sorted(removed)], label="backup")
+            # After the MANIFESTs: a MANIFEST never lacks its INDEX.
+            packed = sorted(n for n in removed if backups[n].packed)
+            await self._delete_all([index_key(n) for n in packed], label="INDEX")
+        marked = await to_thread(_union, [b.refs for b in staying.values()])
+        # Chunks of shards not yet committed: no lock protects them until the commit (issue 16).
+        marked |= await refs_of_shard_records(self.repo, now=began, dry_run=self.dry_run)
+        del backups, staying
 
-        cutoff = began - self.grace
         sweep: dict[str, int] = {}  # ref -> size: only the candidates are held, page by page
         in_use = young = bytes_young = 0
         async for page in self.repo.object_pages(CHUNKS):
@@ -208,11 +167,25 @@ class PruneJob:
 
         refs = sorted(sweep)
         if not self.dry_run:
-            for start in range(0, len(refs), DELETE_BATCH):
-                await self.lock.check()
-                batch = refs[start : start + DELETE_BATCH]
-                await self._delete_all([chunk_key(r) for r in batch], label="chunk")
+            await self._delete_checked([chunk_key(r) for r in refs], label="chunk")
+        plan = await plan_packs(
+            self.repo, live, cutoff=cutoff, policy=self.repack, concurrency=self.config.concurrency
+        )
+        written: dict[str, int] = {}
+        if not self.dry_run:
+            await self._delete_checked([pack_key(p) for p in sorted(plan.unused)], label="pack")
+            repacker = Repacker(
+                self.repo, live, policy=self.repack, lock=self.lock,
+                delete=partial(self._delete_checked, label="pack"),
+                concurrency=self.config.concurrency,
+            )  # fmt: skip
+            written = (await repacker.run(plan.repack)).new_packs
+        if not self.dry_run:
+            await self._delete_checked(orphans, label="INDEX")
         leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
+        new_packs = (
+            len(written) if not self.dry_run else -(-plan.repack_live // self.repack.pack_size)
+        )
         return PruneReport(
             dry_run=self.dry_run,
             grace=self.grace,
@@ -223,7 +196,79 @@ class PruneJob:
             chunks_young=young,
             bytes_young=bytes_young,
             leftovers=leftovers,
+            orphan_indexes=len(orphans),
+            packs_deleted=len(plan.unused),
+            bytes_packs_deleted=plan.bytes_unused,
+            packs_repacked=len(plan.repack),
+            bytes_repacked=sum(plan.repack.values()),
+            packs_written=new_packs,
+            bytes_written=sum(written.values()) if not self.dry_run else plan.repack_live,
+            packs_in_use=plan.in_use,
+            packs_young=plan.young,
+            bytes_packs_young=plan.bytes_young,
+            packs_over_cap=len(plan.skipped),
         )
+
+    async def _read_indexes(self, staying: dict[str, _Backup]) -> LivePacks:
+        """Fold the INDEX of every staying backup that packs chunks into ``LivePacks``, one at
+        a time, and leave in each such backup's ``refs`` only the chunks it stores as objects.
+
+        Raises:
+            ManifestError: an INDEX cannot be read; nothing was deleted.
+        """
+        live = LivePacks()
+        broken: dict[str, str] = {}
+
+        async def read(name: str, backup: _Backup) -> None:
+            try:
+                index = await self.repo.load_index(name)
+            except ManifestError as exc:
+                broken[name] = str(exc)
+                return
+            await to_thread(live.fold, name, index, chunk_size=backup.chunk_size)
+            staying[name] = replace(backup, refs=backup.refs - index.places.keys())
+
+        async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
+            for name, backup in sorted(staying.items()):
+                if backup.packed:
+                    await pool.spawn(f"INDEX of {name}", partial(read, name, backup))
+        if broken:
+            first = sorted(broken)[0]
+            more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+            raise ManifestError(
+                f"prune stopped and deleted nothing: the INDEX of backup {first!r} cannot be "
+                f"read ({broken[first]}){more}. Without it, the packs holding that backup's "
+                "chunks would look unused. Remove the backup with 'asyncbackup delete STORE "
+                f"{first}' if it is beyond repair, then run prune again"
+            )
+        return live
+
+    async def _list_backups(self, cutoff: float) -> tuple[list[str], list[str]]:
+        """The names of every committed backup, sorted, and the INDEXes older than ``cutoff``
+        whose backup has no MANIFEST: left by a backup that failed before its commit, or by a
+        prune or delete killed between a MANIFEST's delete and its INDEX's. No backup runs
+        now (the lock), so none of them is about to be committed."""
+        names: list[str] = []
+        indexes: dict[str, ObjectInfo] = {}
+        async for page in self.repo.object_pages(BACKUPS):
+            for obj in page:
+                name = name_of_manifest_key(obj.key)
+                if name is not None:
+                    names.append(name)
+                elif (
+                    obj.key.count("/") == 2
+                    and obj.key.endswith("/" + INDEX)
+                    and obj.modified < cutoff
+                ):
+                    indexes[obj.key] = obj
+        kept = {index_key(n) for n in names}
+        return sorted(names), sorted(k for k in indexes if k not in kept)
+
+    async def _delete_checked(self, keys: list[str], *, label: str) -> None:
+        """Delete ``keys`` in batches of ``DELETE_BATCH``, reading the lock back before each."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            await self.lock.check()
+            await self._delete_all(keys[start : start + DELETE_BATCH], label=label)
 
     async def _read_all(
         self, names: Iterable[str], *, stopped: str = "prune stopped and deleted nothing"
@@ -249,7 +294,8 @@ class PruneJob:
             candidate = Candidate(
                 name, finished, manifest.host, manifest.source, tuple(manifest.tags)
             )
-            backups[name] = _Backup(candidate, refs)
+            packed = manifest.format_version >= PACKED_FORMAT_VERSION
+            backups[name] = _Backup(candidate, refs, packed, manifest.chunk_size)
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
             for name in names:
@@ -278,17 +324,16 @@ class PruneJob:
             log.debug("prune: deleted %d %ss", len(keys), label)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 @dataclass(frozen=True)
 class _Backup:
     """What prune keeps of a MANIFEST: what retention needs (when it finished, host, source,
-    tags), and the chunks it names."""
+    tags), the chunks it names (once its INDEX is read: those it stores as objects), whether it
+    has an INDEX, and its chunk size (the bound for decoding its chunks)."""
 
     candidate: Candidate
     refs: frozenset[str]
+    packed: bool = False
+    chunk_size: int = 0
 
 
 def _union(sets: list[frozenset[str]]) -> set[str]:

@@ -372,11 +372,15 @@ class Repository:
             Transfer(self.operation, action, key), lambda: self.store.get(key)
         )
 
-    async def put_object(self, key: str, data: bytes, *, action: str) -> None:
+    async def put_object(
+        self, key: str, data: bytes, *, action: str, guarded: bool = False
+    ) -> None:
         """Store ``data`` under ``key`` (overwriting), retried; a small object (a lock), so
-        it pays nothing to a bandwidth limit, which caps the data."""
+        it pays nothing to a bandwidth limit, which caps the data. With ``guarded``, each
+        attempt passes the job's ``guard`` first (a shard record, which commits a shard)."""
         what = Transfer(self.operation, action, key)
-        await self.retrier.run(what, lambda: self.store.put(key, data))
+        call = lambda: self.store.put(key, data)  # noqa: E731
+        await self.retrier.run(what, self._guarded(call) if guarded else call)
 
     async def delete_manifest(self, name: str) -> None:
         """Remove backup ``name``'s MANIFEST: the backup is gone, its chunks stay for others.

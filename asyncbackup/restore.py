@@ -1,7 +1,8 @@
 """One restore job: fetch and check every chunk, assemble each file aside, then put it in place.
 
 The file-system side (descriptors, temporary names, placing, directories, links) is in
-``target.py``; this module schedules the fetches.
+``target.py``; a large file's chunks are streamed to their place by ``fetch.py``; this module
+schedules the fetches.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from functools import partial
 from pathlib import Path
 
 from asyncbackup import target as fs
+from asyncbackup.budget import ByteBudget
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.config import EngineConfig
 from asyncbackup.dirfd import Directory, DirectoryTree
 from asyncbackup.errors import IntegrityError
+from asyncbackup.fetch import STREAM_HOLD, OrderedHash, stream_chunk
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
@@ -52,22 +55,26 @@ class RestoreSummary:
 
 
 class _PendingFile:
-    """A file being assembled under a temporary name; put in place when its last chunk lands."""
+    """A file being assembled under a temporary name, hashed in order as its chunks land; put
+    in place once the last of them is hashed."""
 
-    def __init__(self, entry: FileEntry, parent: Directory, name: str, chunks: int) -> None:
+    def __init__(self, entry: FileEntry, parent: Directory, name: str, chunk_size: int) -> None:
         self.entry = entry
         self.parent = parent
         self.name = name
         self.temp = fs.temp_name()
-        self.remaining = chunks
+        sizes = [min(chunk_size, entry.size - i * chunk_size) for i in range(len(entry.chunks))]
+        self.hash = OrderedHash(parent, self.temp, name, sizes)
 
 
 class RestoreJob:
     """Restores one manifest into a target directory; never writes outside it.
 
-    Memory: the transfers hold at most ``config.buffered_chunks`` chunks, as a backup does; on
-    top of that, chunks the backup uses more than once are held from their first use to their
-    last, within ``concurrency x chunk_size`` bytes (see ``reuse.py``).
+    Memory: every buffer of file data takes its bytes from one ``ByteBudget`` of
+    ``config.buffer_budget`` bytes (``budget.py``) before it is filled: a chunk fetched whole
+    (a file of one chunk, or a chunk used more than once) takes its length; a chunk streamed to
+    its place in the file (``fetch.py``) takes ``STREAM_HOLD``; chunks the backup uses more than
+    once are kept from their first use to their last only in what is left (``reuse.py``).
     """
 
     def __init__(
@@ -82,7 +89,8 @@ class RestoreJob:
         self.in_place = 0
         self.holes = 0
         self.zero: dict[int, str] = {}
-        self.shared = SharedChunks((), budget=0)
+        self.buffers = ByteBudget(config.buffer_budget)
+        self.shared = SharedChunks((), budget=self.buffers)
 
     async def run(
         self, manifest: Manifest, target: Path, *, overwrite: bool, delete: bool = False
@@ -122,7 +130,7 @@ class RestoreJob:
 
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
             refs = (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero))
-            return SharedChunks(refs, budget=self.config.concurrency * chunk_size)
+            return SharedChunks(refs, budget=self.buffers)
 
         zero = self.zero
         self.shared = await to_thread(count_uses)
@@ -183,9 +191,11 @@ class RestoreJob:
         if occupied and await self._in_place(parent, name, entry):
             return
         # The one chunk's hash was checked on fetching: it is the file's hash, so no second pass.
-        data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
-        digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
-        await settled(fs.write_whole, parent, name, entry, data, digest)
+        async with self.buffers.hold(entry.size):
+            data = await self._fetch(entry, 0, chunk_size) if entry.chunks else b""
+            digest = digest_of_ref(entry.chunks[0]) if entry.chunks else EMPTY_SHA256
+            await settled(fs.write_whole, parent, name, entry, data, digest)
+            del data
         self._file_done(entry)
 
     async def _start_file(
@@ -196,31 +206,71 @@ class RestoreJob:
         occupied: bool,
         chunk_size: int,
     ) -> None:
-        """A file of several chunks: fetched in parallel into a temporary file, placed by the
-        task whose chunk lands last. Chunks of zeros are not fetched nor written: holes."""
+        """A file of several chunks: fetched in parallel into a temporary file, hashed in order
+        as they land, placed by the task that hashes its last byte. Chunks of zeros are not
+        fetched nor written: holes. A chunk used only here is streamed to its place; one used
+        more than once is fetched whole, to be kept for its next use."""
         parent, name = await _parent(tree, entry)
         if occupied and await self._in_place(parent, name, entry):
             return
-        wanted = [
-            i for i, ref in enumerate(entry.chunks) if not self._is_hole(entry, i, ref, chunk_size)
+        holes = [
+            i for i, ref in enumerate(entry.chunks) if self._is_hole(entry, i, ref, chunk_size)
         ]
-        self.holes += len(entry.chunks) - len(wanted)
-        pending = _PendingFile(entry, parent, name, len(wanted))
+        self.holes += len(holes)
+        pending = _PendingFile(entry, parent, name, chunk_size)
         self.unfinished.add(pending)
         await settled(fs.create_temp, parent, pending.temp, entry.size, name)
-        if not wanted:  # all of it zeros: nothing to fetch
-            await self._finish_file(pending)
-            return
+        for index in holes:
+            if await pending.hash.landed(index, hole=True):  # all of it zeros: nothing to fetch
+                await self._finish_file(pending)
+                return
 
         async def fetch(index: int) -> None:
-            data = await self._fetch(entry, index, chunk_size)
-            await settled(fs.write_at, parent, pending.temp, index * chunk_size, data, name)
-            pending.remaining -= 1
-            if pending.remaining == 0:
+            if self._streamable(entry.chunks[index]):
+                await self._stream_into(pending, index, chunk_size)
+            else:
+                await self._fetch_whole_into(pending, index, chunk_size)
+            if await pending.hash.landed(index):
                 await self._finish_file(pending)
 
-        for index in wanted:
-            await pool.spawn(entry.path, partial(fetch, index))
+        for index in range(len(entry.chunks)):
+            if index not in holes:
+                await pool.spawn(entry.path, partial(fetch, index))
+
+    def _streamable(self, ref: str) -> bool:
+        """Whether chunk ``ref`` is streamed to its place: an object of its own that no other
+        use needs (a chunk used again is fetched whole, to be kept for that use)."""
+        return not self.shared.is_shared(ref)
+
+    async def _fetch_whole_into(self, pending: _PendingFile, index: int, chunk_size: int) -> None:
+        expected = min(chunk_size, pending.entry.size - index * chunk_size)
+        async with self.buffers.hold(expected):
+            data = await self._fetch(pending.entry, index, chunk_size)
+            await settled(
+                fs.write_at, pending.parent, pending.temp, index * chunk_size, data, pending.name
+            )
+            del data
+
+    async def _stream_into(self, pending: _PendingFile, index: int, chunk_size: int) -> None:
+        entry = pending.entry
+        ref = entry.chunks[index]
+        expected = min(chunk_size, entry.size - index * chunk_size)
+        async with self.buffers.hold(min(STREAM_HOLD, 2 * expected)):
+            await stream_chunk(
+                self.repo,
+                ref,
+                parent=pending.parent,
+                temp=pending.temp,
+                final=pending.name,
+                offset=index * chunk_size,
+                expected=expected,
+                path=entry.path,
+                label=f"chunk {index + 1}/{len(entry.chunks)} {ref[:12]}",
+            )
+        self.downloaded += 1
+        self.metrics.chunks.labels(OPERATION, "transferred").inc()
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(expected)
+        self.progress.advance(nbytes=expected)
 
     def _is_hole(self, entry: FileEntry, index: int, ref: str, chunk_size: int) -> bool:
         expected = min(chunk_size, entry.size - index * chunk_size)
@@ -265,7 +315,9 @@ class RestoreJob:
         return data
 
     async def _finish_file(self, pending: _PendingFile) -> None:
-        await settled(fs.check_and_place, pending.parent, pending.temp, pending.name, pending.entry)
+        size, sha256 = pending.hash.offset, pending.hash.digest.hexdigest()
+        await settled(fs.check_and_place, pending.parent, pending.temp, pending.name, pending.entry,
+                      size=size, sha256=sha256)  # fmt: skip
         self.unfinished.discard(pending)
         self._file_done(pending.entry)
 

@@ -2,8 +2,10 @@
 
 A backup names a chunk as often as its content recurs (the zero chunk of a sparse file, a file
 copied ten times). A restore or a deep verify would fetch it at every use; this keeps each such
-chunk from its first fetch until its last use, within a byte budget so memory stays bounded. A
-chunk that does not fit is fetched again at its next use, which is only ever slower, never wrong.
+chunk from its first fetch until its last use, within the job's byte budget (``budget.py``: a
+held chunk takes its bytes from it only if they are free at once, so keeping a chunk never makes
+a download wait). A chunk that does not fit is fetched again at its next use, which is only ever
+slower, never wrong.
 
 Chunks made only of zeros are never fetched at all: their content is known from their hash.
 """
@@ -15,6 +17,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
+from asyncbackup.budget import ByteBudget
 from asyncbackup.layout import digest_of_ref
 
 Fetch = Callable[[], Awaitable[bytes]]
@@ -35,13 +38,12 @@ def zero_digest(size: int) -> str:
 class SharedChunks:
     """Remaining uses of each chunk used more than once, and those held in memory for them."""
 
-    def __init__(self, refs: Iterable[str], *, budget: int) -> None:
+    def __init__(self, refs: Iterable[str], *, budget: ByteBudget) -> None:
         counts = Counter(refs)
         self._left = {ref: n for ref, n in counts.items() if n > 1}
         self._held: dict[str, bytes] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._budget = budget
-        self._holding = 0
         self.fetched = 0  # fetches made through ``get``
         self.reused = 0  # uses served from memory
 
@@ -56,13 +58,16 @@ class SharedChunks:
             if data is None:
                 data = await fetch()
                 self.fetched += 1
-                if self._holding + len(data) <= self._budget:
+                if self._left[ref] > 1 and self._budget.try_acquire(len(data)):
                     self._held[ref] = data
-                    self._holding += len(data)
             else:
                 self.reused += 1
             self._used(ref)
         return data
+
+    def is_shared(self, ref: str) -> bool:
+        """Whether ``ref`` has uses still to come besides one (so it is worth keeping)."""
+        return ref in self._left
 
     def skip(self, refs: Iterable[str]) -> None:
         """Count uses that will not happen (a file found already in place)."""
@@ -77,7 +82,7 @@ class SharedChunks:
             self._locks.pop(ref, None)
             data = self._held.pop(ref, None)
             if data is not None:
-                self._holding -= len(data)
+                self._budget.release(len(data))
 
 
 def is_zero_chunk(ref: str, size: int, zero: dict[int, str]) -> bool:

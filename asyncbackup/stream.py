@@ -96,9 +96,15 @@ async def store_stream(job: BackupJob, pool: TaskPool, source: StreamSource) -> 
                 continue
             job.scheduled.add(digest)
             label = f"chunk {len(chunks)} {digest[:12]}"
-            await pool.spawn(
-                source.filename, partial(job.upload, source.filename, digest, data, label)
-            )
+            # Paid for once read (a pipe's length is not known before): the budget bounds what
+            # waits for an upload, plus the one chunk in hand.
+            held = await job.buffers.acquire(len(data))
+            upload = partial(job.upload, source.filename, digest, data, label, held)
+            try:
+                await pool.spawn(source.filename, upload)
+            except BaseException:
+                job.buffers.release(held)
+                raise
     except SourceError as exc:
         pool.record(source.filename, exc)  # named in the failure, as a file's read error is
         raise

@@ -188,13 +188,16 @@ def write_whole(parent: Directory, final: str, entry: FileEntry, data: bytes, sh
             raise
 
 
-def check_and_place(parent: Directory, temp: str, final: str, entry: FileEntry) -> None:
-    """Check the whole temporary file's size and sha256, then put it in place."""
+def check_and_place(
+    parent: Directory, temp: str, final: str, entry: FileEntry, *, size: int, sha256: str
+) -> None:
+    """Check the temporary file's size and sha256 (hashed as its chunks landed: ``size`` and
+    ``sha256``) and its length on disk, then put it in place."""
     with writing(parent.path / final):
         fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
         try:
-            size, sha256 = _hash_fd(fd)
             check(entry, size, sha256)
+            check(entry, os.fstat(fd).st_size, sha256)  # nothing wrote past its end
             _finish_file(fd, entry, parent, temp)
         finally:
             os.close(fd)

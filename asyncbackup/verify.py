@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import partial
 
+from asyncbackup.budget import ByteBudget
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import BackupError, IntegrityError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
@@ -77,7 +78,7 @@ class VerifyJob:
         self.users: dict[str, list[str]] = {}  # ref -> the files that need it
         self.failed: dict[str, BackupError] = {}  # ref -> why it could not be read
         self.bad_files: dict[str, str] = {}
-        self.shared = SharedChunks((), budget=0)
+        self.shared = SharedChunks((), budget=ByteBudget(1))
 
     async def run(self, name: str | None, *, deep: bool) -> VerifyReport:
         """Check backup ``name`` (or all); damage is reported, not raised.
@@ -144,7 +145,7 @@ class VerifyJob:
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
             refs = (ref for f in files for ref in f.entry.chunks if ref not in missing)
             largest = max((f.chunk_size for f in files), default=0)
-            return SharedChunks(refs, budget=self.config.concurrency * largest)
+            return SharedChunks(refs, budget=ByteBudget(max(1, self.config.concurrency * largest)))
 
         self.shared = await to_thread(count_uses)
         for ref in missing:
@@ -202,7 +203,8 @@ class VerifyJob:
     async def _check_large(self, file: _File) -> None:
         digest = hashlib.sha256()
         size = 0
-        window = max(1, self.config.concurrency)
+        # Chunks fetched ahead of the hashing, within the byte budget (at least one).
+        window = max(1, min(self.config.concurrency, self.config.buffer_budget // file.chunk_size))
         ahead: list[asyncio.Task[bytes | None]] = []
         count = len(file.entry.chunks)
         try:

@@ -12,6 +12,8 @@ a throttled store:
     cut_request  send the server the head and half the body, then reset both connections
     cut_body     forward, then send the headers and half the body, and close
     stall_body   forward, then send the headers and half the body, and nothing more
+    flip_body    forward, then send the whole answer with one byte of its body flipped (a
+                 body damaged on the way, which no length check notices)
     hang         forward nothing and never answer (until the proxy stops)
     latency      wait ``seconds`` before forwarding (the request itself succeeds)
 
@@ -173,7 +175,7 @@ class FaultProxy:
     ) -> bool:
         """Answer one request; False when the client connection is done with."""
         kind = fault.kind if fault is not None else None
-        if kind not in (None, "latency", "cut_body", "stall_body"):
+        if kind not in (None, "latency", "cut_body", "stall_body", "flip_body"):
             self.injected[kind] += 1  # the others are counted once the answer says what they did
         if kind in ("reset", "cut_request"):
             if kind == "cut_request":
@@ -193,7 +195,14 @@ class FaultProxy:
         if kind == "reset_late":
             _reset(writer)
             return False
-        if kind in ("cut_body", "stall_body"):
+        if kind == "flip_body" and answer:
+            self.injected[kind] += 1
+            damaged = bytearray(answer)
+            damaged[len(damaged) // 2] ^= 0xFF
+            writer.write(status_head + bytes(damaged))
+            await writer.drain()
+            return True
+        if kind in ("cut_body", "stall_body", "flip_body"):
             if not answer:  # the answer to a HEAD, or a 204: nothing to cut, so reset instead
                 self.injected["reset_late"] += 1
                 _reset(writer)

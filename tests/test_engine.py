@@ -286,9 +286,13 @@ async def test_the_commit_refuses_chunks_never_confirmed_stored(
     """The last guard of the commit: a job whose bookkeeping lost an upload commits nothing."""
 
     class ForgetfulJob(BackupJob):
-        async def upload(self, path: str, digest: str, data: bytes, label: str) -> None:
+        async def upload(
+            self, path: str, digest: str, data: bytes, label: str, held: int = 0
+        ) -> None:
             if path != "big.bin":
-                await super().upload(path, digest, data, label)
+                await super().upload(path, digest, data, label, held)
+            else:
+                self.buffers.release(held)  # forgotten, but its buffer is let go
 
     memory = MemoryStorage()
     engine = BackupEngine(memory, fast_config(), sleep=sleep)

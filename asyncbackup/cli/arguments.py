@@ -22,10 +22,15 @@ from asyncbackup.cli.groups import (
     add_shared_options,
     add_store,
 )
-from asyncbackup.cli.values import parse_duration, parse_size, target_dir
+from asyncbackup.cli.values import parse_duration, parse_share, parse_size, target_dir
 from asyncbackup.compression import CODECS
 from asyncbackup.config import DEFAULT_CHUNK_SIZE
-from asyncbackup.defaults import DEFAULT_GRACE, DEFAULT_LOCK_WAIT, DEFAULT_STDIN_NAME
+from asyncbackup.defaults import (
+    DEFAULT_GRACE,
+    DEFAULT_LOCK_WAIT,
+    DEFAULT_MAX_UNUSED,
+    DEFAULT_STDIN_NAME,
+)
 from asyncbackup.storage.options import READABLE_STORAGE_CLASSES, SERVER_SIDE_ENCRYPTION
 
 
@@ -180,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
         "selects by them",
     )
 
+    backup.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="back up only shard K (from 0) of N of SOURCE_DIR and write its shard record; "
+        "'commit' then makes the backup (docs/scaleout.md)",
+    )
+    backup.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="the number of shards, with --shard-index-env (one shard) or --dask (all of them)",
+    )
+    backup.add_argument(
+        "--shard-index-env",
+        metavar="VAR",
+        help="take K from the variable VAR: JOB_COMPLETION_INDEX (Kubernetes Indexed Job), "
+        "SLURM_ARRAY_TASK_ID, AWS_BATCH_JOB_ARRAY_INDEX, or any",
+    )
+
     restore = add_command(
         commands, "restore", "restore a backup", offers={CONCURRENCY, BWLIMIT, METRICS},
         description="Restore backup NAME from STORE into TARGET_DIR. Every chunk's hash and "
@@ -215,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATTERN",
         help="do not restore the entries this gitignore-style pattern matches (repeatable)",
+    )
+
+    commit = add_command(
+        commands, "commit", "make one backup from the shard records of --shard runs",
+        offers={CONCURRENCY, METRICS},
+        description="Check the N shard records of backup NAME (same source and options, no "
+        "path twice, every chunk stored), write its MANIFEST, and remove the records. A "
+        "missing or failed shard exits 1 naming it, and nothing is committed.",
+    )  # fmt: skip
+    add_store(commit)
+    commit.add_argument("--name", required=True, help="the backup the shards were run for")
+    commit.add_argument(
+        "--shards", type=int, required=True, metavar="N", help="how many shards it was split in"
     )
 
     listing = add_command(
@@ -351,9 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
         "running (default 24h)",
     )
     prune.add_argument(
+        "--max-unused",
+        type=parse_share,
+        default=DEFAULT_MAX_UNUSED,
+        metavar="SHARE",
+        help="repack a pack once more than SHARE of its bytes is used by no remaining backup: "
+        "its live chunks are copied into new packs and it is deleted (default 10%%; 0%% "
+        "repacks every partly used pack; 'unlimited' never repacks, and packs no backup uses "
+        "are still deleted)",
+    )
+    prune.add_argument(
+        "--max-repack-size",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="copy at most SIZE of live chunks into new packs in one prune, the most wasteful "
+        "packs first; the rest wait for the next prune (default: no limit)",
+    )
+    prune.add_argument(
         "--dry-run", action="store_true", help="say what would be removed, and remove nothing"
     )
-    for command in (backup, delete, prune):
+    for command in (backup, commit, delete, prune):
         command.add_argument(
             "--lock-wait",
             type=parse_duration,

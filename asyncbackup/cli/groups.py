@@ -15,6 +15,7 @@ from pathlib import Path
 from asyncbackup.cli.values import bandwidth_rate, fault_rate, parse_size
 from asyncbackup.config import (
     DEFAULT_BASE_DELAY,
+    DEFAULT_BUFFER_BUDGET,
     DEFAULT_MAX_MANIFEST_SIZE,
     EngineConfig,
     RetryPolicy,
@@ -71,6 +72,15 @@ def add_shared_options(parser: CommandParser) -> None:
                 type=bandwidth_rate,
                 metavar="RATE",
                 help="cap chunk uploads and downloads at RATE bytes/s, e.g. 512K or 10M (MiB/s)",
+            )
+            # Offered with --bwlimit: both concern the commands that move chunk data.
+            transfers.add_argument(
+                "--buffer-budget",
+                type=parse_size,
+                default=DEFAULT_BUFFER_BUDGET,
+                metavar="SIZE",
+                help="file data held in memory at once: read ahead of uploads, fetched ahead "
+                "of writes (default 128M; at least 1M)",
             )
     if METRICS in parser.offers:
         _add_metrics_options(parser.add_argument_group("metrics options"))

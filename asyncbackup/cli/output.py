@@ -9,12 +9,14 @@ from dataclasses import asdict
 
 from asyncbackup import show
 from asyncbackup.backup import BackupSummary
+from asyncbackup.commit import CommitSummary
 from asyncbackup.diff import BackupDiff
 from asyncbackup.engine import BackupInfo, VerifyReport
 from asyncbackup.locks import UnlockReport
 from asyncbackup.manifest import Manifest
 from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
+from asyncbackup.shards import ShardSummary
 
 log = logging.getLogger("asyncbackup")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNINGS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -22,6 +24,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNINGS, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 def report(args: argparse.Namespace, result: object) -> int:
     """Print or log what ``result`` says, for a person or a script; the exit code."""
+    if isinstance(result, ShardSummary | CommitSummary):
+        return _report_shards(args, result)
     if isinstance(result, BackupSummary):
         b = result
         since = f" since {b.parent}" if b.parent else ", no parent"
@@ -90,6 +94,42 @@ def report(args: argparse.Namespace, result: object) -> int:
         )
     else:
         log.info("deleted backup %s (its chunks stay until a prune)", args.name)
+    return EXIT_OK
+
+
+def _report_shards(args: argparse.Namespace, result: ShardSummary | CommitSummary) -> int:
+    if isinstance(result, ShardSummary):
+        b = result.backup
+        log.info(
+            "shard %s of backup %s recorded in %s%s: %d files (%d unchanged), %d dirs, %d links; "
+            "%s of %s read, %d chunks uploaded (%s), %d already stored; %d retries; %.1fs; "
+            "the backup exists once 'asyncbackup commit' has taken every shard",
+            result.shard, b.name, result.record, " (a re-run)" if result.rerun else "",
+            b.files, b.unchanged, b.dirs, b.symlinks, _mib(b.bytes_read), _mib(b.bytes),
+            b.chunks_uploaded, _mib(b.bytes_uploaded), b.chunks_skipped, b.retries, b.seconds,
+        )  # fmt: skip
+        warnings = len(b.warnings)
+    else:
+        c = result
+        verb = "was committed already" if c.already else "committed"
+        log.info(
+            "backup %s %s from %d shards: %d files, %d dirs, %d links, %s, %d chunks; %.1fs",
+            c.name, verb, c.shards, c.files, c.dirs, c.symlinks, _mib(c.bytes), c.chunks,
+            c.seconds,
+        )  # fmt: skip
+        for index, where in enumerate(c.where):
+            log.info("shard %d/%d ran on %s", index, c.shards, where)
+        warnings = len(c.warnings)
+    if getattr(args, "json", False):
+        print(json.dumps(asdict(result), indent=1, default=str))
+    else:
+        print(result.backup.name if isinstance(result, ShardSummary) else result.name)
+    if warnings:
+        log.warning(
+            "%d files were skipped or stored while changing ('asyncbackup show' lists them once "
+            "committed): exit %d", warnings, EXIT_WARNINGS,
+        )  # fmt: skip
+        return EXIT_WARNINGS
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from typing import Any
 
@@ -19,16 +19,18 @@ from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
-from asyncbackup.config import DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.config import DEFAULT_BUFFER_BUDGET, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
 from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
 from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
+from asyncbackup.packuse import RepackPolicy
 from asyncbackup.patterns import read_pattern_files
 from asyncbackup.progress import BarProgress, LogProgress, NoProgress
 from asyncbackup.retention import RetentionPolicy
+from asyncbackup.shards import ShardSpec, index_from_environment
 from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
 from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
 from asyncbackup.stream import DEFAULT_STDIN_NAME, command_output, read_stdin
@@ -104,6 +106,7 @@ async def _run(args: argparse.Namespace) -> int:
         config = EngineConfig(
             concurrency=getattr(args, "concurrency", EngineConfig().concurrency),
             max_manifest_size=args.max_manifest_size,
+            buffer_budget=getattr(args, "buffer_budget", DEFAULT_BUFFER_BUDGET),
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
@@ -222,6 +225,33 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def shard_of_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ShardSpec | None:
+    """The one shard a backup command runs (``--shard K/N``, or ``--shards N`` with
+    ``--shard-index-env VAR``), or None for a whole backup.
+
+    Raises:
+        ConfigError: the options do not name one shard, or a sharded backup has no --name.
+    """
+    if args.shard is None and args.shards is None and args.shard_index_env is None:
+        return None
+    if args.shard is not None:
+        if args.shards is not None or args.shard_index_env is not None:
+            raise ConfigError("--shard K/N names one shard: leave out --shards and "
+                              "--shard-index-env")  # fmt: skip
+        shard = ShardSpec.parse(args.shard)
+    elif args.shards is None:
+        raise ConfigError("--shard-index-env needs --shards N, the number of shards")
+    elif args.shard_index_env is None:
+        raise ConfigError("--shards N needs --shard-index-env VAR (one shard, its index from "
+                          "VAR) or --dask ADDRESS (every shard, on a Dask cluster)")  # fmt: skip
+    else:
+        shard = index_from_environment(args.shard_index_env, args.shards, environ)
+    if args.name is None:
+        raise ConfigError("a sharded backup needs --name: every shard and the commit must name "
+                          "the same backup")  # fmt: skip
+    return shard
+
+
 def progress_for(
     args: argparse.Namespace, *, interactive: bool
 ) -> BarProgress | LogProgress | NoProgress:
@@ -234,6 +264,8 @@ def progress_for(
 
 async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
     if args.command == "backup" and str(args.source) == "-":
+        if shard_of_args(args, os.environ) is not None:
+            raise ConfigError("a backup from standard input ('-') cannot be split into shards")
         return await _backup_stream(args, engine)
     if args.command == "backup":
         if args.stdin_name is not None or args.stdin_from_command is not None:
@@ -259,7 +291,14 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             changes=changes,
             tags=tuple(args.tag),
         )
+        shard = shard_of_args(args, os.environ)
+        if shard is not None:
+            return await engine.backup_shard(
+                args.source, name=args.name, shard=shard, options=options
+            )
         return await engine.backup(args.source, name=args.name, options=options)
+    if args.command == "commit":
+        return await engine.commit(args.name, shards=args.shards)
     if args.command == "cat":
         await engine.restore_file(args.name, args.path, _write_stdout)
         return None
@@ -296,7 +335,8 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             sources=tuple(args.source),
             tags=tuple(tuple(check_tag(t) for t in tags.split(",")) for tags in args.tag),
         )
-        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run)
+        repack = RepackPolicy(max_unused=args.max_unused, max_repack_bytes=args.max_repack_size)
+        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run, repack=repack)
     if args.command == "unlock":
         return await engine.unlock(force=args.force)
     await engine.delete(args.name)

@@ -21,6 +21,22 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * unit
 
 
+_SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%?")
+
+
+def parse_share(text: str) -> float | None:
+    """'10%' or '10' as 0.1; 'unlimited' as None (no limit)."""
+    if text.strip().lower() == "unlimited":
+        return None
+    match = _SHARE.fullmatch(text.strip())
+    if not match or float(match.group(1)) >= 100:
+        raise argparse.ArgumentTypeError(
+            f"invalid share {text!r}: use a percentage below 100, e.g. 10%, 0% or 2.5%, or "
+            "'unlimited'"
+        )
+    return float(match.group(1)) / 100
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -61,6 +62,18 @@ class Storage(ABC):
         Raises:
             ObjectNotFoundError: no such key.
         """
+
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        """The bytes stored under ``key``, in order, a piece at a time as they arrive, so the
+        caller can write them out without holding the object whole. Close it when done early
+        (``contextlib.aclosing``): a store releases its connection then. Stores that can
+        stream override this; by default the object is read whole by ``get`` and given as one
+        piece.
+
+        Raises:
+            ObjectNotFoundError: no such key (on the first piece).
+        """
+        yield await self.get(key)
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         """Return up to ``length`` bytes of ``key`` from offset ``start`` (fewer at its end).

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Literal, TypeVar
 
 from asyncbackup.errors import ConfigError, TransientStorageError
@@ -75,6 +76,15 @@ class FaultyStorage(Storage):
     async def get(self, key: str) -> bytes:
         return await self._call("get", key, lambda: self.inner.get(key))
 
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        # Drawn as a get: a seeded run faults the same downloads, streamed or not.
+        fault = await self._before("get", key)
+        async with aclosing(self.inner.stream(key)) as pieces:
+            async for piece in pieces:
+                yield piece
+        if fault == "fail_after":
+            raise TransientStorageError(f"injected fault after get {key}")
+
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         return await self._call("list", prefix, lambda: self.inner.list_objects(prefix, token))
 
@@ -111,7 +121,8 @@ class FaultyStorage(Storage):
             return "fail_after" if rng.random() < self._after_share else "fail_before"
         return None
 
-    async def _call(self, operation: str, key: str, run: Callable[[], Awaitable[T]]) -> T:
+    async def _before(self, operation: str, key: str) -> Fault | None:
+        """Draw this call's fault and do what comes before the operation; the fault drawn."""
         fault = self._draw(operation, key)
         if self._latency:
             await self._sleep(self._latency)
@@ -121,6 +132,10 @@ class FaultyStorage(Storage):
             await asyncio.Event().wait()  # until the caller's timeout cancels us
         if fault == "fail_before":
             raise TransientStorageError(f"injected fault before {operation} {key}")
+        return fault
+
+    async def _call(self, operation: str, key: str, run: Callable[[], Awaitable[T]]) -> T:
+        fault = await self._before(operation, key)
         result = await run()
         if fault == "fail_after":
             raise TransientStorageError(f"injected fault after {operation} {key}")

@@ -32,7 +32,7 @@ import inspect
 import io
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal
@@ -195,6 +195,20 @@ class GCSStorage(Storage):
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         return await self._download(key, {"Range": f"bytes={start}-{start + length - 1}"})
+
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        client = await self._gcs()
+        try:
+            async with self._mapped(key, about="object"):
+                stream = await client.download_stream(
+                    self.bucket, self.prefix + key, timeout=self._timeout
+                )
+                async with stream as response:  # the connection is released on every way out
+                    while piece := await response.content.read(READ_PIECE):
+                        yield piece
+        except ObjectNotFoundError:
+            await self._check_bucket()  # GCS says 404 for a missing bucket as well
+            raise
 
     async def _download(self, key: str, headers: dict[str, str] | None) -> bytes:
         client = await self._gcs()

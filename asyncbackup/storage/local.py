@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,8 @@ MARKER = "asyncbackup-store"
 """The file that marks a directory as a store, written by the first backup. A directory with a
 ``backups/`` or ``chunks/`` directory is one too: stores made before the marker existed."""
 _MARKER_TEXT = b"An asyncbackup store: see docs/design.md. Do not edit what is here.\n"
+STREAM_PIECE = 1024 * 1024
+"""What one read of a streamed object takes from the file."""
 TEMP_PREFIX = ".tmp-"
 """Objects are written under this name first; listings skip it, keys may not start with '.'."""
 
@@ -91,6 +93,20 @@ class LocalStorage(Storage):
         with _mapped_errors(self.url, key):
             return await to_thread(_read_range, path, start, length)
 
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        path = self.path_of(key)
+        offset = 0
+        while True:
+            # One thread call per piece, each opening the file: no descriptor is left open by
+            # a consumer that stops early or is cancelled. A chunk's bytes never change.
+            with _mapped_errors(self.url, key):
+                piece = await to_thread(_read_range, path, offset, STREAM_PIECE)
+            if piece:
+                yield piece
+            if len(piece) < STREAM_PIECE:
+                return
+            offset += len(piece)
+
     async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
         with _mapped_errors(self.url, prefix):
             objects = await to_thread(self._list, prefix, with_stat=True)
@@ -112,9 +128,15 @@ class LocalStorage(Storage):
             self._dirty_dirs.add(path.parent)
             # Leave no empty directories behind (backups/<name>/ once its MANIFEST is gone).
             parent = path.parent
-            while parent != self.root and not await to_thread(os.listdir, parent):
-                await to_thread(os.rmdir, parent)
-                parent = parent.parent
+            try:
+                while parent != self.root and not await to_thread(os.listdir, parent):
+                    await to_thread(os.rmdir, parent)
+                    parent = parent.parent
+            except (FileNotFoundError, OSError) as exc:
+                # A concurrent delete removed it first, or a write put something in it since:
+                # either way our object is gone, which is all a delete promises.
+                if not isinstance(exc, FileNotFoundError) and exc.errno != errno.ENOTEMPTY:
+                    raise
 
     async def sync(self) -> None:
         dirs, self._dirty_dirs = self._dirty_dirs, set()

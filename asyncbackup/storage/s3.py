@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import AsyncExitStack, aclosing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -219,6 +219,13 @@ class S3Storage(Storage):
         lean = await self._lean_path()
         with _mapped_errors(self.url, key):
             return await lean.get(self.prefix + key)
+
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        lean = await self._lean_path()
+        with _mapped_errors(self.url, key):
+            async with aclosing(lean.stream(self.prefix + key)) as pieces:
+                async for piece in pieces:
+                    yield piece
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         s3 = await self._s3()

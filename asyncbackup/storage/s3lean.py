@@ -22,7 +22,7 @@ import hmac
 import os
 import ssl
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from hashlib import sha256
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -153,6 +153,21 @@ class LeanRequests:
                 raise await _client_error(answer, "GetObject")
             pieces = [piece async for piece in answer.content.iter_chunked(READ_PIECE)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def stream(self, key: str) -> AsyncGenerator[bytes, None]:
+        """The bytes stored under ``key`` (the full key), a piece at a time as they arrive.
+
+        Raises:
+            botocore.exceptions.ClientError: the server answered with an error (NoSuchKey...).
+            aiohttp.ClientError, TimeoutError: the request or its answer was lost or cut short.
+        """
+        url = self.target.url(key)
+        signed = await self._signed("GET", url, {})
+        async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
+            if answer.status != 200:
+                raise await _client_error(answer, "GetObject")
+            async for piece in answer.content.iter_chunked(READ_PIECE):
+                yield piece
 
     async def _signed(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
         # Asked every time: botocore refreshes credentials that near their expiry here, and

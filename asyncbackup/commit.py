@@ -1,0 +1,316 @@
+"""``commit``: check every shard record of a backup, write its one MANIFEST, remove the records.
+
+Under a shared repository lock (a prune waits; other backups and shards go on):
+
+1. Read the records ``shards/<name>/0..N-1.record`` (one listing of ``shards/<name>/``, then a
+   GET each). A record missing (its shard failed, or never ran), damaged or edited refuses the
+   commit, naming each shard and where it ran or started.
+2. Check them against each other: the same backup, shard count, source and options; every path
+   taken by the shard it belongs to (``shard_of``), hence no path twice; the merged entries a
+   valid tree (parsed back as a restore would).
+3. Check that every chunk they name is stored: one listing of ``chunks/``. Between a shard's end
+   and this commit no lock protected them; prune keeps the chunks records name, and this check
+   makes the commit safe whatever happened meanwhile (a prune of an older version, a lifecycle
+   rule, a chunk deleted by hand). Under this commit's lock, no prune removes one until after
+   the MANIFEST is written.
+4. Write the MANIFEST (create-only, as a backup's commit), then remove the records and start
+   markers. Its ``job_id`` is derived from the records, so a commit re-run after it wrote the
+   MANIFEST but before it removed the records recognises its own MANIFEST and finishes.
+
+Nothing is committed unless every check passes; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from asyncbackup.errors import (
+    BackupFailed,
+    ConfigError,
+    FailedItem,
+    ManifestError,
+    StorageError,
+    TransientStorageError,
+)
+from asyncbackup.layout import SHARDS, manifest_key, shard_key
+from asyncbackup.locks import RepositoryLock
+from asyncbackup.manifest import FileEntry, Manifest, SourceWarning
+from asyncbackup.progress import Progress, phase
+from asyncbackup.repository import Repository
+from asyncbackup.shard_records import ShardRecord, read_record
+from asyncbackup.shards import SHARDED_HOST, ShardSpec, shard_of
+from asyncbackup.threads import to_thread
+
+log = logging.getLogger("asyncbackup")
+OPERATION = "commit"
+
+
+@dataclass(frozen=True)
+class CommitSummary:
+    """The backup a commit wrote, and the shards it took."""
+
+    name: str
+    shards: int
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    chunks: int
+    seconds: float
+    where: tuple[str, ...]  # where each shard ran, by index
+    warnings: tuple[SourceWarning, ...] = ()
+    already: bool = False  # the MANIFEST was there: an earlier run of this commit wrote it
+
+
+class CommitJob:
+    """Commits backup ``name`` from its ``count`` shard records; see the module docstring."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        concurrency: int,
+        progress: Progress,
+        lock: RepositoryLock,
+    ) -> None:
+        self.repo = repo
+        self.concurrency = concurrency
+        self.progress = progress
+        self.lock = lock
+
+    async def run(self, name: str, count: int) -> CommitSummary:
+        """Commit backup ``name`` from its ``count`` shards.
+
+        Raises:
+            ConfigError: ``count`` is out of range, or another backup of this name exists.
+            BackupFailed: a shard record is missing, damaged, inconsistent with the others, or
+                names a chunk that is not stored; or the store failed. Nothing was committed
+                (unless the message says the commit was not confirmed).
+            LockError: a prune held the lock for longer than the lock wait.
+        """
+        ShardSpec(0, count)  # refuses a count out of range
+        started = time.monotonic()
+        try:
+            async with self.lock:
+                summary = await self._locked_run(name, count)
+        except StorageError as exc:
+            raise BackupFailed(OPERATION, [FailedItem(self.repo.store.url, exc)]) from exc
+        return replace(summary, seconds=time.monotonic() - started)
+
+    async def _locked_run(self, name: str, count: int) -> CommitSummary:
+        phase(self.progress, "reading the shard records")
+        present = set(await self.repo.list_keys(f"{SHARDS}{name}/"))
+        records, problems = await self._read_records(name, count, present)
+        if await self.repo.has_backup(name):
+            return await self._committed_already(name, count, records, present)
+        problems += _inconsistencies(name, count, records)
+        if problems:
+            raise BackupFailed(
+                OPERATION,
+                problems,
+                hint=f"run the shards named again (each reuses what it stored), then commit "
+                f"again; 'asyncbackup backup ... --shard K/{count}' runs shard K",
+            )
+        manifest = await to_thread(_merge, name, records)
+        phase(self.progress, "checking every chunk is stored")
+        stored = await self.repo.stored_refs()
+        lost = _unstored(records, stored)
+        if lost:
+            raise BackupFailed(
+                OPERATION,
+                lost,
+                hint="run the shards named again (they upload what is missing), then commit again",
+            )
+        phase(self.progress, "committing")
+        await self.lock.check()
+        try:
+            await self.repo.commit(manifest)
+        except TransientStorageError as exc:
+            raise BackupFailed(
+                OPERATION,
+                [FailedItem(manifest_key(name), exc)],
+                hint="run the same commit again: it finishes what this one began",
+                outcome="its commit was not confirmed",
+            ) from exc
+        await self._remove(present)
+        return _summary(manifest, records)
+
+    async def _read_records(
+        self, name: str, count: int, present: set[str]
+    ) -> tuple[list[ShardRecord], list[FailedItem]]:
+        records: dict[int, ShardRecord] = {}
+        problems: dict[int, FailedItem] = {}
+        room = asyncio.Semaphore(self.concurrency)
+
+        async def read(index: int) -> None:
+            key = shard_key(name, index)
+            if key not in present:
+                problems[index] = FailedItem(key, ManifestError(await self._absent(name, index)))
+                return
+            async with room:
+                try:
+                    record = await read_record(self.repo, name, index)
+                except ManifestError as exc:  # its message names the record
+                    problems[index] = FailedItem("", exc)
+                    return
+            if record is None:
+                problems[index] = FailedItem(key, ManifestError("removed while commit ran"))
+            else:
+                records[index] = record
+
+        async with asyncio.TaskGroup() as group:
+            for index in range(count):
+                group.create_task(read(index))
+        ordered = [records[i] for i in sorted(records)]
+        return ordered, [problems[i] for i in sorted(problems)]
+
+    async def _absent(self, name: str, index: int) -> str:
+        marker = shard_key(name, index, started=True)
+        try:
+            started = await self.repo.get_object(marker, action="read shard marker")
+        except StorageError:
+            return f"shard {index} has no record: it never ran, or never started here"
+        where = started.decode("utf-8", "replace").strip()
+        return f"shard {index} has no record: it started ({where}) and did not finish"
+
+    async def _committed_already(
+        self, name: str, count: int, records: list[ShardRecord], present: set[str]
+    ) -> CommitSummary:
+        """The MANIFEST exists: ours (an earlier run of this commit wrote it and stopped before
+        removing the records), or another backup's of the same name.
+
+        Raises:
+            ConfigError: it is another backup's.
+        """
+        manifest = await self.repo.load_manifest(name)
+        mine = len(records) == count and manifest.job_id == _job_id(records)
+        if records and not mine:
+            raise ConfigError(
+                f"a backup named {name!r} exists already in {self.repo.store.url}, not made from "
+                f"these shard records; they stay: delete that backup, or run the shards again "
+                "under another --name"
+            )
+        log.info("backup %s was committed already; removing its shard records", name)
+        await self._remove(present)
+        return replace(_summary(manifest, records), already=True)
+
+    async def _remove(self, keys: set[str]) -> None:
+        # Records and markers go only after the MANIFEST names every chunk they named.
+        async with asyncio.TaskGroup() as group:
+            for key in sorted(keys):
+                group.create_task(self.repo.delete_object(key))
+
+
+def _inconsistencies(name: str, count: int, records: list[ShardRecord]) -> list[FailedItem]:
+    """What makes the records not one backup: a list of problems, empty when they agree."""
+    problems: list[FailedItem] = []
+    if not records:
+        return problems
+    first = records[0]
+
+    def refuse(record: ShardRecord, why: str) -> None:
+        problems.append(FailedItem(record.key, ManifestError(f"{why} ({record.where})")))
+
+    seen: dict[str, int] = {}
+    for record in records:
+        m = record.manifest
+        if m.name != name or record.count != count or record.key != shard_key(name, record.index):
+            refuse(record, f"it is shard {record.index}/{record.count} of backup {m.name!r}, "
+                   f"not a shard of {name!r} in {count}")  # fmt: skip
+            continue
+        if m.source != first.manifest.source:
+            refuse(record, f"its source {m.source} differs from shard {first.index}'s "
+                   f"{first.manifest.source}")  # fmt: skip
+        if record.options != first.options:
+            differ = sorted(
+                k for k in {*record.options, *first.options}
+                if record.options.get(k) != first.options.get(k)
+            )  # fmt: skip
+            refuse(record, f"its options differ from shard {first.index}'s: {', '.join(differ)}")
+        for entry in m.entries:
+            if shard_of(entry.path, count) != record.index:
+                owner = shard_of(entry.path, count)
+                why = f"it holds {entry.path!r}, which belongs to shard {owner}"
+                refuse(record, f"{why}: the record was edited or damaged")
+                break
+            if entry.path in seen:
+                refuse(record, f"{entry.path!r} is in shard {seen[entry.path]} too")
+                break
+            seen[entry.path] = record.index
+    return problems
+
+
+def _unstored(records: list[ShardRecord], stored: set[str]) -> list[FailedItem]:
+    lost: list[FailedItem] = []
+    for record in records:
+        for entry in record.manifest.entries:
+            missing = [ref for ref in entry.chunks if ref not in stored]
+            if missing:
+                why = (f"chunk {missing[0]} of {entry.path!r} (shard {record.index}, "
+                       f"{record.where}) is not in the store")  # fmt: skip
+                lost.append(FailedItem(record.key, ManifestError(why)))
+                break
+    return lost
+
+
+def _job_id(records: list[ShardRecord]) -> str:
+    """The MANIFEST's job id: the same for the same records, so a re-run commit knows its own."""
+    joined = "\n".join(f"{r.index}:{r.manifest.job_id}" for r in records)
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def _merge(name: str, records: list[ShardRecord]) -> Manifest:
+    """One MANIFEST from the records (blocking: run in a thread), parsed back as a restore would
+    read it, so a merged tree that is not valid (a path beneath a link of another shard) is
+    refused here, not at restore time.
+
+    Raises:
+        BackupFailed: the merged tree is not valid.
+    """
+    first = records[0].manifest
+    entries: list[FileEntry] = sorted(
+        (e for r in records for e in r.manifest.entries), key=lambda e: e.path
+    )
+    parents = {r.manifest.parent for r in records}
+    manifest = Manifest(
+        name=name,
+        job_id=_job_id(records),
+        started=min(r.manifest.started for r in records),
+        finished=max(r.manifest.finished for r in records),
+        host=SHARDED_HOST,
+        source=first.source,
+        chunk_size=first.chunk_size,
+        entries=tuple(entries),
+        compression=first.compression,
+        warnings=tuple(
+            sorted((w for r in records for w in r.manifest.warnings), key=lambda w: w.path)
+        ),
+        excludes=first.excludes,
+        tags=first.tags,
+        parent=parents.pop() if len(parents) == 1 else "",
+    )
+    try:
+        Manifest.from_json(manifest.to_bytes(), where=manifest_key(name))
+    except ManifestError as exc:
+        raise BackupFailed(OPERATION, [FailedItem(manifest_key(name), exc)]) from exc
+    return manifest
+
+
+def _summary(manifest: Manifest, records: list[ShardRecord]) -> CommitSummary:
+    t = manifest.totals
+    return CommitSummary(
+        name=manifest.name,
+        shards=len(records),
+        files=t.files,
+        dirs=t.dirs,
+        symlinks=t.symlinks,
+        bytes=t.bytes,
+        chunks=t.unique_chunks,
+        seconds=0.0,
+        where=tuple(r.where for r in records),
+        warnings=manifest.warnings,
+    )
