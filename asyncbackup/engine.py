@@ -11,9 +11,11 @@ import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from asyncbackup import restore_shards
 from asyncbackup.backup import BackupJob, BackupSummary, Clock, default_name, utc_clock
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.bandwidth import Bandwidth
@@ -25,6 +27,8 @@ from asyncbackup.diff import BackupDiff, diff
 from asyncbackup.errors import (
     BackupFailed,
     ConfigError,
+    FailedItem,
+    ManifestError,
 )
 from asyncbackup.layout import check_backup_name
 from asyncbackup.locks import (
@@ -345,6 +349,40 @@ class BackupEngine:
         expect(self.progress, files=manifest.totals.files, nbytes=manifest.totals.bytes)
         run = job.run(manifest, Path(target), overwrite=overwrite, delete=delete)
         return await self._timed("restore", run)
+
+    @_on_own_threads
+    async def restore_shard(
+        self, name: str, target: str | Path, *, shard: ShardSpec | None
+    ) -> RestoreSummary:
+        """Restore shard ``shard``'s files of backup ``name`` into ``target``, beside the other
+        shards (as ``overwrite`` does); with ``shard`` None, the last step once every shard is
+        done: leftovers, empty directories, symlinks, directory modes and mtimes, after a
+        check that every file is in place (see restore_shards.py).
+
+        Raises:
+            ManifestError: no such backup, or its MANIFEST is corrupt or unsafe.
+            BackupFailed: a chunk was missing or corrupt, or (the last step) a file is missing
+                from the target: a shard did not finish.
+        """
+        repo = self._repository("restore")
+        manifest = await repo.load_manifest(check_backup_name(name))
+        job = RestoreJob(repo, self.config, self.metrics, self.progress)
+        if shard is not None:
+            part = await to_thread(restore_shards.part_of, manifest, shard)
+            expect(self.progress, files=part.totals.files, nbytes=part.totals.bytes)
+            run = job.run(part, Path(target), overwrite=True, sweep_leftovers=False)
+            return replace(await self._timed("restore", run), name=f"{name} (shard {shard})")
+        missing = await to_thread(restore_shards.missing_files, manifest, Path(target))
+        if missing:
+            error = ManifestError(
+                f"{len(missing)} files of backup {name} are not in {target} (the first: "
+                f"{missing[0]!r}): a shard did not finish; run it again, then this step"
+            )
+            raise BackupFailed("restore", [FailedItem("", error)], outcome="nothing was changed")
+        rest = await to_thread(restore_shards.last_step_of, manifest)
+        summary = await self._timed("restore", job.run(rest, Path(target), overwrite=True))
+        totals = manifest.totals
+        return replace(summary, files=totals.files, bytes=totals.bytes)
 
     @_on_own_threads
     async def manifest(self, name: str) -> Manifest:

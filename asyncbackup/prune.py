@@ -68,7 +68,7 @@ from asyncbackup.layout import (
 )
 from asyncbackup.locks import EXCLUSIVE, RepositoryLock
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, Manifest
-from asyncbackup.packuse import LivePacks, RepackPolicy, plan_packs
+from asyncbackup.packuse import DEFAULT_PACK_SIZE, LivePacks, RepackPolicy, plan_packs
 from asyncbackup.pool import TaskPool
 from asyncbackup.prune_report import PruneReport
 from asyncbackup.repack import Repacker
@@ -100,7 +100,10 @@ class PruneJob:
         repack: RepackPolicy | None = None,
     ) -> None:
         self.repo = repo
-        self.repack = repack if repack is not None else RepackPolicy()
+        repack = repack if repack is not None else RepackPolicy()
+        if repack.pack_size is None:  # new packs as large as the engine's backups make them
+            repack = replace(repack, pack_size=getattr(config, "pack_size", DEFAULT_PACK_SIZE))
+        self.repack = repack
         self.config = config
         self.policy = policy
         self.grace = grace
@@ -112,6 +115,11 @@ class PruneJob:
         # One str per ref, shared by every backup that names it: 30 backups of 100,000 chunks
         # then cost 30 sets of pointers, not 3 million strings.
         self._interned: dict[str, str] = {}
+
+    @property
+    def pack_size(self) -> int:
+        assert self.repack.pack_size is not None  # set in __init__
+        return self.repack.pack_size
 
     async def run(self) -> PruneReport:
         """Prune the store.
@@ -183,9 +191,7 @@ class PruneJob:
         if not self.dry_run:
             await self._delete_checked(orphans, label="INDEX")
         leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
-        new_packs = (
-            len(written) if not self.dry_run else -(-plan.repack_live // self.repack.pack_size)
-        )
+        new_packs = len(written) if not self.dry_run else -(-plan.repack_live // self.pack_size)
         return PruneReport(
             dry_run=self.dry_run,
             grace=self.grace,
@@ -207,6 +213,7 @@ class PruneJob:
             packs_young=plan.young,
             bytes_packs_young=plan.bytes_young,
             packs_over_cap=len(plan.skipped),
+            packs_small=plan.small,
         )
 
     async def _read_indexes(self, staying: dict[str, _Backup]) -> LivePacks:

@@ -65,7 +65,7 @@ from asyncbackup.errors import IntegrityError
 from asyncbackup.layout import digest_of_ref, pack_key
 from asyncbackup.locks import RepositoryLock
 from asyncbackup.packs import Pack, Place, build_pack
-from asyncbackup.packuse import LivePacks, RepackPolicy
+from asyncbackup.packuse import DEFAULT_PACK_SIZE, LivePacks, RepackPolicy
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
 from asyncbackup.retry import Transfer
@@ -116,6 +116,7 @@ class Repacker:
         self.lock = lock
         self.delete = delete
         self.concurrency = concurrency
+        self.pack_size = policy.pack_size or DEFAULT_PACK_SIZE
         self.moved: dict[tuple[str, int], Place] = {}  # (old pack, offset) -> new place
         self.new_packs: dict[str, int] = {}
         self._new_place: dict[str, Place] = {}  # ref -> where it went: written once
@@ -177,7 +178,7 @@ class Repacker:
         elif ref in self._waiting:  # a copy of it is in the batch
             self._waiting[ref].append(old)
         else:
-            if self._batch and self._batch_bytes + len(stored) > self.policy.pack_size:
+            if self._batch and self._batch_bytes + len(stored) > self.pack_size:
                 self._full.append(self._take_batch())
             self._batch.append((ref, stored, raw_length))
             self._batch_bytes += len(stored)

@@ -93,11 +93,18 @@ class RestoreJob:
         self.shared = SharedChunks((), budget=self.buffers)
 
     async def run(
-        self, manifest: Manifest, target: Path, *, overwrite: bool, delete: bool = False
+        self,
+        manifest: Manifest,
+        target: Path,
+        *,
+        overwrite: bool,
+        delete: bool = False,
+        sweep_leftovers: bool = True,
     ) -> RestoreSummary:
         """Restore ``manifest`` into ``target``. With ``overwrite``, files already in place
         with the right size and sha256 are kept, not fetched; with ``delete`` too, entries of
-        the target that the backup does not have are removed first.
+        the target that the backup does not have are removed first. ``sweep_leftovers``:
+        remove the temporary files of killed restores (not while other shards restore beside us).
 
         Raises:
             ConfigError: the target is a file, or is not empty and ``overwrite`` is False.
@@ -109,7 +116,9 @@ class RestoreJob:
         started = time.monotonic()
         tree, occupied = await settled(fs.prepare, target, overwrite or delete)
         leftovers = deleted = 0
-        if occupied:
+        # Not while other processes restore other shards into the same target: their
+        # temporary files would look like leftovers (restore_shards.py).
+        if occupied and sweep_leftovers:
             leftovers = await settled(fs.remove_leftovers, tree, manifest.entries)
             if leftovers:
                 log.info(

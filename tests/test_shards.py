@@ -108,6 +108,43 @@ def test_shards_by_hand_then_commit_restore_identically(
     assert again.returncode == EXIT_OK and "was committed already" in again.stderr
 
 
+def restore_command(url: str, name: str, target: Path) -> list[str]:
+    """Exactly the command docs/scaleout.md's restore Indexed Job runs in each pod."""
+    return [
+        sys.executable, "-m", "asyncbackup", "restore", url, name, str(target),
+        "--shards", str(SHARDS), "--shard-index-env", "JOB_COMPLETION_INDEX",
+    ]  # fmt: skip
+
+
+def test_a_restore_by_shards_then_finish_restores_identically(
+    store: StoreUnderTest, tree: Path, tmp_path: Path
+) -> None:
+    url = store.url("repo")
+    run_shards(tree, url, "b", range(SHARDS))
+    assert cli("commit", url, "--name", "b", "--shards", str(SHARDS)).returncode == EXIT_OK
+    target = tmp_path / "restored"
+    envs = [{**os.environ, "JOB_COMPLETION_INDEX": str(i)} for i in range(SHARDS)]
+    first = subprocess.run(
+        restore_command(url, "b", target), cwd=ROOT, env=envs[0], capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert first.returncode == EXIT_OK, first.stderr
+    early = cli("restore", url, "b", target, "--finish")
+    assert early.returncode == EXIT_FAILED
+    assert "a shard did not finish; run it again, then this step" in early.stderr
+    processes = [
+        subprocess.Popen(restore_command(url, "b", target), cwd=ROOT, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for env in envs[1:]
+    ]  # fmt: skip
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == EXIT_OK, err
+    finish = cli("restore", url, "b", target, "--finish")
+    assert finish.returncode == EXIT_OK, finish.stderr
+    assert_same_tree(tree, target)
+
+
 def test_a_killed_shard_is_named_and_its_rerun_reuses_what_it_stored(
     store: StoreUnderTest, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ import asyncbackup.storage
 from tests.servers import Server
 
 ROOT = Path(__file__).resolve().parents[1]
-SDKS = {"aiobotocore", "botocore", "aiohttp", "gcloud", "boto3"}
+SDKS = {"aiobotocore", "botocore", "aiohttp", "gcloud", "boto3", "distributed", "dask"}
 HEAVY = {"asyncio", "prometheus_client", "tqdm", "aiofiles", "zstandard.backend_cffi"}
 
 

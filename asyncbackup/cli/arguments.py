@@ -185,24 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "selects by them",
     )
 
-    backup.add_argument(
-        "--shard",
-        metavar="K/N",
-        help="back up only shard K (from 0) of N of SOURCE_DIR and write its shard record; "
-        "'commit' then makes the backup (docs/scaleout.md)",
-    )
-    backup.add_argument(
-        "--shards",
-        type=int,
-        metavar="N",
-        help="the number of shards, with --shard-index-env (one shard) or --dask (all of them)",
-    )
-    backup.add_argument(
-        "--shard-index-env",
-        metavar="VAR",
-        help="take K from the variable VAR: JOB_COMPLETION_INDEX (Kubernetes Indexed Job), "
-        "SLURM_ARRAY_TASK_ID, AWS_BATCH_JOB_ARRAY_INDEX, or any",
-    )
+    _add_shard_options(backup, "back up", "'commit' then makes the backup")
 
     restore = add_command(
         commands, "restore", "restore a backup", offers={CONCURRENCY, BWLIMIT, METRICS},
@@ -224,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete",
         action="store_true",
         help="like --overwrite, and remove what the backup does not have (as rsync --delete)",
+    )
+    _add_shard_options(restore, "restore", "after every shard, one run with --finish")
+    restore.add_argument(
+        "--finish",
+        action="store_true",
+        help="the last step of a restore by --shard runs: check every file is in place, then "
+        "create empty directories and symlinks and set directory modes and mtimes",
     )
     restore.add_argument(
         "--include",
@@ -433,6 +423,42 @@ def build_parser() -> argparse.ArgumentParser:
         add_shared_options(command)
     environment.document(parser)
     return parser
+
+
+def _add_shard_options(parser: CommandParser, verb: str, then: str) -> None:
+    """--shard, --shards, --shard-index-env and --dask: one operation made by many processes
+    (docs/scaleout.md)."""
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help=f"{verb} only shard K (from 0) of N; {then} (docs/scaleout.md)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="the number of shards, with --shard-index-env (one shard) or --dask (all of them)",
+    )
+    parser.add_argument(
+        "--shard-index-env",
+        metavar="VAR",
+        help="take K from the variable VAR: JOB_COMPLETION_INDEX (Kubernetes Indexed Job), "
+        "SLURM_ARRAY_TASK_ID, AWS_BATCH_JOB_ARRAY_INDEX, or any",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the --shards N shards as tasks on this dask.distributed scheduler "
+        "(tcp://HOST:8786), whose workers see the same paths; needs asyncbackup[dask]",
+    )
+    parser.add_argument(
+        "--dask-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="times Dask runs a failed shard again (default %(default)s); a worker that dies "
+        "has its shard run elsewhere anyway",
+    )
 
 
 def parse_args(

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from asyncbackup import show
 from asyncbackup.backup import BackupSummary
 from asyncbackup.commit import CommitSummary
+from asyncbackup.dask_run import ClusterSummary
 from asyncbackup.diff import BackupDiff
 from asyncbackup.engine import BackupInfo, VerifyReport
 from asyncbackup.locks import UnlockReport
@@ -26,6 +27,8 @@ def report(args: argparse.Namespace, result: object) -> int:
     """Print or log what ``result`` says, for a person or a script; the exit code."""
     if isinstance(result, ShardSummary | CommitSummary):
         return _report_shards(args, result)
+    if isinstance(result, ClusterSummary):
+        return _report_cluster(args, result)
     if isinstance(result, BackupSummary):
         b = result
         since = f" since {b.parent}" if b.parent else ", no parent"
@@ -97,7 +100,9 @@ def report(args: argparse.Namespace, result: object) -> int:
     return EXIT_OK
 
 
-def _report_shards(args: argparse.Namespace, result: ShardSummary | CommitSummary) -> int:
+def _report_shards(
+    args: argparse.Namespace, result: ShardSummary | CommitSummary, *, out: bool = True
+) -> int:
     if isinstance(result, ShardSummary):
         b = result.backup
         log.info(
@@ -120,9 +125,9 @@ def _report_shards(args: argparse.Namespace, result: ShardSummary | CommitSummar
         for index, where in enumerate(c.where):
             log.info("shard %d/%d ran on %s", index, c.shards, where)
         warnings = len(c.warnings)
-    if getattr(args, "json", False):
+    if out and getattr(args, "json", False):
         print(json.dumps(asdict(result), indent=1, default=str))
-    else:
+    elif out:
         print(result.backup.name if isinstance(result, ShardSummary) else result.name)
     if warnings:
         log.warning(
@@ -130,6 +135,30 @@ def _report_shards(args: argparse.Namespace, result: ShardSummary | CommitSummar
             "committed): exit %d", warnings, EXIT_WARNINGS,
         )  # fmt: skip
         return EXIT_WARNINGS
+    return EXIT_OK
+
+
+def _report_cluster(args: argparse.Namespace, result: ClusterSummary) -> int:
+    for run in result.shards:
+        log.info(
+            "shard %d/%d ran on Dask worker %s (host %s, pid %d)%s: %d files, %s, %d chunks "
+            "%s; %.1fs",
+            run.index, len(result.shards), run.worker, run.host, run.pid,
+            " (a re-run)" if run.rerun else "", run.files, _mib(run.bytes),
+            run.chunks_uploaded, "uploaded" if result.operation == "backup" else "downloaded",
+            run.seconds,
+        )  # fmt: skip
+    log.info(
+        "%s %s: %d shards on %d Dask workers of %s; %.1fs",
+        result.operation, result.name, len(result.shards), len(result.workers),
+        result.scheduler, result.seconds,
+    )  # fmt: skip
+    if getattr(args, "json", False):
+        print(json.dumps(asdict(result), indent=1, default=str))
+    elif result.operation == "backup":
+        print(result.name)
+    if result.commit is not None:
+        return _report_shards(argparse.Namespace(json=False, quiet=True), result.commit, out=False)
     return EXIT_OK
 
 

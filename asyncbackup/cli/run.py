@@ -12,8 +12,11 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, nullcontext
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from asyncbackup.backup import default_name
 from asyncbackup.backup_options import BackupOptions, ChangeDetection, check_tag
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
@@ -232,6 +235,15 @@ def shard_of_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Shard
     Raises:
         ConfigError: the options do not name one shard, or a sharded backup has no --name.
     """
+    if args.dask is not None:
+        if args.shard is not None or args.shard_index_env is not None:
+            raise ConfigError("--dask runs every shard: give --shards N, not --shard or "
+                              "--shard-index-env")  # fmt: skip
+        if args.shards is None:
+            raise ConfigError("--dask needs --shards N: how many tasks to split the job in (a "
+                              "few per worker balance the work)")  # fmt: skip
+        ShardSpec(0, args.shards)  # a count out of range is refused here
+        return None
     if args.shard is None and args.shards is None and args.shard_index_env is None:
         return None
     if args.shard is not None:
@@ -246,10 +258,67 @@ def shard_of_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Shard
                           "VAR) or --dask ADDRESS (every shard, on a Dask cluster)")  # fmt: skip
     else:
         shard = index_from_environment(args.shard_index_env, args.shards, environ)
-    if args.name is None:
+    if args.command == "backup" and args.name is None:
         raise ConfigError("a sharded backup needs --name: every shard and the commit must name "
                           "the same backup")  # fmt: skip
     return shard
+
+
+async def _backup_on_dask(
+    args: argparse.Namespace, engine: BackupEngine, options: BackupOptions
+) -> object:
+    from asyncbackup.dask_run import backup_on_dask
+
+    name = args.name if args.name is not None else default_name()
+    return await backup_on_dask(
+        args.dask,
+        count=args.shards,
+        retries=args.dask_retries,
+        opener=partial(_open_store, args),
+        config=engine.config,
+        locking=engine.locking,
+        options=options,
+        source=args.source,
+        name=name,
+        progress=engine.progress,
+        commit=partial(engine.commit, name, shards=args.shards),
+    )
+
+
+async def _restore_by_shards(
+    args: argparse.Namespace, engine: BackupEngine, shard: ShardSpec | None
+) -> object:
+    if args.delete or args.include or args.exclude:
+        raise ConfigError("a restore by shards restores every file: --delete, --include and "
+                          "--exclude need a restore in one process")  # fmt: skip
+    if args.finish and (shard is not None or args.dask is not None):
+        raise ConfigError("--finish is the last step, run alone once every --shard restore "
+                          "is done (--dask runs it itself)")  # fmt: skip
+    if args.dask is None:
+        return await engine.restore_shard(args.name, args.target, shard=shard)
+    from asyncbackup.dask_run import restore_on_dask
+
+    target = Path(args.target)
+    if not args.overwrite and await asyncio.to_thread(_holds_anything, target):
+        raise ConfigError(f"restore target {target} is not empty: give an empty or new "
+                          "directory, or --overwrite")  # fmt: skip
+    return await restore_on_dask(
+        args.dask,
+        count=args.shards,
+        retries=args.dask_retries,
+        opener=partial(_open_store, args),
+        config=engine.config,
+        name=args.name,
+        target=target,
+        progress=engine.progress,
+    )
+
+
+def _holds_anything(path: Path) -> bool:
+    try:
+        return any(path.iterdir())
+    except FileNotFoundError:
+        return False
 
 
 def progress_for(
@@ -292,6 +361,8 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
             tags=tuple(args.tag),
         )
         shard = shard_of_args(args, os.environ)
+        if args.dask is not None:
+            return await _backup_on_dask(args, engine, options)
         if shard is not None:
             return await engine.backup_shard(
                 args.source, name=args.name, shard=shard, options=options
@@ -303,6 +374,9 @@ async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
         await engine.restore_file(args.name, args.path, _write_stdout)
         return None
     if args.command == "restore":
+        shard = shard_of_args(args, os.environ)
+        if args.dask is not None or shard is not None or args.finish:
+            return await _restore_by_shards(args, engine, shard)
         return await engine.restore(
             args.name,
             args.target,
