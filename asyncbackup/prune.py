@@ -46,6 +46,7 @@ between the two. ``--grace 0`` is safe beside locked backups.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -185,7 +186,7 @@ class PruneJob:
             repacker = Repacker(
                 self.repo, live, policy=self.repack, lock=self.lock,
                 delete=partial(self._delete_checked, label="pack"),
-                concurrency=self.config.concurrency,
+                concurrency=self.config.concurrency, buffer_budget=self.config.buffer_budget,
             )  # fmt: skip
             written = (await repacker.run(plan.repack)).new_packs
         if not self.dry_run:
@@ -224,6 +225,7 @@ class PruneJob:
             ManifestError: an INDEX cannot be read; nothing was deleted.
         """
         live = LivePacks()
+        folding = asyncio.Lock()
         broken: dict[str, str] = {}
 
         async def read(name: str, backup: _Backup) -> None:
@@ -232,7 +234,8 @@ class PruneJob:
             except ManifestError as exc:
                 broken[name] = str(exc)
                 return
-            await to_thread(live.fold, name, index, chunk_size=backup.chunk_size)
+            async with folding:  # one fold at a time: they update the same dicts
+                await to_thread(live.fold, name, index, chunk_size=backup.chunk_size)
             staying[name] = replace(backup, refs=backup.refs - index.places.keys())
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:
