@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from asyncbackup.errors import ManifestError
+from asyncbackup.layout import BACKUPS, INDEX, name_of_manifest_key, source_mark_of_key
 from asyncbackup.packs import Pack, PackIndex, build_pack
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
@@ -124,4 +125,43 @@ async def places_of(repo: Repository, names: Iterable[str], *, listed: set[str])
     async with asyncio.TaskGroup() as group:
         for name in names:
             group.create_task(read(name))
+    return found
+
+
+async def packed_elsewhere(repo: Repository) -> PackIndex:
+    """What a backup without a trusted parent (a first backup of its host and source,
+    ``--force``, a stream) may take as stored in packs: the places given by the INDEX of the
+    newest committed backup of each host and source, in packs a listing of ``packs/`` shows.
+
+    Which backups: one listing of ``backups/`` names each backup's MANIFEST (committed), its
+    INDEX (it packed chunks) and its source mark (host and source hashed, and its finish time:
+    ``layout.source_mark_key``), so no MANIFEST head is read. A backup without a mark (an older
+    version's) counts as a group of its own. Cost: ``B/1000 + P/1000`` listing pages and one
+    GET per group that packed (``B`` backups, ``P`` packs); docs/design.md, "Packs".
+    """
+    committed: set[str] = set()
+    indexed: set[str] = set()
+    marks: dict[str, tuple[str, str]] = {}  # name -> (group, finish stamp)
+    async for page in repo.object_pages(BACKUPS):
+        for info in page:
+            name = name_of_manifest_key(info.key)
+            if name is not None:
+                committed.add(name)
+            elif (mark := source_mark_of_key(info.key)) is not None:
+                marks[mark[0]] = max(marks.get(mark[0], mark[1:]), mark[1:])
+            elif info.key.endswith("/" + INDEX) and info.key.count("/") == 2:
+                indexed.add(info.key.split("/")[1])
+    newest: dict[str, tuple[str, str]] = {}  # group -> (stamp, name)
+    for name in committed & indexed:
+        group, stamp = marks.get(name, (f"unmarked {name}", ""))
+        newest[group] = max(newest.get(group, (stamp, name)), (stamp, name))
+    if not newest:
+        return PackIndex()
+    listed = await repo.pack_ids()
+    names = sorted(name for _, name in newest.values())
+    found = await places_of(repo, names, listed=listed)
+    log.info(
+        "backup: %d packed chunks in %d packs, from the INDEX of %d backups",
+        len(found), len(found.pack_sizes), len(names),
+    )  # fmt: skip
     return found
