@@ -99,7 +99,11 @@ async def test_small_chunks_go_into_packs_and_everything_restores(
     small_bytes = sum(p.stat().st_size for p in source.rglob("*.txt")) + 700
     assert len(packs) == small_bytes // SMALL_CHUNK + 1  # about 64 KiB each, the last less
     assert summary.chunks_uploaded == manifest.totals.unique_chunks == 60 + 4
-    assert await any_store.keys("c/backups/") == ["c/backups/b/INDEX", "c/backups/b/MANIFEST"]
+    backups = await any_store.keys("c/backups/")
+    assert [k for k in backups if "/SOURCE." not in k] == [
+        "c/backups/b/INDEX",
+        "c/backups/b/MANIFEST",
+    ]
 
 
 async def test_one_pack_is_one_put_and_the_index_is_written_before_the_manifest(
@@ -519,11 +523,12 @@ async def test_a_local_backup_of_many_small_files_writes_a_few_files(tmp_path: P
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert summary.files == 2000 and summary.chunks_uploaded == 2000
     # Each object is one file written and fsynced (local.py), so these are all the fsyncs of
-    # files: one pack, the INDEX, the MANIFEST, and the store's marker.
+    # files: one pack, the INDEX, the MANIFEST, the backup's source mark and the store's marker.
     assert written == [
         "asyncbackup-store",
         "backups/b/INDEX",
         "backups/b/MANIFEST",
+        *[w for w in written if w.startswith("backups/b/SOURCE.")],
         *[w for w in written if w.startswith("packs/")],
     ]
     assert len([w for w in written if w.startswith("packs/")]) == 1
