@@ -247,7 +247,7 @@ class BackupJob:
                 excluder_for, source, self.repo.store.url, self.options.excludes
             )
         phase(self.progress, "reading and uploading")
-        if self.config.pack_threshold and self.packs:
+        if self._packs_on:
             self.packer = Packer(
                 self.repo,
                 pack_size=self.config.pack_size,
@@ -431,15 +431,22 @@ class BackupJob:
             phase(self.progress, "listing the store")
             refs = await self.repo.stored_refs(on_page=self._listed)
             log.info("backup: %d chunks already in the store", len(refs))
-            self.places = await packed_elsewhere(self.repo)
-            refs |= self.places.places.keys()
+            if self._packs_on:
+                self.places = await packed_elsewhere(self.repo)
+                refs |= self.places.places.keys()
             self.trusted = refs
-        if not self.packs and self.places:  # it writes no INDEX: it may name chunk objects only
+        if not self._packs_on and self.places:  # it writes no INDEX: it may name chunk objects only
             refs = refs - self.places.places.keys()
             self.places = PackIndex()
             self.trusted = refs
         self.stored = preferred_refs(refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
+
+    @property
+    def _packs_on(self) -> bool:
+        """Whether this job packs (and so may name packed chunks); with packs off
+        (``--pack-threshold 0``) it stores and names chunk objects only, as before packs."""
+        return self.packs and self.config.pack_threshold > 0
 
     def _pack_stored(self, pack: Pack) -> None:
         """A pack's upload is confirmed: each of its chunks is stored, at its place."""

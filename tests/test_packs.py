@@ -535,3 +535,24 @@ async def test_a_local_backup_of_many_small_files_writes_a_few_files(tmp_path: P
     assert len(fsyncs) < 10  # the directories, once each
     await BackupEngine(LocalStorage(root)).restore("b", tmp_path / "out")
     assert_same_tree(source, tmp_path / "out")
+
+
+async def test_packs_off_after_a_packed_parent_names_chunk_objects_only(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    """``--pack-threshold 0`` means one object per chunk, as before packs: a backup whose
+    parent is packed reads again the files whose chunks lie in packs, and writes no INDEX."""
+    source = small_tree(tmp_path / "src", files=10)
+    store = MemoryStorage()
+    await engine(store, sleep).backup(source, name="packed")
+    off = EngineConfig(concurrency=4, chunk_size=SMALL_CHUNK, pack_threshold=0)
+    summary = await engine(store, sleep, off).backup(source, name="objects")
+    manifest = await engine(store, sleep).manifest("objects")
+    # Every file has a packed chunk (big.bin its tail), so each is read again; big.bin's three
+    # full chunks are objects already and are reused.
+    assert summary.parent == "packed" and summary.unchanged == 0
+    assert summary.chunks_uploaded == 10 + 1 and summary.chunks_skipped == 3
+    assert manifest.format_version == 3 and index_key("objects") not in store.objects
+    assert {f"chunks/{r}" for r in manifest.refs()} <= set(store.objects)
+    await engine(store, sleep).restore("objects", tmp_path / "out")
+    assert_same_tree(source, tmp_path / "out")
