@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import subprocess
@@ -68,11 +69,6 @@ def create_bucket(endpoint: str) -> None:
     asyncio.run(create())
 
 
-def _warm() -> None:
-    import asyncbackup.engine
-    import asyncbackup.storage.s3  # noqa: F401
-
-
 class Cluster:
     """``dask scheduler`` and ``workers`` ``dask worker`` processes, stopped by PID."""
 
@@ -96,7 +92,8 @@ class Cluster:
             client.wait_for_workers(workers, timeout=60)
             # Warm, as a long-lived cluster's workers are after their first backup: the engine
             # and the S3 client imported once (about 0.7 s of a cold worker's first task).
-            client.run(_warm)
+            for module in ("asyncbackup.engine", "asyncbackup.storage.s3"):
+                client.run(importlib.import_module, module)
 
     def stop(self) -> None:
         """Workers first (a worker whose scheduler is gone keeps trying to reach it), then the
@@ -188,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(), "files": args.files, "size_kib": args.size_kib,
         "concurrency": args.concurrency, "runs": runs,
     }  # fmt: skip
-    save(args.out, "scaleout", result, table)
+    save(args.out, f"scaleout-{args.files}x{args.size_kib}k", result, table)
 
 
 if __name__ == "__main__":
