@@ -93,9 +93,15 @@ def test_shards_by_hand_then_commit_restore_identically(
     assert len(set(taken.values())) == SHARDS  # each shard had work
     assert all(shard_of(path, SHARDS) == index for path, index in taken.items())
 
+    kept = asyncio.run(store.read(records[0]))
     done = cli("commit", url, "--name", "nightly", "--shards", str(SHARDS))
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout.strip() == "nightly"
+    # A commit that stopped while removing the records: the next one finishes the removal.
+    asyncio.run(store.write(records[0], kept))
+    finished = cli("commit", url, "--name", "nightly", "--shards", str(SHARDS))
+    assert finished.returncode == EXIT_OK, finished.stderr
+    assert "was committed already" in finished.stderr
     assert keys(store, "repo/shards/") == []  # records and start markers removed
     listing = json.loads(cli("list", url, "--json").stdout)
     assert [(b["name"], b["host"], b["source"]) for b in listing] == [
