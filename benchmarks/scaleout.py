@@ -9,7 +9,9 @@ this machine, sharing its cores), always at the same total concurrency.
 
 Each run gets a fresh server and delay line (nothing is deduplicated against an earlier run),
 and each round runs every contender in a rotated order, so a slower moment of a shared machine
-hits them alike. The time of a run is the command's wall time, from start to exit: the Dask
+hits them alike. CPU seconds are the command's own (``os.wait4``) plus, for Dask, what the
+scheduler and workers spent meanwhile (``/proc``): steadier than wall time on a shared machine.
+The time of a run is the command's wall time, from start to exit: the Dask
 runs include connecting to the scheduler, the shards, and the commit; the cluster's start is
 not timed (the issue's cluster already exists), and its workers have imported the engine once,
 as a long-lived cluster's have. Every run must exit 0 and list its backup.
@@ -34,6 +36,7 @@ from typing import Any
 from benchmarks.contenders import KEY, SECRET
 from benchmarks.delayline import DelayLine
 from benchmarks.report import RESULTS, command, machine, median_of, save
+from benchmarks.stores import cpu_seconds
 from tests.servers import Server, free_port, rclone_binary, start_rclone_s3
 
 BUCKET = "bench"
@@ -124,11 +127,19 @@ def one_run(contender: str, source: Path, concurrency: int, rclone: Path) -> dic
                 cluster = Cluster(workers, env)
                 argv += ["--dask", cluster.address, "--shards", str(workers),
                          "--concurrency", str(concurrency // workers)]  # fmt: skip
+            pids = [p.pid for p in cluster.processes] if cluster is not None else []
+            cluster_cpu = sum(cpu_seconds(pid) for pid in pids)
             started = time.monotonic()
-            result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-            seconds = time.monotonic() - started
-            if result.returncode != 0:
-                raise RuntimeError(f"{contender} exited {result.returncode}: {result.stderr}")
+            with tempfile.TemporaryFile() as log:
+                process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+                _, status, usage = os.wait4(process.pid, 0)  # its own CPU, once it exited
+                process.returncode = os.waitstatus_to_exitcode(status)
+                seconds = time.monotonic() - started
+                cpu = usage.ru_utime + usage.ru_stime
+                cpu += sum(cpu_seconds(pid) for pid in pids) - cluster_cpu
+                if process.returncode != 0:
+                    log.seek(0)
+                    raise RuntimeError(f"{contender} exited {process.returncode}: {log.read()!r}")
             listed = subprocess.run(
                 [sys.executable, "-m", "asyncbackup", "list", f"s3://{BUCKET}/repo", "--json",
                  "--addressing-style", "path"],
@@ -141,7 +152,7 @@ def one_run(contender: str, source: Path, concurrency: int, rclone: Path) -> dic
         if cluster is not None:
             cluster.stop()
         server.stop()
-    return {"contender": contender, "workers": workers, "seconds": seconds,
+    return {"contender": contender, "workers": workers, "seconds": seconds, "cpu": cpu,
             "requests": line.stats.get("requests", 0), "files": backups[0]["files"]}  # fmt: skip
 
 
@@ -167,17 +178,23 @@ def main(argv: list[str] | None = None) -> None:
                 run = one_run(contender, source, args.concurrency, rclone)
                 run["round"] = round_
                 runs.append(run)
-                print(f"round {round_} {contender}: {run['seconds']:.2f} s", flush=True)
+                print(f"round {round_} {contender}: {run['seconds']:.2f} s, "
+                      f"{run['cpu']:.2f} CPU s", flush=True)  # fmt: skip
     plain = median_of(runs, "seconds", contender="plain")
+    plain_cpu = median_of(runs, "cpu", contender="plain")
     rows = [
-        "| run | workers | concurrency each | wall (median) | vs plain |",
-        "|---|---:|---:|---:|---:|",
+        "| run | workers | concurrency each | wall (median) | vs plain | CPU s (median) "
+        "| vs plain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| plain, one process | - | {args.concurrency} | {plain:.2f} s | 1.00x | "
+        f"{plain_cpu:.2f} | 1.00x |",
     ]
-    rows.append(f"| plain, one process | - | {args.concurrency} | {plain:.2f} s | 1.00x |")
     for w in WORKERS:
         seconds = median_of(runs, "seconds", contender=f"dask-{w}")
+        cpu = median_of(runs, "cpu", contender=f"dask-{w}")
         rows.append(f"| Dask, {w} worker{'s' if w > 1 else ''} | {w} | {args.concurrency // w} | "
-                    f"{seconds:.2f} s | {seconds / plain:.2f}x |")  # fmt: skip
+                    f"{seconds:.2f} s | {seconds / plain:.2f}x | {cpu:.2f} | "
+                    f"{cpu / plain_cpu:.2f}x |")  # fmt: skip
     table = "\n".join(rows)
     print(table)
     result = {
