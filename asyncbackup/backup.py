@@ -9,6 +9,7 @@ import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -33,11 +34,11 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.excludes import Excluder, excluder_for
-from asyncbackup.layout import manifest_key
+from asyncbackup.layout import manifest_key, source_mark_key
 from asyncbackup.links import HardLinks
 from asyncbackup.locks import SHARED, RepositoryLock
 from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
-from asyncbackup.metadata import xattrs_of
+from asyncbackup.metadata import xattrs_of, xattrs_or_warn
 from asyncbackup.metrics import Metrics
 from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
@@ -45,7 +46,7 @@ from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
 from asyncbackup.stream import StreamSource, store_stream
 from asyncbackup.threads import to_thread
-from asyncbackup.walk import SourceEntry, walk
+from asyncbackup.walk import SourceEntry, walk_batches
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
@@ -126,6 +127,12 @@ class BackupJob:
         self.links = HardLinks()
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
+        # Entries final as they are: directories, links, and files unchanged since the parent
+        # (their chunks are the parent's refs), taken whole by the walk's worker thread.
+        self.ready: list[FileEntry] = []
+        # The refs an unchanged file may name: None, the parent's (trusted); else what a
+        # listing found, after the parent failed its spot check.
+        self.trusted: set[str] | None = None
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
         self.stored: dict[str, str] = {}
         self.scheduled: set[str] = set()  # stored, or on its way
@@ -225,10 +232,15 @@ class BackupJob:
                 await store_stream(self, pool, source)
             else:
                 assert excluder is not None
-                walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
-                async for entry in walking:
-                    if self._takes(entry):
-                        await self._add(pool, entry)
+                walking = walk_batches(
+                    source, decide=excluder.decide, unlistable=self._unlistable, take=self._take
+                )
+                async with aclosing(walking):
+                    async for batch in walking:
+                        self._took(batch.taken)
+                        for entry in batch.entries:
+                            if self._takes(entry):
+                                await self._add(pool, entry)
         if self.parent is not None:
             self.parent.forget()
         finished = self._now()
@@ -241,16 +253,22 @@ class BackupJob:
                     f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
                     "so nothing was committed; run the backup again"
                 )
-            linked, lost = self.links.entries({e.path: e for e in self.entries})
+            leaders = self.links.leaders()  # only they are looked up: no map of every entry
+            linked, lost = self.links.entries(
+                {e.path: e for e in self.entries if e.path in leaders}
+            )
             skipped = "{} is a hard link to {}, which was skipped; skipped too"
             lost_links = [SourceWarning(p, "unreadable", skipped.format(p, f)) for p, f in lost]
             for warning in lost_links:
                 log.warning("%s", warning.message)
             warnings = self.warnings + lost_links
-            entries = (
-                replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
-                for e in (*self.entries, *linked)
-            )
+            # Each entry is rebuilt only if a ref differs from its digest (a compressed chunk);
+            # the ready ones are final. Sorted in place: no second list of 100,000 entries.
+            entries = [_with_refs(e, stored) for e in (*self.entries, *linked)]
+            self.entries.clear()
+            entries += self.ready
+            self.ready.clear()
+            entries.sort(key=_path_of)
             return Manifest(
                 name=name,
                 job_id=uuid.uuid4().hex,
@@ -259,7 +277,7 @@ class BackupJob:
                 host=self.host,
                 source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
-                entries=tuple(sorted(entries, key=lambda e: e.path)),
+                entries=tuple(entries),
                 compression=self.config.compression.codec,
                 warnings=tuple(sorted(warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
@@ -302,6 +320,25 @@ class BackupJob:
                 "run the same command again: stored chunks are reused.",
                 outcome="its commit was not confirmed",
             ) from exc
+        await self._mark(manifest)
+
+    async def _mark(self, manifest: Manifest) -> None:
+        """Leave the committed backup's source mark (``catalog.find_newest``), so that the next
+        backup of this host and source finds it as its parent from a listing. After the
+        MANIFEST, by the job that committed it: a mark only ever names its own job's MANIFEST
+        (unless written by hand). Losing it costs the next backups one head read, no more:
+        the backup is committed, so a failure here is a warning."""
+        key = source_mark_key(
+            manifest.name, host=manifest.host, source=manifest.source, finished=manifest.finished
+        )
+        try:
+            await self.repo.put_object(key, b"", action="mark")
+        except StorageError as exc:
+            log.warning(
+                "backup %s is committed, but its mark %s could not be written (%s): the next "
+                "backups read its head to find their parent",
+                manifest.name, key, exc,
+            )  # fmt: skip
 
     async def _learn_stored(self) -> None:
         """Decide which chunks this backup may take as stored without uploading them: the one
@@ -344,6 +381,7 @@ class BackupJob:
             phase(self.progress, "listing the store")
             refs = await self.repo.stored_refs(on_page=self._listed)
             log.info("backup: %d chunks already in the store", len(refs))
+            self.trusted = refs
         self.stored = preferred_refs(refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
 
@@ -352,6 +390,47 @@ class BackupJob:
 
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
+
+    def _take(self, entry: SourceEntry) -> FileEntry | None:
+        """The final entry of a directory, a symlink, or a file unchanged since the parent;
+        None for what the loop must handle (files to read, hard links, special files). Runs in
+        the walk's worker thread, so an unchanged file costs the event loop nothing of its own:
+        it reads only the parent (not changed while the walk runs) and the job's settings."""
+        if not self._takes(entry):
+            return None  # another shard's: the loop leaves it out
+        st = entry.stat
+        if entry.kind == "file":
+            if self.parent is None or st.st_nlink > 1:  # hard links: ``self.links``, on the loop
+                return None
+            xattrs = xattrs_or_warn(entry.reachable) if self.options.xattrs else ()
+            return self.parent.reusable(entry.path, st, xattrs=xattrs, trusted=self.trusted)
+        if entry.kind not in ("dir", "symlink"):
+            return None
+        return FileEntry(
+            entry.path,
+            "dir" if entry.kind == "dir" else "symlink",
+            stat.S_IMODE(st.st_mode),
+            st.st_mtime_ns,
+            target=entry.target or "",
+            uid=st.st_uid,
+            gid=st.st_gid,
+            xattrs=xattrs_or_warn(entry.reachable) if self.options.xattrs else (),
+        )
+
+    def _took(self, taken: list[FileEntry]) -> None:
+        """Count what the walk's thread took whole: one update per batch, not per file."""
+        if not taken:
+            return
+        self.ready += taken
+        unchanged = sum(e.type == "file" for e in taken)
+        if unchanged:
+            self.unchanged += unchanged
+            self.progress.advance(files=unchanged)
+            self.metrics.files.labels(OPERATION, "unchanged").inc(unchanged)
+            if log.isEnabledFor(logging.DEBUG):
+                for e in taken:
+                    if e.type == "file":
+                        log.debug("unchanged %s (%d bytes, not read)", e.path, e.size)
 
     async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat
@@ -570,3 +649,16 @@ class BackupJob:
         self.bytes_uploaded += len(stored)  # what went over the wire: compressed, if it was
         self.metrics.chunks.labels(OPERATION, "transferred").inc()
         self.metrics.bytes.labels(OPERATION, "transferred").inc(len(stored))
+
+
+def _path_of(entry: FileEntry) -> str:
+    return entry.path
+
+
+def _with_refs(entry: FileEntry, stored: dict[str, str]) -> FileEntry:
+    """``entry`` naming each chunk by its ref in the store (its digest, or with a codec's
+    suffix), rebuilt only when one differs."""
+    if not entry.chunks:
+        return entry
+    refs = tuple(stored[d] for d in entry.chunks)
+    return entry if refs == entry.chunks else replace(entry, chunks=refs)

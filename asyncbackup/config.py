@@ -69,8 +69,8 @@ class EngineConfig:
     ``buffer_budget`` (``budget.py``), whatever the concurrency and the chunk size: each buffer
     takes its bytes from the budget before it is filled and gives them back once it is gone.
     One buffer larger than the whole budget (a chunk bigger than it) still proceeds, alone.
-    A restore streams each large chunk to its place in the file, holding one write block
-    (``fetch.WRITE_BLOCK``) per download, not the chunk.
+    A restore streams each large chunk to its place in the file, holding ``fetch.STREAM_HOLD``
+    (768 KiB) per download, not the chunk.
 
     With ``compression``, a chunk being uploaded also holds its encoded copy (never larger than
     the chunk): a backup takes twice the chunk's length from the budget. Add one codec context

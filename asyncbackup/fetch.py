@@ -1,9 +1,10 @@
 """A restore's large chunks, streamed from the store to their place in the file.
 
 A chunk of a large file is never held whole: its download is read a piece at a time
-(``Storage.stream``), gathered into blocks of ``WRITE_BLOCK`` bytes, and each block is decoded
-(if the chunk is compressed: zstd and gzip both decode as a stream, in bounded pieces), hashed
-and written at its offset in the file's temporary copy in one worker-thread call. When the
+(``Storage.stream``), the pieces gathered (not copied) until they make ``WRITE_BLOCK`` bytes,
+and each such batch is decoded (if the chunk is compressed: zstd and gzip both decode as a
+stream, in bounded pieces), hashed and written at its offset in the file's temporary copy in
+one worker-thread call. When the
 stream ends, the chunk's length and sha256 are checked. So a download holds one block, however
 large the chunk, and a restore's memory follows its concurrency, not its chunk size.
 
@@ -21,9 +22,10 @@ What a failed check means:
 
 The whole file's sha256 (``OrderedHash``) is computed as the chunks land, in order: as soon as
 the chunks before it have landed, a verified chunk's range is hashed from the page cache of the
-file just written, in a worker thread, while the other downloads go on. No pass over the whole
-file is left for the end, and the file is placed only if that hash and its size match the
-MANIFEST, as before.
+file just written, in a worker thread, while the other downloads go on; its writeback to disk is
+started then too (``POSIX_FADV_DONTNEED``), so the file's fsync does not write it all at the
+end. No pass over the whole file is left for the end, and the file is placed only if that hash
+and its size match the MANIFEST, as before.
 """
 
 from __future__ import annotations
@@ -43,14 +45,18 @@ from asyncbackup.errors import IntegrityError, TransientStorageError
 from asyncbackup.layout import chunk_key, digest_of_ref
 from asyncbackup.repository import Repository
 from asyncbackup.retry import Transfer
+from asyncbackup.storage.base import STREAM_PIECE
 from asyncbackup.threads import settled
 
-WRITE_BLOCK = 1024 * 1024
-"""Bytes gathered from a download before one thread call decodes, hashes and writes them."""
-STREAM_HOLD = 2 * WRITE_BLOCK
+WRITE_BLOCK = 512 * 1024
+"""Bytes gathered from a download before one thread call decodes, hashes and writes them:
+small, since every download in flight holds this much and a piece more (64 at once hold
+48 MiB), and large enough that the thread trips cost little (2,048 per GiB)."""
+STREAM_HOLD = WRITE_BLOCK + STREAM_PIECE
 """What one streamed download takes from the byte budget (twice its chunk's length, if less):
-the block it gathers, and the piece (decoded, or arriving) beside it."""
-_ZERO_BLOCK = bytes(WRITE_BLOCK)
+the pieces it gathers, up to one piece past a block, or the decoded piece beside them."""
+_HASH_BLOCK = 1024 * 1024
+_ZERO_BLOCK = bytes(_HASH_BLOCK)
 
 
 class _Corrupt(Exception):
@@ -106,8 +112,8 @@ class _Decoder:
         )
         self._gzip = zlib.decompressobj(31) if codec == "gzip" else None
 
-    def feed(self, stored: bytearray) -> None:
-        """Decode, hash and write one block of the stored object (in a worker thread)."""
+    def feed(self, stored: list[bytes]) -> None:
+        """Decode, hash and write the next pieces of the stored object (in a worker thread)."""
         sink = self.sink
         with fs.writing(sink.parent.path / sink.final):
             # One descriptor per block, opened without O_CREAT: a temporary file that a failed
@@ -115,17 +121,18 @@ class _Decoder:
             flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
             sink.fd = os.open(sink.temp, flags, dir_fd=sink.parent.fd)
             try:
-                self._feed(stored)
+                for piece in stored:
+                    self._feed(piece)
             finally:
                 os.close(sink.fd)
                 sink.fd = None
 
-    def _feed(self, stored: bytearray) -> None:
+    def _feed(self, stored: bytes) -> None:
         try:
             if self._zstd is not None:
                 self._zstd.write(stored)
             elif self._gzip is not None:
-                data: bytes | bytearray = stored
+                data = stored
                 while data:
                     self.sink.write(self._gzip.decompress(data, WRITE_BLOCK))
                     data = self._gzip.unconsumed_tail
@@ -170,16 +177,18 @@ async def stream_chunk(
     async def attempt() -> None:
         sink = _RangeWriter(parent, temp, final, offset, expected)
         decoder = _Decoder(codec, sink)
-        block = bytearray()
+        batch: list[bytes] = []
+        gathered = 0
         try:
             async with aclosing(repo.store.stream(key)) as pieces:
                 async for piece in pieces:
-                    block += piece
-                    if len(block) >= WRITE_BLOCK:
-                        await settled(decoder.feed, block)
-                        block = bytearray()
-            if block:
-                await settled(decoder.feed, block)
+                    batch.append(piece)
+                    gathered += len(piece)
+                    if gathered >= WRITE_BLOCK:
+                        await settled(decoder.feed, batch)
+                        batch, gathered = [], 0
+            if batch:
+                await settled(decoder.feed, batch)
             decoder.finish()
             if sink.written != expected or sink.digest.hexdigest() != wanted:
                 raise _Corrupt(f"its bytes do not match its hash ({sink.written} bytes)")
@@ -244,8 +253,8 @@ class OrderedHash:
         if hole:
             left = size
             while left:
-                step = min(left, WRITE_BLOCK)
-                self.digest.update(_ZERO_BLOCK if step == WRITE_BLOCK else _ZERO_BLOCK[:step])
+                step = min(left, _HASH_BLOCK)
+                self.digest.update(_ZERO_BLOCK if step == _HASH_BLOCK else _ZERO_BLOCK[:step])
                 left -= step
             return
         with fs.writing(self.parent.path / self.final):
@@ -254,10 +263,14 @@ class OrderedHash:
             try:
                 end = offset + size
                 while offset < end:
-                    block = os.pread(fd, min(WRITE_BLOCK, end - offset), offset)
+                    block = os.pread(fd, min(_HASH_BLOCK, end - offset), offset)
                     if not block:
                         break  # shorter than its chunks: the size check refuses it
                     self.digest.update(block)
                     offset += len(block)
+                # Hashed, so no longer needed in the page cache: this starts its writeback now,
+                # overlapped with the other downloads, so the fsync before the file is put in
+                # place is not left to write the whole file at the end.
+                os.posix_fadvise(fd, end - size, size, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)

@@ -2,8 +2,9 @@
 
 ``LivePacks`` folds the kept backups' INDEXes one at a time into each pack's live places;
 ``plan_packs`` lists ``packs/`` once and sorts every pack into in use, unused (to delete once
-older than the grace period) and partly used past ``--max-unused`` (to repack, worst first,
-within ``--max-repack-size``). Reads only: a dry run runs it too.
+older than the grace period), partly used past ``--max-unused`` (to repack, worst first,
+within ``--max-repack-size``), and small (merged once there are ``SMALL_PACKS`` of them). Reads
+only: a dry run runs it too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ as a 5% per-pack rule would copy it (each copy costs a read and a write of it)."
 DEFAULT_PACK_SIZE = 16 * 2**20
 """Repacked chunks go into new packs of about this size (the packs' own default size)."""
 
+SMALL_PACKS = 10
+"""Fully used packs under half the pack size are merged into full ones once there are this many
+(restic waits for 10 small packs too). Each backup's last pack is partial, and an incremental
+backup of a small change writes one small pack: without merging, a restore of a year of daily
+backups would read from hundreds of small packs. Waiting for 10 keeps one small pack from being
+rewritten at every prune."""
+
 
 @dataclass(frozen=True)
 class RepackPolicy:
@@ -42,7 +50,7 @@ class RepackPolicy:
     ``max_unused``: the share (0 to 1) of a pack's bytes that may be unused before it is
     repacked; None never repacks (packs with no live chunk are still deleted).
     ``max_repack_bytes``: at most this many live bytes are copied by one prune (None: no cap);
-    the worst packs go first. ``pack_size``: the size of the new packs.
+    the worst packs go first. ``pack_size``: the size of the new packs (None: the engine's).
 
     Raises:
         ConfigError: a value is out of range.
@@ -50,7 +58,7 @@ class RepackPolicy:
 
     max_unused: float | None = DEFAULT_MAX_UNUSED
     max_repack_bytes: int | None = None
-    pack_size: int = DEFAULT_PACK_SIZE
+    pack_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_unused is not None and not 0 <= self.max_unused < 1:
@@ -60,7 +68,7 @@ class RepackPolicy:
             )
         if self.max_repack_bytes is not None and self.max_repack_bytes < 0:
             raise ConfigError(f"--max-repack-size must not be negative: {self.max_repack_bytes}")
-        if self.pack_size < 1:
+        if self.pack_size is not None and self.pack_size < 1:
             raise ConfigError(f"the pack size must be positive, not {self.pack_size}")
 
 
@@ -106,13 +114,14 @@ class PackPlan:
     """What prune does with the packs in the store (or, in a dry run, would do)."""
 
     unused: dict[str, int]  # pack -> size: no kept backup names it, older than the grace period
-    repack: dict[str, int]  # pack -> size: partly used past the threshold
+    repack: dict[str, int]  # pack -> size: partly used past the threshold, or small
     repack_unused: int  # bytes of the packs to repack that no kept backup uses
     repack_live: int  # bytes of live chunks to copy into new packs
     in_use: int  # packs a kept backup names (those to repack included)
     young: int  # unused packs written within the grace period: they stay
     bytes_young: int
-    skipped: tuple[str, ...] = ()  # over the threshold but past --max-repack-size: kept
+    skipped: tuple[str, ...] = ()  # to repack, but past --max-repack-size: kept
+    small: int = 0  # of the packs to repack, those merged only for being small
 
     @property
     def bytes_unused(self) -> int:
@@ -139,6 +148,7 @@ async def plan_packs(
     unused: dict[str, int] = {}
     young = bytes_young = 0
     suspects: list[str] = []
+    fine: list[str] = []  # in use, and not wasteful by the upper bound
     for pack_id, obj in listed.items():
         use = live.uses.get(pack_id)
         if use is None:
@@ -155,16 +165,25 @@ async def plan_packs(
             )  # fmt: skip
         elif policy.max_unused is not None and over(obj.size - use.live_bytes, obj.size, policy):
             suspects.append(pack_id)  # the trailer counts as unused here: look closer
+        else:
+            fine.append(pack_id)
 
     unused_of = await _unused_bytes(repo, live, suspects, concurrency=concurrency)
     worst_first = sorted(
         (p for p in suspects if over(unused_of[p], live.uses[p].size, policy)),
         key=lambda p: (-unused_of[p] / live.uses[p].size, p),
     )
+    fine += [p for p in suspects if p not in set(worst_first)]
+    small = sorted(
+        (p for p in fine if 2 * live.uses[p].size < _target(policy)),
+        key=lambda p: (live.uses[p].size, p),
+    )
+    if policy.max_unused is None or len(small) < SMALL_PACKS:
+        small = []  # too few to be worth a rewrite; and none repack with "unlimited"
     repack: dict[str, int] = {}
     skipped: list[str] = []
     copied = 0
-    for pack_id in worst_first:
+    for pack_id in worst_first + small:
         use = live.uses[pack_id]
         cap = policy.max_repack_bytes
         if cap is not None and copied + use.live_bytes > cap:
@@ -175,13 +194,18 @@ async def plan_packs(
     return PackPlan(
         unused=unused,
         repack=repack,
-        repack_unused=sum(unused_of[p] for p in repack),
+        repack_unused=sum(unused_of.get(p, 0) for p in repack),  # a small one: not measured
         repack_live=copied,
         in_use=len(live.uses),
         young=young,
         bytes_young=bytes_young,
         skipped=tuple(skipped),
+        small=sum(p in repack for p in small),
     )
+
+
+def _target(policy: RepackPolicy) -> int:
+    return policy.pack_size if policy.pack_size is not None else DEFAULT_PACK_SIZE
 
 
 def over(unused: int, size: int, policy: RepackPolicy) -> bool:

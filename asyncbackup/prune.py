@@ -3,15 +3,24 @@
 Mark and sweep, under the repository's exclusive lock (``locks.py``):
 
 1. Take the exclusive lock (a dry run takes none: it deletes nothing). Note the time (``began``).
+   List ``backups/``: the backups, and the INDEXes whose MANIFEST is gone (older than the grace).
 2. Read every MANIFEST. If one cannot be read, stop here, having deleted nothing: the chunks of a
    backup we cannot read would look unused, and sweeping them would destroy it.
-3. Decide (``retention.decide``); check the lock; remove the MANIFESTs of the backups let go.
-4. Mark every chunk ref the kept backups name; list ``chunks/`` with each object's time.
+3. Decide (``retention.decide``). Read the INDEX of every backup that stays and packs chunks
+   (``packuse.LivePacks``); if one cannot be read, stop, having deleted nothing. Check the lock;
+   remove the MANIFESTs of the backups let go, then their INDEXes (a MANIFEST never lacks its
+   INDEX).
+4. Mark every chunk ref the remaining backups name as an object (a packed ref is read from its
+   pack, not from ``chunks/``); list ``chunks/`` with each object's time.
 5. Sweep: an unmarked chunk written before ``began - grace`` is removed, in batches of
    ``DELETE_BATCH``; the lock is checked (read back) before each batch, and its guard passes
-   before every single delete attempt. The temporary files of writes a crash cut short (local
-   store) are removed by the same rule.
-6. Release the lock.
+   before every single delete attempt.
+6. Packs (``packuse.py`` plans, ``repack.py`` acts): delete the packs no remaining INDEX names
+   (older than the grace period); repack those past ``--max-unused`` (live chunks copied into
+   new packs, every INDEX naming them rewritten, then the old packs deleted, last). Remove the
+   INDEXes of no backup, and the temporary files of writes a crash cut short (local store), by
+   the same grace rule.
+7. Release the lock.
 
 **Invariant.** No chunk named by a committed MANIFEST, or seen in ``chunks/`` by a backup that
 has not committed yet, is removed while that backup could still commit.
@@ -32,6 +41,13 @@ trusts its lock only while it refreshed it within half the stale period, and sto
 commit) as soon as it cannot (``locks.py`` states the clock and pause assumptions: skew and
 pauses well below a quarter of the stale period, 7.5 minutes by default).
 
+**Packs.** The same lock makes step 6 safe beside backups; what makes it safe at every instant
+of its own, crash included, is its order: *every place that the INDEX of a committed backup
+names lies in a pack that exists and holds that chunk there*, because new packs are durable
+before an INDEX names them, each INDEX is replaced atomically, and an old pack is deleted only
+after no INDEX names it any more. The proof sketch is in ``repack.py``'s docstring and in
+docs/design.md, "Prune of packs".
+
 So the old after-the-fact checks are gone: the backup no longer lists ``chunks/`` again before
 its commit, and prune no longer re-reads the MANIFESTs between batches or after its sweep.
 
@@ -46,6 +62,7 @@ between the two. ``--grace 0`` is safe beside locked backups.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -68,7 +85,7 @@ from asyncbackup.layout import (
 )
 from asyncbackup.locks import EXCLUSIVE, RepositoryLock
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, Manifest
-from asyncbackup.packuse import LivePacks, RepackPolicy, plan_packs
+from asyncbackup.packuse import DEFAULT_PACK_SIZE, LivePacks, RepackPolicy, plan_packs
 from asyncbackup.pool import TaskPool
 from asyncbackup.prune_report import PruneReport
 from asyncbackup.repack import Repacker
@@ -100,7 +117,10 @@ class PruneJob:
         repack: RepackPolicy | None = None,
     ) -> None:
         self.repo = repo
-        self.repack = repack if repack is not None else RepackPolicy()
+        repack = repack if repack is not None else RepackPolicy()
+        if repack.pack_size is None:  # new packs as large as the engine's backups make them
+            repack = replace(repack, pack_size=getattr(config, "pack_size", DEFAULT_PACK_SIZE))
+        self.repack = repack
         self.config = config
         self.policy = policy
         self.grace = grace
@@ -112,6 +132,11 @@ class PruneJob:
         # One str per ref, shared by every backup that names it: 30 backups of 100,000 chunks
         # then cost 30 sets of pointers, not 3 million strings.
         self._interned: dict[str, str] = {}
+
+    @property
+    def pack_size(self) -> int:
+        assert self.repack.pack_size is not None  # set in __init__
+        return self.repack.pack_size
 
     async def run(self) -> PruneReport:
         """Prune the store.
@@ -177,15 +202,13 @@ class PruneJob:
             repacker = Repacker(
                 self.repo, live, policy=self.repack, lock=self.lock,
                 delete=partial(self._delete_checked, label="pack"),
-                concurrency=self.config.concurrency,
+                concurrency=self.config.concurrency, buffer_budget=self.config.buffer_budget,
             )  # fmt: skip
             written = (await repacker.run(plan.repack)).new_packs
         if not self.dry_run:
             await self._delete_checked(orphans, label="INDEX")
         leftovers = await self.repo.store.remove_leftovers(cutoff, dry_run=self.dry_run)
-        new_packs = (
-            len(written) if not self.dry_run else -(-plan.repack_live // self.repack.pack_size)
-        )
+        new_packs = len(written) if not self.dry_run else -(-plan.repack_live // self.pack_size)
         return PruneReport(
             dry_run=self.dry_run,
             grace=self.grace,
@@ -207,6 +230,7 @@ class PruneJob:
             packs_young=plan.young,
             bytes_packs_young=plan.bytes_young,
             packs_over_cap=len(plan.skipped),
+            packs_small=plan.small,
         )
 
     async def _read_indexes(self, staying: dict[str, _Backup]) -> LivePacks:
@@ -217,6 +241,7 @@ class PruneJob:
             ManifestError: an INDEX cannot be read; nothing was deleted.
         """
         live = LivePacks()
+        folding = asyncio.Lock()
         broken: dict[str, str] = {}
 
         async def read(name: str, backup: _Backup) -> None:
@@ -225,7 +250,8 @@ class PruneJob:
             except ManifestError as exc:
                 broken[name] = str(exc)
                 return
-            await to_thread(live.fold, name, index, chunk_size=backup.chunk_size)
+            async with folding:  # one fold at a time: they update the same dicts
+                await to_thread(live.fold, name, index, chunk_size=backup.chunk_size)
             staying[name] = replace(backup, refs=backup.refs - index.places.keys())
 
         async with TaskPool(OPERATION, limit=self.config.concurrency) as pool:

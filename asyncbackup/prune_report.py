@@ -30,7 +30,8 @@ class PruneReport:
     packs_in_use: int = 0
     packs_young: int = 0  # unused, but written within the grace period
     bytes_packs_young: int = 0
-    packs_over_cap: int = 0  # past --max-unused, left for the next prune by --max-repack-size
+    packs_over_cap: int = 0  # to repack, left for the next prune by --max-repack-size
+    packs_small: int = 0  # of those repacked, the small ones merged (see packuse.SMALL_PACKS)
 
     @property
     def bytes_freed_by_packs(self) -> int:
@@ -98,6 +99,8 @@ class PruneReport:
             f"({_mib(self.bytes_packs_deleted)}), {would}repack {self.packs_repacked} "
             f"({_mib(self.bytes_repacked)})"
         )
+        if self.packs_small:
+            line += f" ({self.packs_small} of them small packs merged)"
         if self.packs_repacked:
             into = "about " if self.dry_run else ""
             line += f" into {into}{_count(self.packs_written, 'new pack')}"
@@ -105,8 +108,7 @@ class PruneReport:
         line += f"; {self.packs_in_use} packs in use"
         if self.packs_over_cap:
             line += (
-                f" ({self.packs_over_cap} past --max-unused left for the next prune by "
-                "--max-repack-size)"
+                f" ({self.packs_over_cap} to repack left for the next prune by --max-repack-size)"
             )
         if self.packs_young:
             line += (

@@ -45,9 +45,10 @@ same order give the same bytes, hence the same key), so a retried upload is harm
 step 6 finds it missing; the pack reader then reads the INDEX again, once, and finds the new
 places, since step 6 began only after step 5's writes completed (read-after-write consistency).
 
-**Memory**: at most ``READ_AHEAD`` old packs' live bytes being read, one new pack being filled
-and one being uploaded: about ``(READ_AHEAD + 2) * pack_size`` (96 MiB at the 16 MiB default),
-plus ``LivePacks``: about 150 bytes per distinct packed chunk the kept backups name.
+**Memory** follows ``--buffer-budget`` (``EngineConfig.buffer_budget``, 128 MiB by default):
+``budget // pack_size - 2`` old packs (at least 1) are read ahead, beside the new pack being
+filled and the one being uploaded, so about the budget in pack data (6 packs ahead at the
+defaults), plus ``LivePacks``: about 150 bytes per distinct packed chunk the kept backups name.
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ from typing import TypeVar
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.compression import codec_of_ref, decode
+from asyncbackup.config import DEFAULT_BUFFER_BUDGET
 from asyncbackup.errors import IntegrityError
 from asyncbackup.layout import digest_of_ref, pack_key
 from asyncbackup.locks import RepositoryLock
 from asyncbackup.packs import Pack, Place, build_pack
-from asyncbackup.packuse import LivePacks, RepackPolicy
+from asyncbackup.packuse import DEFAULT_PACK_SIZE, LivePacks, RepackPolicy
 from asyncbackup.pool import TaskPool
 from asyncbackup.repository import Repository
 from asyncbackup.retry import Transfer
@@ -74,8 +76,6 @@ from asyncbackup.threads import to_thread
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
 
-READ_AHEAD = 4
-"""Old packs whose live chunks are being read while the new pack is filled and uploaded."""
 MERGE_GAP = 2**20
 """Live ranges of one pack closer than this are read by one range GET (as restore does)."""
 
@@ -109,6 +109,7 @@ class Repacker:
         lock: RepositoryLock,
         delete: Deleter,
         concurrency: int,
+        buffer_budget: int = DEFAULT_BUFFER_BUDGET,
     ) -> None:
         self.repo = repo
         self.live = live
@@ -116,6 +117,9 @@ class Repacker:
         self.lock = lock
         self.delete = delete
         self.concurrency = concurrency
+        self.pack_size = policy.pack_size or DEFAULT_PACK_SIZE
+        # Packs read ahead: what the byte budget leaves beside the pack filled and the one sent.
+        self.ahead = max(1, buffer_budget // self.pack_size - 2)
         self.moved: dict[tuple[str, int], Place] = {}  # (old pack, offset) -> new place
         self.new_packs: dict[str, int] = {}
         self._new_place: dict[str, Place] = {}  # ref -> where it went: written once
@@ -137,7 +141,7 @@ class Repacker:
         old = sorted(packs)
         if not old:
             return RepackResult({}, 0, 0)
-        async for pack_id, chunks in _in_order(old, self._read_live, ahead=READ_AHEAD):
+        async for pack_id, chunks in _in_order(old, self._read_live, ahead=self.ahead):
             for offset, ref, stored, raw_length in chunks:
                 self._add(pack_id, offset, ref, stored, raw_length)
             while self._full:  # one upload at a time, while the next packs are read
@@ -177,7 +181,7 @@ class Repacker:
         elif ref in self._waiting:  # a copy of it is in the batch
             self._waiting[ref].append(old)
         else:
-            if self._batch and self._batch_bytes + len(stored) > self.policy.pack_size:
+            if self._batch and self._batch_bytes + len(stored) > self.pack_size:
                 self._full.append(self._take_batch())
             self._batch.append((ref, stored, raw_length))
             self._batch_bytes += len(stored)

@@ -264,7 +264,9 @@ class RestoreJob:
         entry = pending.entry
         ref = entry.chunks[index]
         expected = min(chunk_size, entry.size - index * chunk_size)
-        async with self.buffers.hold(min(STREAM_HOLD, 2 * expected)):
+        # A store that cannot stream gives the chunk whole: then it holds all of it.
+        hold = min(STREAM_HOLD, 2 * expected) if self.repo.store.streams else expected
+        async with self.buffers.hold(hold):
             await stream_chunk(
                 self.repo,
                 ref,

@@ -1,4 +1,7 @@
-"""Peak memory of a backup against its stated bound: 2 x concurrency x chunk_size of file data.
+"""Peak memory of a backup and a restore against their stated bound: the baseline plus the file
+data a job may hold, which is the byte budget (``--buffer-budget``, 128 MiB by default) plus the
+one chunk in hand, or ``(2 x concurrency + 1) x chunk_size`` if that is less (the task pool's
+cap, in chunks).
 
 Each job runs the CLI in its own process, against a local store slowed by injected latency
 (40 ms x concurrency per request, so uploads are slower than reading and hashing, and read-ahead
@@ -20,11 +23,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from asyncbackup.config import DEFAULT_BUFFER_BUDGET
 from benchmarks.report import RESULTS, command, machine, save
 from tests.servers import http, start_moto
 
 MiB = 1024 * 1024
 CHUNK = 8 * MiB
+LEVELS = (1, 4, 16, 64)
+
+
+def data_bound_mib(concurrency: int) -> float:
+    """File data a job may hold: the budget and the chunk in hand, or the pool's cap."""
+    return min((2 * concurrency + 1) * CHUNK, DEFAULT_BUFFER_BUDGET + CHUNK) / MiB
 
 
 def peak_rss_mib(argv: list[str]) -> float:
@@ -68,9 +78,9 @@ def s3_rows(big: Path, big_mib: int, empty: Path, scratch: Path) -> list[dict[st
         rows.append(
             {"run": "S3: empty directory", "peak_rss_mib": round(idle, 1), "bound_mib": None}
         )
-        for concurrency in (1, 4, 16):
+        for concurrency in LEVELS:
             latency = 40 * concurrency
-            bound = round(idle + (2 * concurrency + 1) * CHUNK / MiB, 1)
+            bound = round(idle + data_bound_mib(concurrency), 1)
             http("POST", f"{moto.url}/moto-api/reset")  # frees the last run's objects
             http("PUT", f"{moto.url}/big")
             store = "s3://big/x"
@@ -116,7 +126,7 @@ def main() -> None:
         (root / "empty").mkdir()
         idle = peak_rss_mib(backup(root / "empty", root / "store-0", concurrency=1, latency_ms=0))
         rows.append({"run": "empty directory", "peak_rss_mib": round(idle, 1), "bound_mib": None})
-        for concurrency in (1, 4, 16):
+        for concurrency in LEVELS:
             latency = 40 * concurrency
             store = root / f"store-big-{concurrency}"
             peak = peak_rss_mib(backup(big, store, concurrency=concurrency, latency_ms=latency))
@@ -124,7 +134,7 @@ def main() -> None:
                 {
                     "run": f"one {args.big_mib} MiB file, concurrency {concurrency}, {latency} ms",
                     "peak_rss_mib": round(peak, 1),
-                    "bound_mib": round(idle + (2 * concurrency + 1) * CHUNK / MiB, 1),
+                    "bound_mib": round(idle + data_bound_mib(concurrency), 1),
                 }
             )
         peak = peak_rss_mib(backup(small, root / "store-small", concurrency=64, latency_ms=5))
@@ -137,7 +147,10 @@ def main() -> None:
         )
         rows += s3_rows(big, args.big_mib, root / "empty", root)
 
-    table = ["| run | peak RSS (MiB) | bound: baseline + (2c + 1) x 8 MiB |", "|---|---:|---:|"]
+    table = [
+        "| run | peak RSS (MiB) | bound: baseline + min((2c + 1) x 8, 128 + 8) MiB |",
+        "|---|---:|---:|",
+    ]
     for row in rows:
         bound = "" if row["bound_mib"] is None else str(row["bound_mib"])
         table.append(f"| {row['run']} | {row['peak_rss_mib']} | {bound} |")

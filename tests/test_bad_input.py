@@ -53,7 +53,9 @@ def engine(
 
 
 def committed(store: MemoryStorage) -> list[str]:
-    return sorted(k for k in store.objects if k.startswith("backups/"))
+    """The MANIFESTs (and whatever else a failed job might leave under backups/), but not the
+    source marks a committed backup writes beside its MANIFEST (``catalog.find_newest``)."""
+    return sorted(k for k in store.objects if k.startswith("backups/") and "/SOURCE." not in k)
 
 
 def names_under(root: Path) -> list[bytes]:

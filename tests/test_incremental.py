@@ -272,6 +272,56 @@ async def test_the_parent_is_the_newest_backup_of_the_same_source_or_the_one_nam
         await eng.backup(a, name="a4", options=BackupOptions(parent="nope"))
 
 
+async def test_the_parent_is_found_from_one_listing_and_one_head_whatever_the_backups(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    """Finding the parent reads the head of the newest backup of the same source only (its
+    mark names it in the listing), not every backup's; a mark whose head belies it is passed
+    over, and a backup without a mark (made before marks existed) is still a candidate."""
+    a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", seed=1)
+    memory = MemoryStorage()
+    clock = Days()
+    for day in range(6):  # six backups of another source, newer than a1
+        clock.day = day + 1
+        await engine(memory, sleep, clock=clock).backup(b, name=f"b{day}")
+    clock.day = 0
+    await engine(memory, sleep, clock=clock).backup(a, name="a1")
+    marks = sorted(k for k in memory.objects if "/SOURCE." in k)
+    assert len(marks) == 7 and all(k.count("/") == 2 for k in marks)
+
+    def heads_read(watched: WatchedStorage) -> set[str]:
+        return {k for (op, k) in watched.calls if op in ("get", "get_range") and "MANIFEST" in k}
+
+    clock.day = 10
+    watched = WatchedStorage(memory)
+    assert (await engine(watched, sleep, clock=clock).backup(a, name="a2")).parent == "a1"
+    assert heads_read(watched) == {manifest_key("a1")}  # and its MANIFEST, once
+
+    # A mark that lies (a name race's loser leaves one beside another job's MANIFEST): its
+    # head says another source, so it is passed over for the next candidate.
+    [b5_mark] = [k for k in memory.objects if k.startswith("backups/b5/SOURCE.")]
+    [a2_mark] = [k for k in memory.objects if k.startswith("backups/a2/SOURCE.")]
+    memory.objects["backups/b5/" + a2_mark.split("/")[2].replace(".2026", ".2099")] = b""
+    clock.day = 11
+    watched = WatchedStorage(memory)
+    assert (await engine(watched, sleep, clock=clock).backup(a, name="a3")).parent == "a2"
+    assert heads_read(watched) == {manifest_key("b5"), manifest_key("a2")}
+
+    # A backup without a mark (an older version made it): its head is read, and it is found.
+    clock.day = 12
+    await engine(memory, sleep, clock=clock).backup(a, name="a4")
+    del memory.objects[next(k for k in memory.objects if k.startswith("backups/a4/SOURCE."))]
+    clock.day = 13
+    watched = WatchedStorage(memory)
+    assert (await engine(watched, sleep, clock=clock).backup(a, name="a5")).parent == "a4"
+    assert manifest_key("a4") in heads_read(watched)
+
+    # Deleting a backup takes its mark with it.
+    await engine(memory, sleep).delete("b5")
+    assert not [k for k in memory.objects if k.startswith("backups/b5/")]
+    assert b5_mark not in memory.objects
+
+
 async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:

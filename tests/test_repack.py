@@ -73,8 +73,12 @@ async def old_and_new(
     return engine, old_index, new_index
 
 
+NEW_PACKS = 2**20
+"""The size of the packs a repack writes in these tests, whatever the engine's own."""
+
+
 async def prune(engine: BackupEngine, **repack: object) -> PruneReport:
-    policy = RepackPolicy(**repack)  # type: ignore[arg-type]
+    policy = RepackPolicy(**{"pack_size": NEW_PACKS, **repack})  # type: ignore[arg-type]
     return await engine.prune(KEEP_NEWEST, grace=0, repack=policy)
 
 
@@ -243,3 +247,37 @@ async def test_prune_of_packs_round_trip(any_store: StoreUnderTest, tmp_path: Pa
         assert not set(old.pack_sizes) & {k.removeprefix("packs/") for k in await pack_keys(store)}
         assert await unreadable_chunks(store) == []
         assert (await prune(engine)).packs_repacked == 0  # nothing left to gain
+
+
+async def incremental_small_packs(store: Storage, source: Path, count: int) -> BackupEngine:
+    """``count`` backups, each adding 3 files: each writes one small pack (as an incremental
+    backup of a small change does), every one of them fully used."""
+    engine = BackupEngine(store, fast_config())
+    known = PackIndex()
+    for i in range(count):
+        write_files(source, b(3 * count)[3 * i : 3 * i + 3])
+        await engine.backup(source, name=f"day{i:02d}")
+        known.update(await pack_backup(store, f"day{i:02d}", per_pack=10, known=known))
+    await drop_chunk_objects(store)
+    return engine
+
+
+@pytest.mark.parametrize("count", [9, 10])
+async def test_ten_small_packs_are_merged_nine_stay(tmp_path: Path, count: int) -> None:
+    store = MemoryStorage()
+    engine = await incremental_small_packs(store, tmp_path / "src", count)
+    before = await pack_keys(store)
+    assert len(before) == count
+    repack = RepackPolicy(pack_size=NEW_PACKS)
+    report = await engine.prune(RetentionPolicy(keep_last=count), grace=0, repack=repack)
+    after = await pack_keys(store)
+    assert await unreadable_chunks(store) == []
+    if count < 10:  # too few to be worth a rewrite
+        assert (report.packs_repacked, after) == (0, before)
+        return
+    assert (report.packs_small, report.packs_repacked, report.packs_written) == (10, 10, 1)
+    assert len(after) == 1 and not after & before
+    assert "(10 of them small packs merged) into 1 new pack" in report.summary()
+    # One small pack is not merged again and again.
+    again = await engine.prune(RetentionPolicy(keep_last=count), grace=0, repack=repack)
+    assert again.packs_repacked == 0

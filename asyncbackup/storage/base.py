@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+
+STREAM_PIECE = 256 * 1024
+"""The largest piece ``Storage.stream`` gives at a time (stores that stream): what a restore's
+download holds besides the block it gathers (``fetch.py``)."""
+
+
+def within_piece_size(received: bytes) -> Iterator[bytes]:
+    """``received`` as pieces of at most ``STREAM_PIECE`` bytes: itself (no copy) if it fits."""
+    if len(received) <= STREAM_PIECE:
+        yield received
+        return
+    for start in range(0, len(received), STREAM_PIECE):
+        yield received[start : start + STREAM_PIECE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,9 @@ class Storage(ABC):
     """
 
     url: str
+    streams = False
+    """Whether ``stream`` gives an object in pieces of at most ``STREAM_PIECE`` bytes (rather
+    than whole, by ``get``): a restore budgets a download by it."""
     max_connections: int | None = None
     """How many requests the store can have in flight at once; None when it has no pool. The
     engine refuses a concurrency above it: the surplus transfers would wait for a connection
@@ -67,8 +83,8 @@ class Storage(ABC):
         """The bytes stored under ``key``, in order, a piece at a time as they arrive, so the
         caller can write them out without holding the object whole. Close it when done early
         (``contextlib.aclosing``): a store releases its connection then. Stores that can
-        stream override this; by default the object is read whole by ``get`` and given as one
-        piece.
+        stream override this, in pieces of at most ``STREAM_PIECE`` bytes; by default the
+        object is read whole by ``get`` and given as one piece.
 
         Raises:
             ObjectNotFoundError: no such key (on the first piece).

@@ -57,6 +57,7 @@ class FaultyStorage(Storage):
         self.inner = inner
         self.url = inner.url
         self.max_connections = inner.max_connections
+        self.streams = inner.streams
         self.injected: Counter[Fault] = Counter()
         self._rate = rate
         self._after_share = after_share

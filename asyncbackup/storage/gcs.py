@@ -51,7 +51,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage
+from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage, within_piece_size
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
 from asyncbackup.threads import to_thread
@@ -111,6 +111,8 @@ class GCSStorage(Storage):
     Raises:
         ConfigError: S3-only options are set.
     """
+
+    streams = True
 
     def __init__(
         self,
@@ -204,8 +206,10 @@ class GCSStorage(Storage):
                     self.bucket, self.prefix + key, timeout=self._timeout
                 )
                 async with stream as response:  # the connection is released on every way out
-                    while piece := await response.content.read(READ_PIECE):
-                        yield piece
+                    # As the connection delivered it: no slicing or joining copies.
+                    while received := await response.content.readany():
+                        for piece in within_piece_size(received):
+                            yield piece
         except ObjectNotFoundError:
             await self._check_bucket()  # GCS says 404 for a missing bucket as well
             raise

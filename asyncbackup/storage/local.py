@@ -18,15 +18,13 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.storage.base import ListPage, ObjectInfo, ObjectPage, Storage
+from asyncbackup.storage.base import STREAM_PIECE, ListPage, ObjectInfo, ObjectPage, Storage
 from asyncbackup.threads import settled, to_thread
 
 MARKER = "asyncbackup-store"
 """The file that marks a directory as a store, written by the first backup. A directory with a
 ``backups/`` or ``chunks/`` directory is one too: stores made before the marker existed."""
 _MARKER_TEXT = b"An asyncbackup store: see docs/design.md. Do not edit what is here.\n"
-STREAM_PIECE = 1024 * 1024
-"""What one read of a streamed object takes from the file."""
 TEMP_PREFIX = ".tmp-"
 """Objects are written under this name first; listings skip it, keys may not start with '.'."""
 
@@ -48,6 +46,8 @@ class LocalStorage(Storage):
     a crash never leaves half an object under its final key; ``sync`` then fsyncs the directories
     that changed, so a MANIFEST written after it is never more durable than its chunks.
     """
+
+    streams = True
 
     def __init__(self, root: Path, *, fsync_dir: Callable[[int], None] = os.fsync) -> None:
         """``fsync_dir`` makes one open directory durable; a seam, so a test can count calls."""

@@ -93,6 +93,8 @@ class S3Storage(Storage):
     Endpoint, region and credentials follow the AWS chain unless ``options`` sets them.
     """
 
+    streams = True
+
     def __init__(
         self,
         bucket: str,

@@ -35,6 +35,7 @@ from botocore.credentials import ReadOnlyCredentials
 from botocore.httpsession import DEFAULT_CA_BUNDLE
 from yarl import URL
 
+from asyncbackup.storage.base import within_piece_size
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
 
@@ -166,8 +167,11 @@ class LeanRequests:
         async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
             if answer.status != 200:
                 raise await _client_error(answer, "GetObject")
-            async for piece in answer.content.iter_chunked(READ_PIECE):
-                yield piece
+            # Each piece as the connection delivered it: no slicing or joining copies (asyncio
+            # reads at most 256 KiB at a time); a larger one is cut, to keep the bound.
+            async for received in answer.content.iter_any():
+                for piece in within_piece_size(received):
+                    yield piece
 
     async def _signed(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
         # Asked every time: botocore refreshes credentials that near their expiry here, and
