@@ -187,7 +187,11 @@ class CommitJob:
             ConfigError: it is another backup's.
         """
         manifest = await self.repo.load_manifest(name)
-        mine = len(records) == count and manifest.job_id == _job_id(records)
+        if len(records) == count:
+            mine = manifest.job_id == _job_id(records)
+        else:  # an earlier commit stopped while it removed the records: the rest must match
+            entries = {e.path: e for e in manifest.entries}
+            mine = all(entries.get(e.path) == e for r in records for e in r.manifest.entries)
         if records and not mine:
             raise ConfigError(
                 f"a backup named {name!r} exists already in {self.repo.store.url}, not made from "

@@ -267,8 +267,7 @@ async def _run_shards(
             except Exception as exc:  # KilledWorker, a lost scheduler: Dask's own errors
                 error = BackupError(f"{type(exc).__name__}: {exc}")
                 failures.append(FailedItem(f"shard {index}/{count}", error))
-        await asyncio.sleep(REPORT_EVERY)  # the last progress events arrive
-        client.unsubscribe_topic(topic)
+        client.unsubscribe_topic(topic)  # each shard's summary has its totals: no waiting
     if failures:
         raise BackupFailed(
             operation,
