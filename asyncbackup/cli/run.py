@@ -27,6 +27,7 @@ from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
+from asyncbackup.layout import LOCKS
 from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
 from asyncbackup.packuse import RepackPolicy
@@ -282,6 +283,7 @@ async def _backup_on_dask(
         name=name,
         progress=engine.progress,
         commit=partial(engine.commit, name, shards=args.shards),
+        warm=partial(engine.store.list_page, LOCKS, None),
     )
 
 
