@@ -26,6 +26,7 @@ from asyncbackup.errors import (
     ConfigError,
     FailedItem,
     IntegrityError,
+    ManifestError,
     PermanentStorageError,
     SourceChangedError,
     SourceError,
@@ -34,12 +35,22 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.excludes import Excluder, excluder_for
-from asyncbackup.layout import manifest_key, source_mark_key
+from asyncbackup.layout import digest_of_ref, index_key, manifest_key, source_mark_key
 from asyncbackup.links import HardLinks
 from asyncbackup.locks import SHARED, RepositoryLock
-from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
+from asyncbackup.manifest import (
+    FORMAT_VERSION,
+    PACKED_FORMAT_VERSION,
+    EntryType,
+    FileEntry,
+    Manifest,
+    SourceWarning,
+    WarningKind,
+)
 from asyncbackup.metadata import xattrs_of, xattrs_or_warn
 from asyncbackup.metrics import Metrics
+from asyncbackup.packer import Packer, packed_elsewhere
+from asyncbackup.packs import Pack, PackIndex
 from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress, phase
@@ -98,6 +109,11 @@ class BackupJob:
     """Backs up one directory. The chunks it has read and not yet stored hold at most
     ``config.buffer_budget`` bytes (``buffers``), and are at most ``config.buffered_chunks``."""
 
+    packs = True
+    """Whether this job packs small chunks, and writes an INDEX for them (see ``packer.py``).
+    A job whose commit carries no INDEX (a shard's record) sets it False: then it also names no
+    chunk that lies in a pack, only chunk objects."""
+
     def __init__(
         self,
         repo: Repository,
@@ -136,6 +152,10 @@ class BackupJob:
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
         self.stored: dict[str, str] = {}
         self.scheduled: set[str] = set()  # stored, or on its way
+        # ref -> place of each chunk known to lie in a pack: trusted INDEX entries, and the
+        # packs this job stored; the new INDEX is this, for the refs the MANIFEST names
+        self.places = PackIndex()
+        self.packer: Packer | None = None
         self.skipped = 0
         self.unchanged = 0
         self.bytes_read = 0
@@ -227,6 +247,13 @@ class BackupJob:
                 excluder_for, source, self.repo.store.url, self.options.excludes
             )
         phase(self.progress, "reading and uploading")
+        if self._packs_on:
+            self.packer = Packer(
+                self.repo,
+                pack_size=self.config.pack_size,
+                concurrency=self.config.concurrency,
+                on_stored=self._pack_stored,
+            )
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             if isinstance(source, StreamSource):
                 await store_stream(self, pool, source)
@@ -241,10 +268,14 @@ class BackupJob:
                         for entry in batch.entries:
                             if self._takes(entry):
                                 await self._add(pool, entry)
+        if self.packer is not None:  # the last pack, partly filled: once every chunk is in
+            async with TaskPool(OPERATION, limit=1, hint=hint) as pool:
+                await pool.spawn("packs/", self.packer.flush)
         if self.parent is not None:
             self.parent.forget()
         finished = self._now()
         stored = dict(self.stored)
+        index = PackIndex()
 
         def build_manifest() -> Manifest:  # sorting 100,000 entries would stall the event loop
             unconfirmed = {d for e in self.entries for d in e.chunks if d not in stored}
@@ -269,6 +300,9 @@ class BackupJob:
             entries += self.ready
             self.ready.clear()
             entries.sort(key=_path_of)
+            # The INDEX: where each packed chunk the MANIFEST names lies (one it lacks is an
+            # object of its own under chunks/).
+            index.update(self.places.restricted(c for e in entries for c in e.chunks))
             return Manifest(
                 name=name,
                 job_id=uuid.uuid4().hex,
@@ -283,10 +317,19 @@ class BackupJob:
                 excludes=excluder.record() if excluder is not None else None,
                 tags=tuple(dict.fromkeys(self.options.tags)),
                 parent=self.parent.name if self.parent is not None else "",
+                format_version=PACKED_FORMAT_VERSION if index else FORMAT_VERSION,
             )
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
+        if index:  # after every pack it names is stored, before the MANIFEST
+            try:
+                await self.repo.put_index(name, index)
+            except PermanentStorageError:
+                raise
+            except StorageError as exc:
+                failure = FailedItem(index_key(name), exc)
+                raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         await self._commit(manifest)
         return manifest
 
@@ -364,7 +407,13 @@ class BackupJob:
         the parent is not in its index.
         """
         missing: list[str] = []
-        if self.parent is not None:
+        if self.parent is not None and self.parent.format_version >= PACKED_FORMAT_VERSION:
+            try:
+                self.parent.places = await self.repo.load_index(self.parent.name)
+            except ManifestError as exc:
+                log.warning("the parent's chunks are not trusted, listing the store: %s", exc)
+                missing = ["INDEX"]
+        if self.parent is not None and not missing:
             phase(self.progress, "checking the parent's chunks")
             missing = await spot_check(self.repo, self.parent)
             if missing:
@@ -376,14 +425,38 @@ class BackupJob:
                 )  # fmt: skip
         if self.parent is not None and not missing:
             refs: set[str] = self.parent.refs
+            self.places = self.parent.places
             log.info("backup: %d chunks named by the parent %s", len(refs), self.parent.name)
         else:
             phase(self.progress, "listing the store")
             refs = await self.repo.stored_refs(on_page=self._listed)
             log.info("backup: %d chunks already in the store", len(refs))
+            if self._packs_on:
+                self.places = await packed_elsewhere(self.repo)
+                refs |= self.places.places.keys()
+            self.trusted = refs
+        if not self._packs_on and self.places:  # it writes no INDEX: it may name chunk objects only
+            refs = refs - self.places.places.keys()
+            self.places = PackIndex()
             self.trusted = refs
         self.stored = preferred_refs(refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
+
+    @property
+    def _packs_on(self) -> bool:
+        """Whether this job packs (and so may name packed chunks); with packs off
+        (``--pack-threshold 0``) it stores and names chunk objects only, as before packs."""
+        return self.packs and self.config.pack_threshold > 0
+
+    def _pack_stored(self, pack: Pack) -> None:
+        """A pack's upload is confirmed: each of its chunks is stored, at its place."""
+        self.places.add_pack(pack.pack_id, len(pack.data), pack.chunks)
+        for chunk in pack.chunks:
+            self.stored[digest_of_ref(chunk.ref)] = chunk.ref
+        self.uploaded += len(pack.chunks)
+        self.bytes_uploaded += len(pack.data)
+        self.metrics.chunks.labels(OPERATION, "transferred").inc(len(pack.chunks))
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(pack.data))
 
     def _listed(self, chunks: int) -> None:
         phase(self.progress, "listing the store", f"{chunks} chunks")
@@ -638,6 +711,9 @@ class BackupJob:
                 stored, ref, stored_sha256 = await to_thread(
                     encode_chunk, data, digest, compression
                 )
+            if self.packer is not None and len(stored) < self.config.pack_threshold:
+                await self.packer.add(ref, stored, len(data))  # counted once its pack is stored
+                return
             await self.repo.put_chunk(
                 ref, stored, data_sha256=stored_sha256, path=path, label=label
             )

@@ -35,6 +35,7 @@ from asyncbackup.errors import ConfigError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metadata import Xattrs
+from asyncbackup.packs import PackIndex
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
 
@@ -53,6 +54,8 @@ class Parent:
         self._files = {e.path: e for e in manifest.entries if e.type == "file"}
         self.refs = manifest.refs()
         self.sample = random.sample(sorted(self.refs), min(SPOT_CHECKS, len(self.refs)))
+        self.format_version = manifest.format_version
+        self.places = PackIndex()  # where its packed chunks lie: its INDEX, once read
 
     def unchanged(self, path: str, st: os.stat_result) -> FileEntry | None:
         """The parent's entry for ``path`` with the digests of its chunks, if the file at
@@ -199,7 +202,7 @@ async def spot_check(repo: Repository, parent: Parent) -> list[str]:
 
     async def check(ref: str) -> None:
         try:
-            await repo.probe_chunk(ref)
+            await repo.probe_chunk(ref, place=parent.places.get(ref))
         except ObjectNotFoundError:
             missing.append(ref)
 

@@ -35,7 +35,15 @@ from asyncbackup.layout import (
 from asyncbackup.manifest import READABLE_VERSIONS, Manifest
 from asyncbackup.manifest_encoding import HEAD_READ
 from asyncbackup.manifest_reader import read_manifest
-from asyncbackup.packs import TAIL_READ, Pack, PackedChunk, PackIndex, parse_trailer, trailer_length
+from asyncbackup.packs import (
+    TAIL_READ,
+    Pack,
+    PackedChunk,
+    PackIndex,
+    Place,
+    parse_trailer,
+    trailer_length,
+)
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
 from asyncbackup.threads import to_thread
@@ -148,12 +156,16 @@ class Repository:
         key = chunk_key(ref)
         await self.retrier.run(what, lambda: self.store.put(key, data, digest=data_sha256))
 
-    async def probe_chunk(self, ref: str) -> None:
-        """Check that chunk ``ref`` is in the store: one range GET of its first byte, retried.
+    async def probe_chunk(self, ref: str, *, place: Place | None = None) -> None:
+        """Check that chunk ``ref`` is in the store: one range GET of its first byte (in its
+        pack, at ``place``, if it is packed), retried.
 
         Raises:
             ObjectNotFoundError: it is not.
         """
+        if place is not None:
+            await self.read_pack(place.pack, place.offset, 1, label=f"check {ref[:12]}")
+            return
         key = chunk_key(ref)
         what = Transfer(self.operation, "check", key)
         await self.retrier.run(what, lambda: self.store.get_range(key, 0, 1))

@@ -11,8 +11,7 @@ import asyncio
 import errno
 import os
 import stat
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
@@ -77,19 +76,6 @@ class SourceEntry:
         """
         assert self.parent is not None
         return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent.fd)
-
-
-async def walk(
-    root: Path, *, decide: Decide | None = None, unlistable: Unlistable | None = None
-) -> AsyncIterator[SourceEntry]:
-    """Yield the root itself (path ``ROOT``), then every entry below it, each directory before
-    its contents, names in sorted order: ``walk_batches`` one entry at a time."""
-    batches: AsyncGenerator[Batch[object], None]
-    batches = walk_batches(root, decide=decide, unlistable=unlistable)
-    async with aclosing(batches):
-        async for batch in batches:
-            for entry in batch.entries:
-                yield entry
 
 
 @dataclass

@@ -24,6 +24,7 @@ import asyncio
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -348,7 +349,7 @@ def memory_with_parent(scratch: Path, files: int) -> list[dict[str, Any]]:
     return rows
 
 
-def loop_stall(entries: int) -> dict[str, Any]:
+def loop_stall(entries: int, rounds: int) -> dict[str, Any]:
     """The longest the event loop waited (a task asking for a 1 ms sleep, and woken late) while
     a MANIFEST of ``entries`` files was parsed: in bounded worker-thread trips, as asyncbackup
     reads one (``manifest_reader.read_manifest``), against one worker-thread call of the same
@@ -408,24 +409,38 @@ def loop_stall(entries: int) -> dict[str, Any]:
                 "gc_full_collections": len(pauses),
                 "gc_longest_ms": round(max(pauses, default=0.0), 1)}  # fmt: skip
 
-    gc.collect()
+    async def idle() -> None:
+        # The machine's own stalls: the probe alone, for as long as the last parse in pieces.
+        await asyncio.sleep(rows["pieces"][-1]["seconds"])
+
+    kinds: dict[str, Any] = {
+        "pieces": lambda: read_manifest(stored, where="bench"),
+        "idle": idle,
+        "one_thread_call": lambda: asyncio.to_thread(Manifest.from_json, stored, where="bench"),
+        "one_json_loads": lambda: asyncio.to_thread(json.loads, plain),
+    }
+    rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     gc.callbacks.append(on_gc)
     try:
-        pieces = asyncio.run(worst_stall(lambda: read_manifest(stored, where="bench")))
-        gc.collect()
-        one_call = asyncio.run(worst_stall(
-            lambda: asyncio.to_thread(Manifest.from_json, stored, where="bench")))  # fmt: skip
-        gc.collect()
-        whole = asyncio.run(worst_stall(lambda: asyncio.to_thread(json.loads, plain)))
+        for _ in range(rounds):  # interleaved: each round runs each kind once, in turn
+            for kind, work in kinds.items():
+                gc.collect()
+                rows[kind].append(asyncio.run(worst_stall(work)))
     finally:
         gc.callbacks.remove(on_gc)
+
+    def median_row(kind: str) -> dict[str, Any]:
+        found = rows[kind]
+        row: dict[str, Any] = {k: statistics.median(r[k] for r in found) for k in found[0]}
+        row["worst_stall_ms_rounds"] = [r["worst_stall_ms"] for r in found]
+        return row
+
     return {
         "entries": entries,
+        "rounds": rounds,
         "manifest_mib": round(len(plain) / MiB, 1),
         "stored_mib": round(len(stored) / MiB, 1),
-        "pieces": pieces,
-        "one_thread_call": one_call,
-        "one_json_loads": whole,
+        **{kind: median_row(kind) for kind in kinds},
     }
 
 
@@ -471,16 +486,19 @@ def tables(runs: list[Run], memory: list[dict[str, Any]], stall: dict[str, Any])
                 for r in memory]  # fmt: skip
     if stall:
         out += ["", f"Parsing a MANIFEST of {stall['entries']} entries ({stall['manifest_mib']} "
-                f"MiB of JSON, {stall['stored_mib']} MiB stored):", "",
+                f"MiB of JSON, {stall['stored_mib']} MiB stored), medians of {stall['rounds']} "
+                "interleaved rounds:", "",
                 "| parse | worst event-loop stall | longest full GC pause (count) | time |",
                 "|---|---:|---:|---:|"]  # fmt: skip
-        labels = (("pieces", "bounded worker-thread trips (asyncbackup)"),
+        labels = (("idle", "nothing (the machine's own stalls: the probe alone)"),
+                  ("pieces", "bounded worker-thread trips (asyncbackup)"),
                   ("one_thread_call", "the same parse in one worker-thread call"),
                   ("one_json_loads", "one json.loads of the whole, in a thread"))  # fmt: skip
         for key, label in labels:
             row = stall[key]
-            out.append(f"| {label} | {row['worst_stall_ms']} ms | {row['gc_longest_ms']} ms "
-                       f"({row['gc_full_collections']}) | {row['seconds']} s |")  # fmt: skip
+            out.append(f"| {label} | {row['worst_stall_ms']} ms {row['worst_stall_ms_rounds']} "
+                       f"| {row['gc_longest_ms']} ms ({row['gc_full_collections']}) "
+                       f"| {row['seconds']} s |")  # fmt: skip
     return "\n".join(out)
 
 
@@ -531,7 +549,7 @@ def main() -> None:
             shutil.rmtree(tree)
         if "memory" not in args.skip:
             memory = memory_with_parent(scratch, args.memory_files)
-    stall = loop_stall(args.memory_files)
+    stall = loop_stall(args.memory_files, args.rounds)
     markdown = tables(runs, memory, stall)
     print(markdown)
     result = {

@@ -195,7 +195,10 @@ def changing_source(tmp_path: Path) -> Path:
 
 
 # One transfer at a time: the first upload runs while a.bin is still being read.
-ONE_AT_A_TIME = EngineConfig(concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy())
+# One object per chunk (no packs): each chunk's upload is a put these tests can act on.
+ONE_AT_A_TIME = EngineConfig(
+    concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy(), pack_threshold=0
+)
 
 
 STRICT = BackupOptions(strict=True)

@@ -426,3 +426,53 @@ async def test_hard_links_and_owners_survive_an_incremental_backup(
         os.stat(tmp_path / "out" / "big.bin").st_ino
         == os.stat(tmp_path / "out" / "big-again.bin").st_ino
     )
+
+
+async def test_an_unchanged_entry_is_taken_as_the_parent_has_it_and_a_chmod_is_recorded(
+    tree: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    """The walk's thread takes an unchanged file's entry from the parent; with --ignore-ctime
+    a chmod (which moves only ctime) leaves the file unread, and its new mode is recorded."""
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    (tree / "exact.bin").chmod(0o600)
+    opened.clear()
+    ignore = BackupOptions(changes=ChangeDetection(ignore_ctime=True))
+    second = await engine(store, sleep).backup(tree, name="two", options=ignore)
+    assert opened == Counter() and second.unchanged == 13
+    one, two = [await BackupEngine(store).manifest(n) for n in ("one", "two")]
+    before, after = ({e.path: e for e in m.entries} for m in (one, two))
+    assert after["exact.bin"].mode == 0o600 and before["exact.bin"].mode != 0o600
+    assert after["exact.bin"].ctime_ns == (tree / "exact.bin").stat().st_ctime_ns
+    assert after["exact.bin"].chunks == before["exact.bin"].chunks
+    assert {p: e for p, e in after.items() if p != "exact.bin"} == {
+        p: e for p, e in before.items() if p != "exact.bin"
+    }
+    # "two" recorded the ctime the chmod left: a backup that compares ctime finds it unchanged
+    third = await engine(store, sleep).backup(tree, name="three")
+    assert opened == Counter() and third.unchanged == 13
+
+
+async def test_extended_attributes_of_unchanged_files_are_kept_and_a_new_one_is_read(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    leaf = tree / "sub" / "deeper" / "leaf.txt"
+    try:
+        os.setxattr(leaf, "user.note", b"first")
+    except OSError:
+        pytest.skip(f"the file system of {tree} has no user extended attributes")
+    store = MemoryStorage()
+    with_xattrs = BackupOptions(xattrs=True)
+    await engine(store, sleep).backup(tree, name="one", options=with_xattrs)
+    opened.clear()
+    second = await engine(store, sleep).backup(tree, name="two", options=with_xattrs)
+    assert opened == Counter() and second.unchanged == 13
+    entry = {e.path: e for e in (await BackupEngine(store).manifest("two")).entries}
+    assert entry["sub/deeper/leaf.txt"].xattrs == (("user.note", b"first"),)
+    os.setxattr(leaf, "user.note", b"second")  # moves ctime: the file is read again
+    third = await engine(store, sleep).backup(tree, name="three", options=with_xattrs)
+    assert list(opened) == [str(leaf)] and third.unchanged == 12
+    entry = {e.path: e for e in (await BackupEngine(store).manifest("three")).entries}
+    assert entry["sub/deeper/leaf.txt"].xattrs == (("user.note", b"second"),)
+    await engine(store, sleep).restore("three", tmp_path / "out")
+    assert os.getxattr(tmp_path / "out" / "sub" / "deeper" / "leaf.txt", "user.note") == b"second"

@@ -22,7 +22,14 @@ from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
-from asyncbackup.config import DEFAULT_BUFFER_BUDGET, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.config import (
+    DEFAULT_BUFFER_BUDGET,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PACK_SIZE,
+    DEFAULT_PACK_THRESHOLD,
+    EngineConfig,
+    RetryPolicy,
+)
 from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.excludes import ExcludeOptions
@@ -112,6 +119,8 @@ async def _run(args: argparse.Namespace) -> int:
             max_manifest_size=args.max_manifest_size,
             buffer_budget=getattr(args, "buffer_budget", DEFAULT_BUFFER_BUDGET),
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+            pack_threshold=getattr(args, "pack_threshold", DEFAULT_PACK_THRESHOLD),
+            pack_size=getattr(args, "pack_size", DEFAULT_PACK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
             ),
