@@ -9,6 +9,7 @@ import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -25,6 +26,7 @@ from asyncbackup.errors import (
     ConfigError,
     FailedItem,
     IntegrityError,
+    ManifestError,
     PermanentStorageError,
     SourceChangedError,
     SourceError,
@@ -33,19 +35,29 @@ from asyncbackup.errors import (
     TransientStorageError,
 )
 from asyncbackup.excludes import Excluder, excluder_for
-from asyncbackup.layout import manifest_key
+from asyncbackup.layout import digest_of_ref, index_key, manifest_key, source_mark_key
 from asyncbackup.links import HardLinks
 from asyncbackup.locks import SHARED, RepositoryLock
-from asyncbackup.manifest import EntryType, FileEntry, Manifest, SourceWarning, WarningKind
-from asyncbackup.metadata import xattrs_of
+from asyncbackup.manifest import (
+    FORMAT_VERSION,
+    PACKED_FORMAT_VERSION,
+    EntryType,
+    FileEntry,
+    Manifest,
+    SourceWarning,
+    WarningKind,
+)
+from asyncbackup.metadata import xattrs_of, xattrs_or_warn
 from asyncbackup.metrics import Metrics
+from asyncbackup.packer import Packer, packed_elsewhere
+from asyncbackup.packs import Pack, PackIndex
 from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
 from asyncbackup.stream import StreamSource, store_stream
 from asyncbackup.threads import to_thread
-from asyncbackup.walk import SourceEntry, walk
+from asyncbackup.walk import SourceEntry, walk_batches
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "backup"
@@ -97,6 +109,11 @@ class BackupJob:
     """Backs up one directory. The chunks it has read and not yet stored hold at most
     ``config.buffer_budget`` bytes (``buffers``), and are at most ``config.buffered_chunks``."""
 
+    packs = True
+    """Whether this job packs small chunks, and writes an INDEX for them (see ``packer.py``).
+    A job whose commit carries no INDEX (a shard's record) sets it False: then it also names no
+    chunk that lies in a pack, only chunk objects."""
+
     def __init__(
         self,
         repo: Repository,
@@ -126,9 +143,19 @@ class BackupJob:
         self.links = HardLinks()
         # Entries hold raw digests while the job runs; the MANIFEST names each chunk's ref.
         self.entries: list[FileEntry] = []
+        # Entries final as they are: directories, links, and files unchanged since the parent
+        # (their chunks are the parent's refs), taken whole by the walk's worker thread.
+        self.ready: list[FileEntry] = []
+        # The refs an unchanged file may name: None, the parent's (trusted); else what a
+        # listing found, after the parent failed its spot check.
+        self.trusted: set[str] | None = None
         # digest -> ref confirmed in the store: listed (under any codec), or uploaded by this job
         self.stored: dict[str, str] = {}
         self.scheduled: set[str] = set()  # stored, or on its way
+        # ref -> place of each chunk known to lie in a pack: trusted INDEX entries, and the
+        # packs this job stored; the new INDEX is this, for the refs the MANIFEST names
+        self.places = PackIndex()
+        self.packer: Packer | None = None
         self.skipped = 0
         self.unchanged = 0
         self.bytes_read = 0
@@ -220,19 +247,35 @@ class BackupJob:
                 excluder_for, source, self.repo.store.url, self.options.excludes
             )
         phase(self.progress, "reading and uploading")
+        if self._packs_on:
+            self.packer = Packer(
+                self.repo,
+                pack_size=self.config.pack_size,
+                concurrency=self.config.concurrency,
+                on_stored=self._pack_stored,
+            )
         async with TaskPool(OPERATION, limit=self.config.buffered_chunks, hint=hint) as pool:
             if isinstance(source, StreamSource):
                 await store_stream(self, pool, source)
             else:
                 assert excluder is not None
-                walking = walk(source, decide=excluder.decide, unlistable=self._unlistable)
-                async for entry in walking:
-                    if self._takes(entry):
-                        await self._add(pool, entry)
+                walking = walk_batches(
+                    source, decide=excluder.decide, unlistable=self._unlistable, take=self._take
+                )
+                async with aclosing(walking):
+                    async for batch in walking:
+                        self._took(batch.taken)
+                        for entry in batch.entries:
+                            if self._takes(entry):
+                                await self._add(pool, entry)
+        if self.packer is not None:  # the last pack, partly filled: once every chunk is in
+            async with TaskPool(OPERATION, limit=1, hint=hint) as pool:
+                await pool.spawn("packs/", self.packer.flush)
         if self.parent is not None:
             self.parent.forget()
         finished = self._now()
         stored = dict(self.stored)
+        index = PackIndex()
 
         def build_manifest() -> Manifest:  # sorting 100,000 entries would stall the event loop
             unconfirmed = {d for e in self.entries for d in e.chunks if d not in stored}
@@ -241,16 +284,25 @@ class BackupJob:
                     f"backup {name}: {len(unconfirmed)} chunks were never confirmed stored, "
                     "so nothing was committed; run the backup again"
                 )
-            linked, lost = self.links.entries({e.path: e for e in self.entries})
+            leaders = self.links.leaders()  # only they are looked up: no map of every entry
+            linked, lost = self.links.entries(
+                {e.path: e for e in self.entries if e.path in leaders}
+            )
             skipped = "{} is a hard link to {}, which was skipped; skipped too"
             lost_links = [SourceWarning(p, "unreadable", skipped.format(p, f)) for p, f in lost]
             for warning in lost_links:
                 log.warning("%s", warning.message)
             warnings = self.warnings + lost_links
-            entries = (
-                replace(e, chunks=tuple(stored[d] for d in e.chunks)) if e.chunks else e
-                for e in (*self.entries, *linked)
-            )
+            # Each entry is rebuilt only if a ref differs from its digest (a compressed chunk);
+            # the ready ones are final. Sorted in place: no second list of 100,000 entries.
+            entries = [_with_refs(e, stored) for e in (*self.entries, *linked)]
+            self.entries.clear()
+            entries += self.ready
+            self.ready.clear()
+            entries.sort(key=_path_of)
+            # The INDEX: where each packed chunk the MANIFEST names lies (one it lacks is an
+            # object of its own under chunks/).
+            index.update(self.places.restricted(c for e in entries for c in e.chunks))
             return Manifest(
                 name=name,
                 job_id=uuid.uuid4().hex,
@@ -259,16 +311,25 @@ class BackupJob:
                 host=self.host,
                 source=source.label if isinstance(source, StreamSource) else str(source),
                 chunk_size=self.config.chunk_size,
-                entries=tuple(sorted(entries, key=lambda e: e.path)),
+                entries=tuple(entries),
                 compression=self.config.compression.codec,
                 warnings=tuple(sorted(warnings, key=lambda w: w.path)),
                 excludes=excluder.record() if excluder is not None else None,
                 tags=tuple(dict.fromkeys(self.options.tags)),
                 parent=self.parent.name if self.parent is not None else "",
+                format_version=PACKED_FORMAT_VERSION if index else FORMAT_VERSION,
             )
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
+        if index:  # after every pack it names is stored, before the MANIFEST
+            try:
+                await self.repo.put_index(name, index)
+            except PermanentStorageError:
+                raise
+            except StorageError as exc:
+                failure = FailedItem(index_key(name), exc)
+                raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         await self._commit(manifest)
         return manifest
 
@@ -302,6 +363,25 @@ class BackupJob:
                 "run the same command again: stored chunks are reused.",
                 outcome="its commit was not confirmed",
             ) from exc
+        await self._mark(manifest)
+
+    async def _mark(self, manifest: Manifest) -> None:
+        """Leave the committed backup's source mark (``catalog.find_newest``), so that the next
+        backup of this host and source finds it as its parent from a listing. After the
+        MANIFEST, by the job that committed it: a mark only ever names its own job's MANIFEST
+        (unless written by hand). Losing it costs the next backups one head read, no more:
+        the backup is committed, so a failure here is a warning."""
+        key = source_mark_key(
+            manifest.name, host=manifest.host, source=manifest.source, finished=manifest.finished
+        )
+        try:
+            await self.repo.put_object(key, b"", action="mark")
+        except StorageError as exc:
+            log.warning(
+                "backup %s is committed, but its mark %s could not be written (%s): the next "
+                "backups read its head to find their parent",
+                manifest.name, key, exc,
+            )  # fmt: skip
 
     async def _learn_stored(self) -> None:
         """Decide which chunks this backup may take as stored without uploading them: the one
@@ -327,7 +407,13 @@ class BackupJob:
         the parent is not in its index.
         """
         missing: list[str] = []
-        if self.parent is not None:
+        if self.parent is not None and self.parent.format_version >= PACKED_FORMAT_VERSION:
+            try:
+                self.parent.places = await self.repo.load_index(self.parent.name)
+            except ManifestError as exc:
+                log.warning("the parent's chunks are not trusted, listing the store: %s", exc)
+                missing = ["INDEX"]
+        if self.parent is not None and not missing:
             phase(self.progress, "checking the parent's chunks")
             missing = await spot_check(self.repo, self.parent)
             if missing:
@@ -339,19 +425,85 @@ class BackupJob:
                 )  # fmt: skip
         if self.parent is not None and not missing:
             refs: set[str] = self.parent.refs
+            self.places = self.parent.places
             log.info("backup: %d chunks named by the parent %s", len(refs), self.parent.name)
         else:
             phase(self.progress, "listing the store")
             refs = await self.repo.stored_refs(on_page=self._listed)
             log.info("backup: %d chunks already in the store", len(refs))
+            if self._packs_on:
+                self.places = await packed_elsewhere(self.repo)
+                refs |= self.places.places.keys()
+            self.trusted = refs
+        if not self._packs_on and self.places:  # it writes no INDEX: it may name chunk objects only
+            refs = refs - self.places.places.keys()
+            self.places = PackIndex()
+            self.trusted = refs
         self.stored = preferred_refs(refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
+
+    @property
+    def _packs_on(self) -> bool:
+        """Whether this job packs (and so may name packed chunks); with packs off
+        (``--pack-threshold 0``) it stores and names chunk objects only, as before packs."""
+        return self.packs and self.config.pack_threshold > 0
+
+    def _pack_stored(self, pack: Pack) -> None:
+        """A pack's upload is confirmed: each of its chunks is stored, at its place."""
+        self.places.add_pack(pack.pack_id, len(pack.data), pack.chunks)
+        for chunk in pack.chunks:
+            self.stored[digest_of_ref(chunk.ref)] = chunk.ref
+        self.uploaded += len(pack.chunks)
+        self.bytes_uploaded += len(pack.data)
+        self.metrics.chunks.labels(OPERATION, "transferred").inc(len(pack.chunks))
+        self.metrics.bytes.labels(OPERATION, "transferred").inc(len(pack.data))
 
     def _listed(self, chunks: int) -> None:
         phase(self.progress, "listing the store", f"{chunks} chunks")
 
     def _now(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
+
+    def _take(self, entry: SourceEntry) -> FileEntry | None:
+        """The final entry of a directory, a symlink, or a file unchanged since the parent;
+        None for what the loop must handle (files to read, hard links, special files). Runs in
+        the walk's worker thread, so an unchanged file costs the event loop nothing of its own:
+        it reads only the parent (not changed while the walk runs) and the job's settings."""
+        if not self._takes(entry):
+            return None  # another shard's: the loop leaves it out
+        st = entry.stat
+        if entry.kind == "file":
+            if self.parent is None or st.st_nlink > 1:  # hard links: ``self.links``, on the loop
+                return None
+            xattrs = xattrs_or_warn(entry.reachable) if self.options.xattrs else ()
+            return self.parent.reusable(entry.path, st, xattrs=xattrs, trusted=self.trusted)
+        if entry.kind not in ("dir", "symlink"):
+            return None
+        return FileEntry(
+            entry.path,
+            "dir" if entry.kind == "dir" else "symlink",
+            stat.S_IMODE(st.st_mode),
+            st.st_mtime_ns,
+            target=entry.target or "",
+            uid=st.st_uid,
+            gid=st.st_gid,
+            xattrs=xattrs_or_warn(entry.reachable) if self.options.xattrs else (),
+        )
+
+    def _took(self, taken: list[FileEntry]) -> None:
+        """Count what the walk's thread took whole: one update per batch, not per file."""
+        if not taken:
+            return
+        self.ready += taken
+        unchanged = sum(e.type == "file" for e in taken)
+        if unchanged:
+            self.unchanged += unchanged
+            self.progress.advance(files=unchanged)
+            self.metrics.files.labels(OPERATION, "unchanged").inc(unchanged)
+            if log.isEnabledFor(logging.DEBUG):
+                for e in taken:
+                    if e.type == "file":
+                        log.debug("unchanged %s (%d bytes, not read)", e.path, e.size)
 
     async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
         st = entry.stat
@@ -559,6 +711,9 @@ class BackupJob:
                 stored, ref, stored_sha256 = await to_thread(
                     encode_chunk, data, digest, compression
                 )
+            if self.packer is not None and len(stored) < self.config.pack_threshold:
+                await self.packer.add(ref, stored, len(data))  # counted once its pack is stored
+                return
             await self.repo.put_chunk(
                 ref, stored, data_sha256=stored_sha256, path=path, label=label
             )
@@ -570,3 +725,16 @@ class BackupJob:
         self.bytes_uploaded += len(stored)  # what went over the wire: compressed, if it was
         self.metrics.chunks.labels(OPERATION, "transferred").inc()
         self.metrics.bytes.labels(OPERATION, "transferred").inc(len(stored))
+
+
+def _path_of(entry: FileEntry) -> str:
+    return entry.path
+
+
+def _with_refs(entry: FileEntry, stored: dict[str, str]) -> FileEntry:
+    """``entry`` naming each chunk by its ref in the store (its digest, or with a codec's
+    suffix), rebuilt only when one differs."""
+    if not entry.chunks:
+        return entry
+    refs = tuple(stored[d] for d in entry.chunks)
+    return entry if refs == entry.chunks else replace(entry, chunks=refs)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from asyncbackup.errors import ConfigError, IntegrityError, ManifestError
 from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.packread import ChunkSource
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
 
@@ -42,21 +43,25 @@ async def write_file(
     repo: Repository, manifest: Manifest, entry: FileEntry, write: Write, *, ahead: int
 ) -> int:
     """Write ``entry``'s bytes to ``write`` in order, fetching up to ``ahead`` chunks at once;
-    the number of bytes written. Memory: at most ``ahead`` chunks.
+    the number of bytes written. Memory: at most ``ahead`` chunks, plus the pack ranges
+    that hold them (``packread.py``).
 
     Raises:
         IntegrityError: a chunk does not match its hash or length (nothing of it is written),
             or the whole file does not match its recorded hash (everything was written: the
             caller must not trust it).
         BackupFailed: the store failed.
+        ManifestError: the backup's INDEX (where its packed chunks lie) cannot be read.
     """
     size = manifest.chunk_size
+    source = await ChunkSource.open(repo, manifest, budget=ahead * size)
+    source.plan(entry.chunks)
     total = len(entry.chunks)
 
     async def fetch(index: int) -> bytes:
         expected = min(size, entry.size - index * size)
         label = f"chunk {index + 1}/{total} {entry.chunks[index][:12]}"
-        data = await repo.get_chunk(
+        data = await source.get(
             entry.chunks[index], limit=expected, path=entry.path, label=label, size=expected
         )
         if len(data) != expected:

@@ -16,6 +16,10 @@ DEFAULT_BASE_DELAY = 0.1
 DEFAULT_MAX_DELAY = 20.0
 DEFAULT_ATTEMPT_TIMEOUT = 120.0
 DEFAULT_RETRY_BUDGET = 100
+DEFAULT_PACK_THRESHOLD = 1 * MiB
+"""Chunks whose encoded size is below this go into packs (docs/design.md, "Packs"); 0: none do."""
+DEFAULT_PACK_SIZE = 16 * MiB
+"""A pack is stored once it holds this many bytes (the last one of a backup, fewer)."""
 DEFAULT_BUFFER_BUDGET = 128 * MiB
 """File data a job may hold in memory at once (read ahead of uploads, fetched ahead of writes):
 16 chunks of 8 MiB in flight, enough to keep a 25 ms store busy, and with the interpreter and
@@ -83,9 +87,20 @@ class EngineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     compression: Compression = field(default_factory=Compression)
     max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE
+    pack_threshold: int = DEFAULT_PACK_THRESHOLD
+    pack_size: int = DEFAULT_PACK_SIZE
     buffer_budget: int = DEFAULT_BUFFER_BUDGET
 
     def __post_init__(self) -> None:
+        if not 64 * 1024 <= self.pack_size <= 1024 * MiB:
+            raise ConfigError(
+                f"pack size must be between 64 KiB and 1 GiB, not {self.pack_size} bytes"
+            )
+        if not 0 <= self.pack_threshold <= 1024 * MiB:
+            raise ConfigError(
+                f"the pack threshold must be between 0 (no packs) and 1 GiB, "
+                f"not {self.pack_threshold} bytes"
+            )
         if self.buffer_budget < MiB:
             raise ConfigError(
                 f"the buffer budget must be at least 1 MiB, not {self.buffer_budget} bytes"

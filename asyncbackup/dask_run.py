@@ -17,11 +17,12 @@ and nothing else pays its start-up.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from asyncbackup.restore import RestoreSummary
 from asyncbackup.shards import ShardSpec, ShardSummary
 from asyncbackup.storage.base import Storage
 
+log = logging.getLogger("asyncbackup")
 Opener = Callable[[], Storage]
 """Opens the store in a worker: picklable (a module-level function with its arguments)."""
 REPORT_EVERY = 0.5  # seconds between a task's progress events
@@ -163,6 +165,7 @@ async def backup_on_dask(
     name: str,
     progress: Progress,
     commit: Callable[[], Any],
+    warm: Callable[[], Awaitable[object]] | None = None,
 ) -> ClusterSummary:
     """Back up ``source`` as ``count`` shards on the cluster at ``address``, then ``commit()``.
 
@@ -172,14 +175,31 @@ async def backup_on_dask(
     """
     started = time.monotonic()
     source = await asyncio.to_thread(source.absolute)
-    runs = await _run_shards(
-        address, "backup", name, count, retries, progress,
-        lambda shard, topic: (_backup_task, opener, config, locking, options, str(source),
-                              name, shard, topic),
-    )  # fmt: skip
+    # ``warm()``: the client's first request to the store (its SDK client and credentials,
+    # about half a second) is made while the shards run, not at the start of the commit.
+    warming = asyncio.create_task(_quietly(warm())) if warm is not None else None
+    try:
+        runs = await _run_shards(
+            address, "backup", name, count, retries, progress,
+            lambda shard, topic: (_backup_task, opener, config, locking, options, str(source),
+                                  name, shard, topic),
+        )  # fmt: skip
+    finally:
+        if warming is not None:
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
     summary: CommitSummary = await commit()
     return ClusterSummary(name, "backup", address, tuple(runs), commit=summary,
                           seconds=time.monotonic() - started)  # fmt: skip
+
+
+async def _quietly(call: Awaitable[object]) -> None:
+    """Await ``call``; a failure is left for the commit, which makes the same requests, to
+    report."""
+    try:
+        await call
+    except BackupError as exc:
+        log.debug("warming the store up failed: %s", exc)
 
 
 async def restore_on_dask(
@@ -267,8 +287,7 @@ async def _run_shards(
             except Exception as exc:  # KilledWorker, a lost scheduler: Dask's own errors
                 error = BackupError(f"{type(exc).__name__}: {exc}")
                 failures.append(FailedItem(f"shard {index}/{count}", error))
-        await asyncio.sleep(REPORT_EVERY)  # the last progress events arrive
-        client.unsubscribe_topic(topic)
+        client.unsubscribe_topic(topic)  # each shard's summary has its totals: no waiting
     if failures:
         raise BackupFailed(
             operation,

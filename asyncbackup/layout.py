@@ -4,6 +4,7 @@ chunks/<sha256 of the raw chunk>     the bytes of one chunk, stored once however
 chunks/<sha256 of the raw chunk>.zst the same chunk compressed (.gz for gzip): see compression.py
 backups/<name>/MANIFEST              the commit record of one backup, written last
 backups/<name>/INDEX                 where each packed chunk of that backup lies: see packs.py
+backups/<name>/SOURCE.<group>.<time> empty: whose host and source, finished when (catalog.py)
 packs/<sha256 of the pack's bytes>   small chunks, encoded, end to end, then a trailer: packs.py
 locks/<random id>                    a job's repository lock (JSON): see locks.py
 shards/<name>/<k>.record             shard k's part of backup <name>, until its commit: see
@@ -13,6 +14,7 @@ shards/<name>/<k>.started            shard k began (a re-run then lists what it 
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from asyncbackup.errors import ConfigError
@@ -21,6 +23,7 @@ CHUNKS = "chunks/"
 BACKUPS = "backups/"
 MANIFEST = "MANIFEST"
 INDEX = "INDEX"
+SOURCE_MARK = "SOURCE."
 LOCKS = "locks/"
 PACKS = "packs/"
 SHARDS = "shards/"
@@ -62,6 +65,30 @@ def name_of_manifest_key(key: str) -> str | None:
     if len(parts) == 3 and parts[0] + "/" == BACKUPS and parts[2] == MANIFEST:
         return parts[1]
     return None
+
+
+def source_group(host: str, source: str) -> str:
+    """The host and source directory of a backup, as a short name: a hash, so that a key
+    holds any path."""
+    both = f"{host}\0{source}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(both).hexdigest()[:32]
+
+
+def source_mark_key(name: str, *, host: str, source: str, finished: str) -> str:
+    """The key of the mark of backup ``name``: its host and source (``source_group``) and its
+    finish time (the digits of its ISO 8601 UTC time), so that a listing of ``backups/``
+    alone names the newest backup of a host and source."""
+    stamp = "".join(c for c in finished if c.isdigit())
+    return f"{BACKUPS}{name}/{SOURCE_MARK}{source_group(host, source)}.{stamp}"
+
+
+def source_mark_of_key(key: str) -> tuple[str, str, str] | None:
+    """(backup name, group, time stamp) of a ``source_mark_key``, or None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] + "/" != BACKUPS or not parts[2].startswith(SOURCE_MARK):
+        return None
+    group, _, stamp = parts[2].removeprefix(SOURCE_MARK).partition(".")
+    return (parts[1], group, stamp) if group and stamp.isdigit() else None
 
 
 def index_key(name: str) -> str:

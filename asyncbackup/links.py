@@ -29,6 +29,10 @@ class HardLinks:
         self._others.append((path, first))
         return True
 
+    def leaders(self) -> set[str]:
+        """The first names of the files that other names link to."""
+        return {first for _, first in self._others}
+
     def entries(self, taken: dict[str, FileEntry]) -> tuple[list[FileEntry], list[tuple[str, str]]]:
         """The entries of the other names, from their first name's entry in ``taken``; and the
         (name, first name) pairs whose first name was not taken (it vanished or was unreadable)."""

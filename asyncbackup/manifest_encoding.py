@@ -14,11 +14,12 @@ listing a store costs one small GET per backup, whatever the size of each backup
 own frame because a zstd frame cannot be decoded before its beginning, and a frame of its own
 keeps the head's compressed length small and independent of the entries.
 
-Why one entry per line: parsing is incremental (``manifest._entry_by_entry``). A single
-``json.loads`` of a 14 MB document holds the GIL for over a second, so even in a worker thread
-it freezes the event loop; one small ``json.loads`` per line lets the interpreter hand the GIL
-back to the loop between lines (every 5 ms at most, ``sys.getswitchinterval``). Decompression
-itself releases the GIL.
+Why one entry per line: parsing is incremental (``manifest_reader``): a thousand lines at a time
+are one ``json.loads`` of a JSON array, in a worker-thread trip of a few milliseconds, and the
+event loop runs between trips. A single ``json.loads`` of a 14 MB document holds the GIL for
+over a second, so even in a worker thread it freezes the event loop. Decompression itself
+releases the GIL, and it is done a piece at a time as lines are needed. The entries' frame is
+written a piece at a time too (``encode_pieces``), so it carries no content size.
 
 Older MANIFESTs (format 1 and 2) are the same document, uncompressed; both are read. A document
 that is valid JSON but not laid out by line (written by hand) is still read, whole, within the
@@ -28,6 +29,7 @@ size limits of ``repository.load_manifest``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import zstandard
@@ -51,6 +53,20 @@ def encode(head_line: bytes, entry_lines: bytes) -> bytes:
     """
     compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
     return compressor.compress(head_line) + compressor.compress(entry_lines)
+
+
+def encode_pieces(head_line: bytes, entry_pieces: Iterable[bytes]) -> bytes:
+    """``encode``, with the entry lines given in pieces and compressed as they come: a frame
+    of unknown content size (readers stream it), and no copy of every line at once.
+
+    Blocking (zstd releases the GIL): callers run it in a worker thread.
+    """
+    compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True)
+    out = [compressor.compress(head_line)]
+    stream = compressor.compressobj()
+    out += (stream.compress(piece) for piece in entry_pieces)
+    out.append(stream.flush())
+    return b"".join(out)
 
 
 def decode(data: bytes, *, where: str, limit: int = MAX_DECODED_BYTES) -> bytes:

@@ -111,8 +111,14 @@ async def xattrs_of(path: str, *, wanted: bool) -> Xattrs:
     and none with a warning when they cannot be read."""
     if not wanted:
         return ()
+    return await to_thread(xattrs_or_warn, path)
+
+
+def xattrs_or_warn(path: str) -> Xattrs:
+    """``path``'s extended attributes, or none with a warning when they cannot be read.
+    Blocking: for worker threads."""
     try:
-        return await to_thread(read_xattrs, path)
+        return read_xattrs(path)
     except OSError as exc:
         log.warning(
             "cannot read the extended attributes of %s: %s; recorded without them",

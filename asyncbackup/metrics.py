@@ -1,7 +1,7 @@
 """Every Prometheus metric asyncbackup exports, on a registry the caller owns.
 
-Label values are a small fixed set: ``operation`` is backup, restore, verify, list or prune;
-``outcome`` is named at each metric. A caller may add constant labels of its own
+Label values are a small fixed set: ``operation`` is backup, restore, verify, list, prune or
+commit; ``outcome`` is named at each metric. A caller may add constant labels of its own
 (``Metrics(registry, labels={"engine": "nightly"})``), so that two engines in one service export
 apart on one registry.
 """

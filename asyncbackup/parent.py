@@ -26,12 +26,16 @@ import asyncio
 import logging
 import os
 import random
+import stat
+from collections.abc import Set
 
 from asyncbackup.backup_options import ChangeDetection
-from asyncbackup.catalog import newest_of, read_catalog
+from asyncbackup.catalog import find_newest
 from asyncbackup.errors import ConfigError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.metadata import Xattrs
+from asyncbackup.packs import PackIndex
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
 
@@ -50,6 +54,8 @@ class Parent:
         self._files = {e.path: e for e in manifest.entries if e.type == "file"}
         self.refs = manifest.refs()
         self.sample = random.sample(sorted(self.refs), min(SPOT_CHECKS, len(self.refs)))
+        self.format_version = manifest.format_version
+        self.places = PackIndex()  # where its packed chunks lie: its INDEX, once read
 
     def unchanged(self, path: str, st: os.stat_result) -> FileEntry | None:
         """The parent's entry for ``path`` with the digests of its chunks, if the file at
@@ -65,14 +71,58 @@ class Parent:
             return None
         return old
 
+    def reusable(
+        self, path: str, st: os.stat_result, *, xattrs: Xattrs, trusted: Set[str] | None
+    ) -> FileEntry | None:
+        """The new backup's entry for the file at ``path`` (as ``st``, its lstat, says), if it
+        is unchanged since the parent, with its chunks as refs (final: the MANIFEST names them
+        as they are); else None: read it. ``trusted``: the refs a backup whose parent failed its
+        spot check found listed (an entry naming another is read again); None: the parent's
+        refs are trusted. Runs in the walk's worker thread: it only reads.
+
+        When nothing the entry records has moved (owner and mode move ctime, so unless
+        ``--ignore-ctime`` they cannot differ), the parent's entry object itself is returned:
+        an unchanged file costs no new object and no encoding."""
+        old = self.unchanged(path, st)
+        if old is None:
+            return None
+        if trusted is not None and not all(ref in trusted for ref in old.chunks):
+            return None  # a chunk of it is not in the store (the parent is damaged): read it
+        mode = stat.S_IMODE(st.st_mode)
+        if (
+            old.mode == mode
+            and old.ctime_ns == st.st_ctime_ns
+            and old.inode == st.st_ino
+            and old.uid == st.st_uid
+            and old.gid == st.st_gid
+            and old.xattrs == xattrs
+            and not old.hardlink
+        ):
+            return old
+        return FileEntry(
+            old.path,
+            "file",
+            mode,
+            st.st_mtime_ns,
+            size=old.size,
+            sha256=old.sha256,
+            chunks=old.chunks,
+            ctime_ns=st.st_ctime_ns,
+            inode=st.st_ino,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            xattrs=xattrs,
+        )
+
     def forget(self) -> None:
         """Drop the entries once the walk is done: their memory is the backup's to use."""
         self._files.clear()
 
 
 def entry_from_parent(old: FileEntry, st: os.stat_result, mode: int) -> FileEntry:
-    """The new backup's entry for an unchanged file: the parent's content (size, hash, chunks,
-    as digests like every entry of a running job) with the metadata the walk saw now."""
+    """The new backup's entry for an unchanged file the loop handles (a hard link's first
+    name): the parent's content (size, hash, chunks, as digests like every entry of a running
+    job) with the metadata the walk saw now."""
     return FileEntry(
         old.path,
         "file",
@@ -117,9 +167,7 @@ async def find_parent(
                 "--parent out to use the newest backup of this host and source"
             ) from None
     else:
-        newest = newest_of(
-            await read_catalog(repo, concurrency=concurrency), host=host, source=source
-        )
+        newest = await find_newest(repo, host=host, source=source, concurrency=concurrency)
         if newest is None:
             log.info("no earlier backup of %s:%s: every file is read", host, source)
             return None
@@ -154,7 +202,7 @@ async def spot_check(repo: Repository, parent: Parent) -> list[str]:
 
     async def check(ref: str) -> None:
         try:
-            await repo.probe_chunk(ref)
+            await repo.probe_chunk(ref, place=parent.places.get(ref))
         except ObjectNotFoundError:
             missing.append(ref)
 

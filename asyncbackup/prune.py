@@ -3,15 +3,24 @@
 Mark and sweep, under the repository's exclusive lock (``locks.py``):
 
 1. Take the exclusive lock (a dry run takes none: it deletes nothing). Note the time (``began``).
+   List ``backups/``: the backups, and the INDEXes whose MANIFEST is gone (older than the grace).
 2. Read every MANIFEST. If one cannot be read, stop here, having deleted nothing: the chunks of a
    backup we cannot read would look unused, and sweeping them would destroy it.
-3. Decide (``retention.decide``); check the lock; remove the MANIFESTs of the backups let go.
-4. Mark every chunk ref the kept backups name; list ``chunks/`` with each object's time.
+3. Decide (``retention.decide``). Read the INDEX of every backup that stays and packs chunks
+   (``packuse.LivePacks``); if one cannot be read, stop, having deleted nothing. Check the lock;
+   remove the MANIFESTs of the backups let go, then their INDEXes (a MANIFEST never lacks its
+   INDEX).
+4. Mark every chunk ref the remaining backups name as an object (a packed ref is read from its
+   pack, not from ``chunks/``); list ``chunks/`` with each object's time.
 5. Sweep: an unmarked chunk written before ``began - grace`` is removed, in batches of
    ``DELETE_BATCH``; the lock is checked (read back) before each batch, and its guard passes
-   before every single delete attempt. The temporary files of writes a crash cut short (local
-   store) are removed by the same rule.
-6. Release the lock.
+   before every single delete attempt.
+6. Packs (``packuse.py`` plans, ``repack.py`` acts): delete the packs no remaining INDEX names
+   (older than the grace period); repack those past ``--max-unused`` (live chunks copied into
+   new packs, every INDEX naming them rewritten, then the old packs deleted, last). Remove the
+   INDEXes of no backup, and the temporary files of writes a crash cut short (local store), by
+   the same grace rule.
+7. Release the lock.
 
 **Invariant.** No chunk named by a committed MANIFEST, or seen in ``chunks/`` by a backup that
 has not committed yet, is removed while that backup could still commit.
@@ -31,6 +40,13 @@ commits while prune holds the lock. (d) Staleness is the one way a lock is overr
 trusts its lock only while it refreshed it within half the stale period, and stops (no delete, no
 commit) as soon as it cannot (``locks.py`` states the clock and pause assumptions: skew and
 pauses well below a quarter of the stale period, 7.5 minutes by default).
+
+**Packs.** The same lock makes step 6 safe beside backups; what makes it safe at every instant
+of its own, crash included, is its order: *every place that the INDEX of a committed backup
+names lies in a pack that exists and holds that chunk there*, because new packs are durable
+before an INDEX names them, each INDEX is replaced atomically, and an old pack is deleted only
+after no INDEX names it any more. The proof sketch is in ``repack.py``'s docstring and in
+docs/design.md, "Prune of packs".
 
 So the old after-the-fact checks are gone: the backup no longer lists ``chunks/`` again before
 its commit, and prune no longer re-reads the MANIFESTs between batches or after its sweep.

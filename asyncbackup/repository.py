@@ -30,10 +30,20 @@ from asyncbackup.layout import (
     pack_id_of_key,
     pack_key,
     ref_of_chunk_key,
+    source_mark_of_key,
 )
 from asyncbackup.manifest import READABLE_VERSIONS, Manifest
 from asyncbackup.manifest_encoding import HEAD_READ
-from asyncbackup.packs import TAIL_READ, Pack, PackedChunk, PackIndex, parse_trailer, trailer_length
+from asyncbackup.manifest_reader import read_manifest
+from asyncbackup.packs import (
+    TAIL_READ,
+    Pack,
+    PackedChunk,
+    PackIndex,
+    Place,
+    parse_trailer,
+    trailer_length,
+)
 from asyncbackup.retry import Retrier, Transfer
 from asyncbackup.storage.base import ObjectInfo, Storage
 from asyncbackup.threads import to_thread
@@ -146,12 +156,16 @@ class Repository:
         key = chunk_key(ref)
         await self.retrier.run(what, lambda: self.store.put(key, data, digest=data_sha256))
 
-    async def probe_chunk(self, ref: str) -> None:
-        """Check that chunk ``ref`` is in the store: one range GET of its first byte, retried.
+    async def probe_chunk(self, ref: str, *, place: Place | None = None) -> None:
+        """Check that chunk ``ref`` is in the store: one range GET of its first byte (in its
+        pack, at ``place``, if it is packed), retried.
 
         Raises:
             ObjectNotFoundError: it is not.
         """
+        if place is not None:
+            await self.read_pack(place.pack, place.offset, 1, label=f"check {ref[:12]}")
+            return
         key = chunk_key(ref)
         what = Transfer(self.operation, "check", key)
         await self.retrier.run(what, lambda: self.store.get_range(key, 0, 1))
@@ -288,7 +302,8 @@ class Repository:
         except NotFound:
             raise missing from None
         self._check_manifest_size(len(data), where)  # replaced since it was listed
-        return await to_thread(Manifest.from_json, data, where=where, limit=self.manifest_limit)
+        # In bounded worker-thread trips: parsing 100,000 entries never stalls the loop.
+        return await read_manifest(data, where=where, limit=self.manifest_limit)
 
     def _check_manifest_size(self, size: int, where: str) -> None:
         if size > self.manifest_limit:
@@ -391,3 +406,6 @@ class Repository:
             )
         await self.delete_object(manifest_key(name))
         await self.delete_object(index_key(name))  # after: a MANIFEST never lacks its INDEX
+        for key in await self.list_keys(f"{BACKUPS}{name}/"):  # its mark (catalog.find_newest)
+            if source_mark_of_key(key) is not None:
+                await self.delete_object(key)

@@ -23,6 +23,8 @@ from asyncbackup.fetch import STREAM_HOLD, OrderedHash, stream_chunk
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
+from asyncbackup.packread import DEFAULT_BUDGET, ChunkSource
+from asyncbackup.packs import PackIndex
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
 from asyncbackup.repository import Repository
@@ -91,6 +93,7 @@ class RestoreJob:
         self.zero: dict[int, str] = {}
         self.buffers = ByteBudget(config.buffer_budget)
         self.shared = SharedChunks((), budget=self.buffers)
+        self.source = ChunkSource(repo, PackIndex())  # chunk objects, or ranges of packs
 
     async def run(
         self,
@@ -114,6 +117,8 @@ class RestoreJob:
                 half-written under its final name.
         """
         started = time.monotonic()
+        held = max(DEFAULT_BUDGET, self.config.concurrency * manifest.chunk_size)
+        self.source = await ChunkSource.open(self.repo, manifest, budget=held)  # its INDEX
         tree, occupied = await settled(fs.prepare, target, overwrite or delete)
         leftovers = deleted = 0
         # Not while other processes restore other shards into the same target: their
@@ -138,7 +143,8 @@ class RestoreJob:
         files = [e for e in manifest.entries if e.type == "file" and e.hardlink not in leaders]
 
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
-            refs = (c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero))
+            refs = [c for e in files for c in e.chunks if not is_zero_chunk(c, chunk_size, zero)]
+            self.source.plan(refs)  # which packs to read whole, which by ranges
             return SharedChunks(refs, budget=self.buffers)
 
         zero = self.zero
@@ -248,8 +254,9 @@ class RestoreJob:
 
     def _streamable(self, ref: str) -> bool:
         """Whether chunk ``ref`` is streamed to its place: an object of its own that no other
-        use needs (a chunk used again is fetched whole, to be kept for that use)."""
-        return not self.shared.is_shared(ref)
+        use needs (a chunk used again is fetched whole, to be kept for that use; a packed one is
+        cut out of its pack, ``packread.py``)."""
+        return ref not in self.source.index and not self.shared.is_shared(ref)
 
     async def _fetch_whole_into(self, pending: _PendingFile, index: int, chunk_size: int) -> None:
         expected = min(chunk_size, pending.entry.size - index * chunk_size)
@@ -308,7 +315,7 @@ class RestoreJob:
         async def download() -> bytes:
             nonlocal fetched
             # Decoding stops past ``expected`` bytes: a corrupt chunk cannot balloon in memory.
-            data = await self.repo.get_chunk(
+            data = await self.source.get(
                 ref, limit=expected, path=entry.path, label=label, size=expected
             )
             fetched = True

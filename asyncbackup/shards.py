@@ -170,6 +170,8 @@ class ShardJob(BackupJob):
     uploaded; its record replaces any earlier one.
     """
 
+    packs = False  # a shard record carries no INDEX: one object per chunk, none from packs
+
     def __init__(self, *args: Any, shard: ShardSpec, worker: str = "", **kwargs: Any) -> None:
         super().__init__(*args, host=SHARDED_HOST, **kwargs)
         self.shard = shard

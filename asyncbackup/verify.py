@@ -22,7 +22,9 @@ from asyncbackup.budget import ByteBudget
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import BackupError, IntegrityError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
-from asyncbackup.manifest import FileEntry, Manifest
+from asyncbackup.manifest import PACKED_FORMAT_VERSION, FileEntry, Manifest
+from asyncbackup.packread import DEFAULT_BUDGET, ChunkSource
+from asyncbackup.packs import PackIndex
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress, expect
 from asyncbackup.repository import Repository
@@ -79,6 +81,9 @@ class VerifyJob:
         self.failed: dict[str, BackupError] = {}  # ref -> why it could not be read
         self.bad_files: dict[str, str] = {}
         self.shared = SharedChunks((), budget=ByteBudget(1))
+        self.index = PackIndex()  # where the packed chunks of every backup verified lie
+        self.indexed: list[str] = []  # the backups whose INDEX that is
+        self.source = ChunkSource(repo, self.index)
 
     async def run(self, name: str | None, *, deep: bool) -> VerifyReport:
         """Check backup ``name`` (or all); damage is reported, not raised.
@@ -92,6 +97,7 @@ class VerifyJob:
         if name is not None:
             names = [name]
             manifest = await self.repo.load_manifest(name)
+            await self._add_index(manifest)
             await to_thread(self._add, manifest, "")  # 100,000 entries: not on the loop
         else:
             sizes = await self.repo.backup_sizes()
@@ -99,11 +105,15 @@ class VerifyJob:
             for each in names:
                 try:
                     manifest = await self.repo.load_manifest(each, size=sizes[each])
+                    await self._add_index(manifest)
                 except ManifestError as exc:
                     unreadable[each] = str(exc)
                     continue
                 await to_thread(self._add, manifest, f"{each}:")
         stored = await self.repo.stored_refs()
+        if self.index:  # a packed chunk is there if its pack is
+            packs = await self.repo.pack_ids()
+            stored |= {r for r, p in self.index.places.items() if p.pack in packs}
         missing = {ref: users for ref, users in self.users.items() if ref not in stored}
         corrupt: dict[str, list[str]] = {}
         if deep:
@@ -123,6 +133,16 @@ class VerifyJob:
             files_checked=len(self.files),
         )
 
+    async def _add_index(self, manifest: Manifest) -> None:
+        """Take in where the packed chunks of ``manifest`` lie (its INDEX, if it has one).
+
+        Raises:
+            ManifestError: its INDEX is missing or corrupt.
+        """
+        if manifest.format_version >= PACKED_FORMAT_VERSION:
+            self.index.update(await self.repo.load_index(manifest.name))
+            self.indexed.append(manifest.name)
+
     def _add(self, manifest: Manifest, prefix: str) -> None:
         for entry in manifest.entries:
             if entry.type != "file":
@@ -141,6 +161,7 @@ class VerifyJob:
 
     async def _read_everything(self, missing: set[str]) -> None:
         files = list(self.files.values())
+        max_chunk = max((f.chunk_size for f in files), default=0)
 
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
             refs = (ref for f in files for ref in f.entry.chunks if ref not in missing)
@@ -148,8 +169,14 @@ class VerifyJob:
             return SharedChunks(refs, budget=ByteBudget(max(1, self.config.concurrency * largest)))
 
         self.shared = await to_thread(count_uses)
+        budget = max(DEFAULT_BUDGET, self.config.concurrency * max_chunk)
+        self.source = ChunkSource(self.repo, self.index, names=self.indexed, budget=budget)
+        plan = [ref for f in files for ref in f.entry.chunks if ref not in missing]
+        await to_thread(self.source.plan, plan)  # by pack: whole, or merged ranges
         for ref in missing:
-            self.failed[ref] = ObjectNotFoundError(f"chunks/{ref} is missing")
+            place = self.index.get(ref)
+            key = f"chunks/{ref}" if place is None else f"packs/{place.pack} (chunk {ref})"
+            self.failed[ref] = ObjectNotFoundError(f"{key} is missing")
         sizes: dict[str, int] = {}  # what each chunk to read weighs: the bar's total
         for file in files:
             for index, ref in enumerate(file.entry.chunks):
@@ -172,7 +199,7 @@ class VerifyJob:
         size = file.expected(index)
         label = f"chunk {index + 1}/{len(file.entry.chunks)} {ref[:12]}"
         fetch = partial(
-            self.repo.get_chunk, ref, limit=size, path=file.entry.path, label=label, size=size
+            self.source.get, ref, limit=size, path=file.entry.path, label=label, size=size
         )
         fetched = False
 

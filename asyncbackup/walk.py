@@ -7,18 +7,20 @@ link while the backup runs is refused rather than followed out of the source.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from asyncbackup.dirfd import DIRECTORY_FLAGS, PROC_FD, Directory, NotADirectoryBeneath, has_proc_fd
 from asyncbackup.errors import SourceAccessError, SourceError, SourceVanishedError
 from asyncbackup.threads import to_thread
 
+T = TypeVar("T")
 Kind = Literal["file", "dir", "symlink", "special"]
 Unlistable = Callable[[str, SourceError], None]
 """Told of a directory (its relative path) that could not be listed, and why."""
@@ -76,14 +78,38 @@ class SourceEntry:
         return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent.fd)
 
 
-async def walk(
-    root: Path, *, decide: Decide | None = None, unlistable: Unlistable | None = None
-) -> AsyncIterator[SourceEntry]:
-    """Yield the root itself (path ``ROOT``), then every entry below it, each directory before
-    its contents, names in sorted order. ``decide`` (run in the walk's worker thread) leaves
-    entries out, and directories unlisted; the root is always taken. ``unlistable`` is told of
-    a directory below the root that cannot be listed (or vanished since its parent was), and
-    the walk goes on without its contents.
+@dataclass
+class Batch(Generic[T]):
+    """What one worker-thread trip of the walk found: ``entries`` for the caller to handle one
+    by one, and ``taken``, what ``take`` made of the entries it took (never in ``entries``)."""
+
+    entries: list[SourceEntry] = field(default_factory=list)
+    taken: list[T] = field(default_factory=list)
+    unlistable: list[tuple[str, SourceError]] = field(default_factory=list)
+    directories: int = 0
+    done: bool = False
+
+
+async def walk_batches(
+    root: Path,
+    *,
+    decide: Decide | None = None,
+    unlistable: Unlistable | None = None,
+    take: Callable[[SourceEntry], T | None] | None = None,
+) -> AsyncGenerator[Batch[T], None]:
+    """The walk, a batch of directories at a time: the root itself (path ``ROOT``) first, then
+    every entry below it, each directory before its contents, names in sorted order.
+
+    Each batch is one worker-thread trip that lists up to ``DIRECTORIES_PER_TRIP`` directories
+    (fewer once it found ``ENTRIES_PER_TRIP`` entries), and the next trip runs while the caller
+    handles this one: the event loop pays one wake-up per batch, not one per directory or file.
+    ``take`` (run in that thread, so it must not touch the loop's state) may take an entry
+    whole: what it returns (not None) goes to ``Batch.taken`` instead of ``Batch.entries``.
+    An incremental backup takes unchanged files this way, so none costs the loop an await.
+
+    ``decide`` (run in the thread too) leaves entries out, and directories unlisted; the root
+    is always taken. ``unlistable`` is told of a directory below the root that cannot be
+    listed (or vanished since its parent was), and the walk goes on without its contents.
 
     Raises:
         SourceError: the root cannot be opened or listed; or a directory below it, without
@@ -91,24 +117,82 @@ async def walk(
         SourceAccessError: ... because permission is denied (a rerun will not help).
     """
     top, st = await to_thread(_open_root, root)
-    yield SourceEntry(ROOT, "dir", st, parent=top)
-    # Each pending directory with the open directory that holds it: only the ancestors of what
-    # is being walked (and the directories of files still being read) are open at once.
-    pending: list[tuple[Directory, str]] = [(top, "")]
-    while pending:
-        holder, relative = pending.pop()
-        try:
-            entries = await to_thread(_scan, holder, relative, decide)
-        except SourceError as exc:
-            if not relative or unlistable is None:
-                raise
-            unlistable(relative, exc)
-            continue
-        for entry in entries:
-            yield entry
-        pending.extend(
-            (_holder(e), e.path) for e in reversed(entries) if e.kind == "dir" and e.descend
-        )
+    walker: _Walker[T] = _Walker(top, decide, take, tolerate=unlistable is not None)
+    first: Batch[T] = Batch()
+    walker.keep(first, SourceEntry(ROOT, "dir", st, parent=top))
+    yield first
+    ahead = asyncio.ensure_future(to_thread(walker.step))
+    try:
+        while True:
+            batch = await ahead
+            if not batch.done:  # the next trip lists on while the caller handles this batch
+                ahead = asyncio.ensure_future(to_thread(walker.step))
+            for relative, error in batch.unlistable:
+                assert unlistable is not None
+                unlistable(relative, error)
+            yield batch
+            if batch.done:
+                return
+    finally:
+        # A caller that stops early: the trip in flight finishes in its thread, unheard.
+        ahead.cancel()
+
+
+DIRECTORIES_PER_TRIP = 64
+"""At most this many directories listed per worker-thread trip: each stays open while the
+caller handles its entries, so this (times two: one batch ahead) bounds what a batch holds."""
+ENTRIES_PER_TRIP = 2048
+
+
+class _Walker(Generic[T]):
+    """The walk's state, touched only by its worker-thread trips, one at a time."""
+
+    def __init__(
+        self,
+        top: Directory,
+        decide: Decide | None,
+        take: Callable[[SourceEntry], T | None] | None,
+        *,
+        tolerate: bool,
+    ) -> None:
+        # Each pending directory with the open directory that holds it: only the ancestors of
+        # what is being walked (and the directories of entries still to handle) are open.
+        self.pending: list[tuple[Directory, str]] = [(top, "")]
+        self.decide = decide
+        self.take = take
+        self.tolerate = tolerate
+
+    def keep(self, batch: Batch[T], entry: SourceEntry) -> None:
+        taken = self.take(entry) if self.take is not None else None
+        if taken is None:
+            batch.entries.append(entry)
+        else:
+            batch.taken.append(taken)
+
+    def step(self) -> Batch[T]:
+        """List directories until the batch is full or the walk is done."""
+        batch: Batch[T] = Batch()
+        found = 0
+        while self.pending and batch.directories < DIRECTORIES_PER_TRIP:
+            if found >= ENTRIES_PER_TRIP:
+                break
+            holder, relative = self.pending.pop()
+            batch.directories += 1
+            try:
+                entries = _scan(holder, relative, self.decide)
+            except SourceError as exc:
+                if not relative or not self.tolerate:
+                    raise
+                batch.unlistable.append((relative, exc))
+                continue
+            found += len(entries)
+            for entry in entries:
+                self.keep(batch, entry)
+            self.pending.extend(
+                (_holder(e), e.path) for e in reversed(entries) if e.kind == "dir" and e.descend
+            )
+        batch.done = not self.pending
+        return batch
 
 
 def _holder(entry: SourceEntry) -> Directory:

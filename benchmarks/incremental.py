@@ -24,6 +24,7 @@ import asyncio
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -263,7 +264,7 @@ def fill_store(url: str, bucket: str, prefix: str, count: int) -> None:
         list(pool.map(put, range(count)))
 
 
-def s3_runs(tree: Path, tools: Tools, extra_chunks: int) -> list[Run]:
+def s3_runs(tree: Path, tools: Tools, extra_chunks: int, other_backups: int) -> list[Run]:
     moto = start_moto()
     env = dict(tools.env)
     env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
@@ -305,6 +306,22 @@ def s3_runs(tree: Path, tools: Tools, extra_chunks: int) -> list[Run]:
                 runs.append(Run("asyncbackup", "unchanged", where, 1, wall, cpu, read, rss,
                                 proxy.take()))  # fmt: skip
                 print(f"  {where}: unchanged {wall:.1f} s, {runs[-1].requests} requests")
+            # Finding the parent (no --parent): before and after ``other_backups`` backups of
+            # another source are added, to show what the search costs per backup in the store.
+            other = tree.parent / "other-source"
+            other.mkdir(exist_ok=True)
+            (other / "f").write_text("another source\n")
+            for where, name in (("s3 parent found", "s3-found"),
+                                ("s3 parent found, more backups", "s3-found-more")):  # fmt: skip
+                if name == "s3-found-more":
+                    print(f"adding {other_backups} backups of another source", flush=True)
+                    for i in range(other_backups):
+                        measure(tools.asyncbackup(other, ours, f"other-{i}"), tools.env)
+                proxy.take()
+                wall, cpu, read, rss = measure(tools.asyncbackup(tree, ours, name), tools.env)
+                runs.append(Run("asyncbackup", "unchanged", where, 1, wall, cpu, read, rss,
+                                proxy.take()))  # fmt: skip
+                print(f"  {where}: unchanged {wall:.1f} s, {runs[-1].requests} requests")
     finally:
         moto.stop()
     return runs
@@ -332,12 +349,18 @@ def memory_with_parent(scratch: Path, files: int) -> list[dict[str, Any]]:
     return rows
 
 
-def loop_stall(entries: int) -> dict[str, Any]:
-    """The longest the event loop waited while a MANIFEST of ``entries`` files was parsed in a
-    worker thread: line by line (as asyncbackup does) against one ``json.loads`` of the whole."""
+def loop_stall(entries: int, rounds: int) -> dict[str, Any]:
+    """The longest the event loop waited (a task asking for a 1 ms sleep, and woken late) while
+    a MANIFEST of ``entries`` files was parsed: in bounded worker-thread trips, as asyncbackup
+    reads one (``manifest_reader.read_manifest``), against one worker-thread call of the same
+    parse (``Manifest.from_json``), and one ``json.loads`` of the whole. The cyclic garbage
+    collector's full (generation 2) collections hold the GIL whatever thread triggers them, so
+    their pauses are recorded too."""
+    import gc
     import json
 
     from asyncbackup.manifest import FileEntry, Manifest
+    from asyncbackup.manifest_reader import read_manifest
 
     rnd = random.Random(3)
     manifest = Manifest(
@@ -345,14 +368,26 @@ def loop_stall(entries: int) -> dict[str, Any]:
         chunk_size=8 * MiB,
         entries=tuple(
             FileEntry(f"d{i // 1000}/f{i}", "file", 0o644, i, size=100, sha256=h, chunks=(h,),
-                      ctime_ns=i, inode=i)
+                      ctime_ns=i, inode=i, uid=0, gid=0)
             for i in range(entries) for h in [rnd.randbytes(32).hex()]
         ),
     )  # fmt: skip
     stored = manifest.to_bytes()
     plain = manifest.to_json()
+    del manifest
+    pauses: list[float] = []
+    started_gc = 0.0
 
-    async def worst_stall(work: Any) -> tuple[float, float]:
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        nonlocal started_gc
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started_gc = time.perf_counter()
+        else:
+            pauses.append((time.perf_counter() - started_gc) * 1000)
+
+    async def worst_stall(work: Any) -> dict[str, float]:
         worst = 0.0
         done = False
 
@@ -363,26 +398,50 @@ def loop_stall(entries: int) -> dict[str, Any]:
                 await asyncio.sleep(0.001)
                 worst = max(worst, time.perf_counter() - before - 0.001)
 
+        pauses.clear()
         ticker = asyncio.create_task(tick())
         started = time.perf_counter()
-        await asyncio.to_thread(work)
+        await work()
         took = time.perf_counter() - started
         done = True
         await ticker
-        return worst * 1000, took
+        return {"worst_stall_ms": round(worst * 1000, 1), "seconds": round(took, 2),
+                "gc_full_collections": len(pauses),
+                "gc_longest_ms": round(max(pauses, default=0.0), 1)}  # fmt: skip
 
-    line_stall, line_took = asyncio.run(
-        worst_stall(lambda: Manifest.from_json(stored, where="bench"))
-    )
-    whole_stall, whole_took = asyncio.run(worst_stall(lambda: json.loads(plain)))
+    async def idle() -> None:
+        # The machine's own stalls: the probe alone, for as long as the last parse in pieces.
+        await asyncio.sleep(rows["pieces"][-1]["seconds"])
+
+    kinds: dict[str, Any] = {
+        "pieces": lambda: read_manifest(stored, where="bench"),
+        "idle": idle,
+        "one_thread_call": lambda: asyncio.to_thread(Manifest.from_json, stored, where="bench"),
+        "one_json_loads": lambda: asyncio.to_thread(json.loads, plain),
+    }
+    rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    gc.callbacks.append(on_gc)
+    try:
+        for _ in range(rounds):  # interleaved: each round runs each kind once, in turn
+            for kind, work in kinds.items():
+                gc.collect()
+                rows[kind].append(asyncio.run(worst_stall(work)))
+    finally:
+        gc.callbacks.remove(on_gc)
+
+    def median_row(kind: str) -> dict[str, Any]:
+        found = rows[kind]
+        row: dict[str, Any] = {k: statistics.median(r[k] for r in found) for k in found[0]}
+        row["worst_stall_ms_rounds"] = [r["worst_stall_ms"] for r in found]
+        return row
+
     return {
         "entries": entries,
+        "rounds": rounds,
         "manifest_mib": round(len(plain) / MiB, 1),
         "stored_mib": round(len(stored) / MiB, 1),
-        "line_by_line": {"worst_stall_ms": round(line_stall, 1), "seconds": round(line_took, 2)},
-        "one_json_loads": {"worst_stall_ms": round(whole_stall, 1),
-                           "seconds": round(whole_took, 2)},
-    }  # fmt: skip
+        **{kind: median_row(kind) for kind in kinds},
+    }
 
 
 def tables(runs: list[Run], memory: list[dict[str, Any]], stall: dict[str, Any]) -> str:
@@ -427,12 +486,19 @@ def tables(runs: list[Run], memory: list[dict[str, Any]], stall: dict[str, Any])
                 for r in memory]  # fmt: skip
     if stall:
         out += ["", f"Parsing a MANIFEST of {stall['entries']} entries ({stall['manifest_mib']} "
-                f"MiB of JSON, {stall['stored_mib']} MiB stored) in a worker thread:", "",
-                "| parse | worst event-loop stall | time |", "|---|---:|---:|",
-                f"| line by line (asyncbackup) | {stall['line_by_line']['worst_stall_ms']} ms | "
-                f"{stall['line_by_line']['seconds']} s |",
-                f"| one json.loads | {stall['one_json_loads']['worst_stall_ms']} ms | "
-                f"{stall['one_json_loads']['seconds']} s |"]  # fmt: skip
+                f"MiB of JSON, {stall['stored_mib']} MiB stored), medians of {stall['rounds']} "
+                "interleaved rounds:", "",
+                "| parse | worst event-loop stall | longest full GC pause (count) | time |",
+                "|---|---:|---:|---:|"]  # fmt: skip
+        labels = (("idle", "nothing (the machine's own stalls: the probe alone)"),
+                  ("pieces", "bounded worker-thread trips (asyncbackup)"),
+                  ("one_thread_call", "the same parse in one worker-thread call"),
+                  ("one_json_loads", "one json.loads of the whole, in a thread"))  # fmt: skip
+        for key, label in labels:
+            row = stall[key]
+            out.append(f"| {label} | {row['worst_stall_ms']} ms {row['worst_stall_ms_rounds']} "
+                       f"| {row['gc_longest_ms']} ms ({row['gc_full_collections']}) "
+                       f"| {row['seconds']} s |")  # fmt: skip
     return "\n".join(out)
 
 
@@ -444,6 +510,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--s3-files", type=int, default=5_000, help="the tree backed up to S3")
     parser.add_argument("--extra-chunks", type=int, default=20_000, help="S3's bigger store")
+    parser.add_argument("--other-backups", type=int, default=50, help="S3: more backups")
     parser.add_argument("--memory-files", type=int, default=100_000)
     parser.add_argument("--skip", nargs="*", default=[], choices=["local", "s3", "memory"])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -451,8 +518,16 @@ def main() -> None:
     if args.quick:
         args.files, args.gib, args.rounds = 5_000, 0.1, 1
         args.s3_files, args.extra_chunks, args.memory_files = 1_000, 5_000, 10_000
+        args.other_backups = 10
         args.out = args.out / "quick"
 
+    # As pip does when it installs a package: every run then starts from compiled bytecode, not
+    # (with PYTHONDONTWRITEBYTECODE set, as on CI machines) from source each time.
+    import compileall
+
+    import asyncbackup
+
+    compileall.compile_dir(Path(asyncbackup.__file__).parent, quiet=1)
     restic = find_restic()
     runs: list[Run] = []
     memory: list[dict[str, Any]] = []
@@ -470,11 +545,11 @@ def main() -> None:
             tree = scratch / "s3-tree"
             count, size = copy_tree(tree, files=args.s3_files, size=0)
             print(f"S3 tree: {count} files, {size / MiB:.0f} MiB", flush=True)
-            runs += s3_runs(tree, tools, args.extra_chunks)
+            runs += s3_runs(tree, tools, args.extra_chunks, args.other_backups)
             shutil.rmtree(tree)
         if "memory" not in args.skip:
             memory = memory_with_parent(scratch, args.memory_files)
-    stall = loop_stall(args.memory_files)
+    stall = loop_stall(args.memory_files, args.rounds)
     markdown = tables(runs, memory, stall)
     print(markdown)
     result = {

@@ -17,11 +17,16 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from asyncbackup.errors import IntegrityError
+from asyncbackup.layout import PACKS, chunk_key
+from asyncbackup.packs import parse_pack
 from benchmarks.contenders import KEY, SECRET, TOOLS
 from tests.servers import READY_TIMEOUT, Server, free_port, http, start_fake_gcs
 
@@ -97,6 +102,14 @@ async def _create_bucket(endpoint: str) -> None:
         await s3.create_bucket(Bucket=BUCKET)
 
 
+async def _get_s3(endpoint: str, key: str) -> bytes:
+    async with _s3_client(endpoint) as s3:
+        answer = await s3.get_object(Bucket=BUCKET, Key=key)
+        async with answer["Body"] as body:
+            data: bytes = await body.read()
+            return data
+
+
 async def _list_s3(endpoint: str, prefix: str) -> Listing:
     found: Listing = {}
     async with _s3_client(endpoint) as s3:
@@ -123,19 +136,54 @@ def _list_gcs(endpoint: str, prefix: str) -> Listing:
 
 
 def listing_local(root: Path) -> Listing:
-    """Every file under ``root`` (a local store), with its size and MD5, as a server lists it."""
-    return {
+    """Every file under ``root`` (a local store), with its size and MD5, as a server lists it;
+    packs unpacked (``unpacked``)."""
+    found = {
         path.relative_to(root).as_posix(): (len(data := path.read_bytes()),
                                             hashlib.md5(data, usedforsecurity=False).hexdigest())
         for path in root.rglob("*") if path.is_file()
     }  # fmt: skip
+    return unpacked(found, lambda key: (root / key).read_bytes())
 
 
 def listing(store: str, server: Server, prefix: str) -> Listing:
-    """Every object under ``prefix`` (keys relative to it), straight from the server."""
+    """Every object under ``prefix`` (keys relative to it), straight from the server; packs
+    unpacked (``unpacked``)."""
     if store == "gcs":
-        return _list_gcs(server.url, prefix)
-    return asyncio.run(_list_s3(server.url, prefix))
+        found = _list_gcs(server.url, prefix)
+
+        def read(key: str) -> bytes:
+            name = urllib.parse.quote(prefix + key, safe="")
+            return http("GET", f"{server.url}/storage/v1/b/{BUCKET}/o/{name}?alt=media", timeout=60)
+
+        return unpacked(found, read)
+    found = asyncio.run(_list_s3(server.url, prefix))
+    return unpacked(found, lambda key: asyncio.run(_get_s3(server.url, prefix + key)))
+
+
+def unpacked(found: Listing, read: Callable[[str], bytes]) -> Listing:
+    """``found`` with each pack (``packs/<sha256>``, asyncbackup's small chunks in one object)
+    read back and replaced by the chunks it holds, as if each were an object of its own
+    (``chunks/<sha256>``: its size and MD5), so that a packed backup is checked chunk by chunk
+    against the same expectations as one object per chunk. A pack whose bytes do not hash to
+    its key, or whose trailer does not parse, is left in place: reported as unexpected."""
+    out = dict(found)
+    for key in [k for k in found if k.startswith(PACKS)]:
+        data = read(key)
+        if hashlib.sha256(data).hexdigest() != key.removeprefix(PACKS):
+            continue
+        try:
+            chunks = parse_pack(data, where=key)
+        except IntegrityError:
+            continue
+        del out[key]
+        for chunk in chunks:
+            piece = data[chunk.offset : chunk.offset + chunk.length]
+            out[chunk_key(chunk.ref)] = (
+                len(piece),
+                hashlib.md5(piece, usedforsecurity=False).hexdigest(),
+            )
+    return out
 
 
 def problems(found: Listing, expected: Listing, *, also: frozenset[str] = frozenset()) -> list[str]:

@@ -21,9 +21,19 @@ from tests.servers import Server, http, start_fake_gcs, start_moto
 SMALL_CHUNK = 64 * 1024  # the smallest chunk size allowed: makes multi-chunk files cheap
 
 
-def fast_config(*, concurrency: int = 4, **retry: Any) -> EngineConfig:
-    """Small chunks and a retry policy whose sleeps tests replace with ``RecordingSleep``."""
-    return EngineConfig(concurrency=concurrency, chunk_size=SMALL_CHUNK, retry=RetryPolicy(**retry))
+def fast_config(*, concurrency: int = 4, pack_threshold: int = 0, **retry: Any) -> EngineConfig:
+    """Small chunks and a retry policy whose sleeps tests replace with ``RecordingSleep``.
+
+    One object per chunk (``pack_threshold`` 0) unless asked: these unit tests look at chunk
+    objects; packs have tests of their own (``test_packs.py``), and the CLI tests run with the
+    default, packs on."""
+    return EngineConfig(
+        concurrency=concurrency,
+        chunk_size=SMALL_CHUNK,
+        retry=RetryPolicy(**retry),
+        pack_threshold=pack_threshold,
+        pack_size=SMALL_CHUNK,
+    )
 
 
 class RecordingSleep:

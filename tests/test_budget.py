@@ -3,6 +3,9 @@
 Unit tests of ``ByteBudget``, then whole jobs on the memory store, where a slow store lets
 read-ahead fill everything it is allowed: the most bytes held, and the most transfers in flight
 at once, stay within the budget, and a chunk larger than the budget still goes through alone.
+
+Chunks here are small (so tests stay fast) but stand for large ones: packs are off
+(``pack_threshold=0``), so each is an object of its own, as a large chunk is.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ async def test_read_ahead_and_downloads_stay_within_the_budget(
 ) -> None:
     chunk = 64 * KiB
     source = big_file(tmp_path / "source", 64 * chunk)
-    config = EngineConfig(concurrency=64, chunk_size=chunk, buffer_budget=MiB)
+    config = EngineConfig(concurrency=64, chunk_size=chunk, buffer_budget=MiB, pack_threshold=0)
     store = SlowStreams(MemoryStorage(), delay=0.02)
     engine = BackupEngine(store, config, sleep=sleep)
 

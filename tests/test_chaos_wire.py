@@ -161,8 +161,11 @@ async def test_a_chunk_that_keeps_failing_does_not_hold_up_the_others(
     (source / "a-first.bin").write_bytes(b"the chunk that fails three times")
     slow_key = "chunks/" + hashlib.sha256(b"the chunk that fails three times").hexdigest()
     # One slot: if a retry's backoff kept its slot, no other upload could run during it.
-    config = EngineConfig(
-        concurrency=1, chunk_size=SMALL_CHUNK, retry=RetryPolicy(max_attempts=5, budget=100)
+    config = EngineConfig(  # one object per chunk (no packs): each chunk its own transfer
+        concurrency=1,
+        chunk_size=SMALL_CHUNK,
+        retry=RetryPolicy(max_attempts=5, budget=100),
+        pack_threshold=0,
     )
     async with remote.store(proxy, prefix="clean/") as inner:
         clean = WatchedStorage(inner)
@@ -361,7 +364,9 @@ async def test_a_fault_on_the_manifest_write_commits_exactly_once(
         await engine.restore("b", tmp_path / "restored")
     assert sum(proxy.injected.values()) == 1 and backup.retries == 1
     assert [(info.name, info.problem, info.files) for info in listed] == [("b", "", 11)]
-    assert await remote.keys("c/backups/") == ["c/backups/b/MANIFEST"]
+    keys = await remote.keys("c/backups/")  # one MANIFEST, and its source mark (catalog.py)
+    assert [k for k in keys if "/SOURCE." not in k] == ["c/backups/b/MANIFEST"]
+    assert len(keys) == 2
     assert_same_tree(source, tmp_path / "restored")
 
 

@@ -61,7 +61,9 @@ def small_files(root: Path, count: int) -> Path:
 
 @dataclass(frozen=True)
 class Backed:
-    """A good backup named ``good`` of the sample tree, made once for the module."""
+    """A good backup named ``good`` of the sample tree, made once for the module: one object
+    per chunk (packs off), since the tests below look at chunk objects and damage them; the
+    same through packs is in test_packs.py."""
 
     source: Path
     store: Path
@@ -75,7 +77,7 @@ def backed(tmp_path_factory: pytest.TempPathFactory) -> Backed:
     source, store, metrics = make_tree(base / "source"), base / "store", base / "backup.prom"
     result = cli(
         "backup", source, store, "--name", "good", "--chunk-size", "64K",
-        "--metrics-file", metrics,
+        "--metrics-file", metrics, "--pack-threshold", "0",
     )  # fmt: skip
     assert result.returncode == EXIT_OK, result.stderr
     return Backed(source, store, metrics, result)
@@ -164,7 +166,8 @@ def test_many_files_survive_injected_faults_both_ways(tmp_path: Path) -> None:
     store, metrics = tmp_path / "store", tmp_path / "backup.prom"
     # A short first backoff keeps the test quick; the faults and the retries are as in CI.
     fast = ("--inject-faults", "0.2", "--retry-delay", "0.01")
-    backup = cli("backup", source, store, *fast, "--metrics-file", metrics)
+    # One object per file: 1,500 requests each way, so faults are sure to be drawn.
+    backup = cli("backup", source, store, *fast, "--metrics-file", metrics, "--pack-threshold", "0")
     assert backup.returncode == EXIT_OK, backup.stderr[-3000:]
     name = backup.stdout.strip()
     assert re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}", name)  # the default name

@@ -188,7 +188,8 @@ async def test_chunks_stored_under_one_codec_are_not_uploaded_again_under_anothe
     again = BackupEngine(memory, zstd_config(), sleep=sleep)
     zst = await again.backup(source, name="zst")
     assert zst.chunks_uploaded == 0 and raw.chunks_uploaded > 0
-    assert set(memory.objects) - keys == {manifest_key("zst")}
+    new = {k for k in set(memory.objects) - keys if "/SOURCE." not in k}  # but its mark
+    assert new == {manifest_key("zst")}
     manifest = await BackupEngine(memory).manifest("zst")
     assert all(len(r) == 64 for r in manifest.refs())  # every chunk it names is raw
     await BackupEngine(memory, fast_config(), sleep=sleep).restore("zst", tmp_path / "out")

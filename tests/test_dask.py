@@ -4,6 +4,7 @@ worker`` processes on 127.0.0.1, started here and stopped by PID; on the local s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import BinaryIO
 
 import pytest
 
-from asyncbackup.layout import shard_key
+from asyncbackup.shards import shard_of
 from tests.conftest import SMALL_CHUNK, assert_same_tree, make_tree
 from tests.servers import Server, free_port
 from tests.test_cli import EXIT_OK, EXIT_USAGE, ROOT, cli
@@ -173,7 +174,13 @@ def test_a_worker_killed_mid_backup_the_shard_runs_elsewhere_and_it_commits(
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         victim = two.workers[0]
-        stored = _wait_for_chunks(store_url, at_least=8, process=backup)
+        shard_of_chunk = {
+            hashlib.sha256(path.read_bytes()).hexdigest(): shard_of(
+                path.relative_to(source).as_posix(), 2
+            )
+            for path in source.rglob("*.bin")
+        }
+        stored = _wait_for_chunks(store_url, shard_of_chunk, at_least=4, process=backup)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         out, err = backup.communicate(timeout=240)
@@ -195,36 +202,33 @@ def test_a_worker_killed_mid_backup_the_shard_runs_elsewhere_and_it_commits(
     assert_same_tree(source, tmp_path / "restored")
 
 
-def _wait_for_chunks(url: str, *, at_least: int, process: subprocess.Popen[str]) -> int:
-    """Wait until both shards have begun and ``at_least`` chunks are stored; how many."""
+def _wait_for_chunks(
+    url: str, shard_of_chunk: dict[str, int], *, at_least: int, process: subprocess.Popen[str]
+) -> int:
+    """Wait until each of the 2 shards has stored ``at_least`` chunks (so the worker killed,
+    whichever shard it runs, has stored some); how many are stored."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        markers, chunks = _count(url)
-        if markers == 2 and chunks >= at_least:
-            return chunks
+        chunks = _chunks(url)
+        per_shard = [sum(shard_of_chunk.get(c) == k for c in chunks) for k in range(2)]
+        if min(per_shard) >= at_least:
+            return len(chunks)
         time.sleep(0.05)
-    raise AssertionError("the shards never started")
+    raise AssertionError("the shards never stored chunks")
 
 
-def _count(url: str) -> tuple[int, int]:
-    """Start markers and chunks in the store, read past our code."""
+def _chunks(url: str) -> list[str]:
+    """The digests of the chunks in the store, read past our code."""
     if not url.startswith("s3://"):
-        root = Path(url)
-        markers = sum((root / shard_key("k", i, started=True)).exists() for i in range(2))
-        chunks = len(list((root / "chunks").iterdir())) if (root / "chunks").exists() else 0
-        return markers, chunks
+        root = Path(url) / "chunks"
+        return [p.name[:64] for p in root.iterdir()] if root.exists() else []
     import boto3
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    keys = [
-        o["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for o in page.get("Contents", [])
-    ]
-    markers = sum(k.endswith(".started") for k in keys)
-    return markers, sum("/chunks/" in k for k in keys)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/chunks/")
+    return [o["Key"].rsplit("/", 1)[1][:64] for page in pages for o in page.get("Contents", [])]
 
 
 def test_an_unreachable_scheduler_exits_2(tmp_path: Path) -> None:

@@ -241,9 +241,9 @@ async def test_metrics_land_on_the_callers_registry(tree: Path, tmp_path: Path) 
     assert (value("backup_last_success_timestamp_seconds", operation="restore") or 0) > 1e9
     assert value("backup_chunk_duration_seconds_count", operation="backup") == (
         # plus: the name check, the listing of backups/ (for a parent), the chunk listing, the
-        # sync, the commit, and the lock's write, listing of locks/, check before the commit
-        # and removal
-        summary.chunks_uploaded + 9
+        # sync, the commit, the source mark, and the lock's write, listing of locks/, check
+        # before the commit and removal
+        summary.chunks_uploaded + 10
     )
 
 

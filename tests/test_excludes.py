@@ -64,7 +64,7 @@ def test_exclude_patterns_and_files_have_gitignore_semantics(
         "one_file_system": False,
         "store": "",
     }
-    assert doc["format_version"] == 3
+    assert doc["format_version"] == 4  # its small chunks are packed: it has an INDEX
     shown = cli("show", store_url, "b").stdout
     assert "excludes        *.log /build/ !keep.log /top-only.txt" in shown
 

@@ -351,7 +351,7 @@ def test_cli_backup_with_injected_faults_restores_identically(
     metrics = tmp_path / "m.prom"
     backup = cli(
         "backup", tree, url, "--name", "f", "--chunk-size", "64K", *faults,
-        "--metrics-file", metrics,
+        "--metrics-file", metrics, "--pack-threshold", "0",  # many requests: faults are met
     )  # fmt: skip
     assert backup.returncode == EXIT_OK, backup.stderr
     assert retries_in(metrics, "backup") > 0  # the faults were met and retried

@@ -272,6 +272,56 @@ async def test_the_parent_is_the_newest_backup_of_the_same_source_or_the_one_nam
         await eng.backup(a, name="a4", options=BackupOptions(parent="nope"))
 
 
+async def test_the_parent_is_found_from_one_listing_and_one_head_whatever_the_backups(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    """Finding the parent reads the head of the newest backup of the same source only (its
+    mark names it in the listing), not every backup's; a mark whose head belies it is passed
+    over, and a backup without a mark (made before marks existed) is still a candidate."""
+    a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", seed=1)
+    memory = MemoryStorage()
+    clock = Days()
+    for day in range(6):  # six backups of another source, newer than a1
+        clock.day = day + 1
+        await engine(memory, sleep, clock=clock).backup(b, name=f"b{day}")
+    clock.day = 0
+    await engine(memory, sleep, clock=clock).backup(a, name="a1")
+    marks = sorted(k for k in memory.objects if "/SOURCE." in k)
+    assert len(marks) == 7 and all(k.count("/") == 2 for k in marks)
+
+    def heads_read(watched: WatchedStorage) -> set[str]:
+        return {k for (op, k) in watched.calls if op in ("get", "get_range") and "MANIFEST" in k}
+
+    clock.day = 10
+    watched = WatchedStorage(memory)
+    assert (await engine(watched, sleep, clock=clock).backup(a, name="a2")).parent == "a1"
+    assert heads_read(watched) == {manifest_key("a1")}  # and its MANIFEST, once
+
+    # A mark that lies (a name race's loser leaves one beside another job's MANIFEST): its
+    # head says another source, so it is passed over for the next candidate.
+    [b5_mark] = [k for k in memory.objects if k.startswith("backups/b5/SOURCE.")]
+    [a2_mark] = [k for k in memory.objects if k.startswith("backups/a2/SOURCE.")]
+    memory.objects["backups/b5/" + a2_mark.split("/")[2].replace(".2026", ".2099")] = b""
+    clock.day = 11
+    watched = WatchedStorage(memory)
+    assert (await engine(watched, sleep, clock=clock).backup(a, name="a3")).parent == "a2"
+    assert heads_read(watched) == {manifest_key("b5"), manifest_key("a2")}
+
+    # A backup without a mark (an older version made it): its head is read, and it is found.
+    clock.day = 12
+    await engine(memory, sleep, clock=clock).backup(a, name="a4")
+    del memory.objects[next(k for k in memory.objects if k.startswith("backups/a4/SOURCE."))]
+    clock.day = 13
+    watched = WatchedStorage(memory)
+    assert (await engine(watched, sleep, clock=clock).backup(a, name="a5")).parent == "a4"
+    assert manifest_key("a4") in heads_read(watched)
+
+    # Deleting a backup takes its mark with it.
+    await engine(memory, sleep).delete("b5")
+    assert not [k for k in memory.objects if k.startswith("backups/b5/")]
+    assert b5_mark not in memory.objects
+
+
 async def test_list_reads_only_heads_sorts_by_finish_time_and_filters(
     tmp_path: Path, sleep: RecordingSleep
 ) -> None:
@@ -376,3 +426,53 @@ async def test_hard_links_and_owners_survive_an_incremental_backup(
         os.stat(tmp_path / "out" / "big.bin").st_ino
         == os.stat(tmp_path / "out" / "big-again.bin").st_ino
     )
+
+
+async def test_an_unchanged_entry_is_taken_as_the_parent_has_it_and_a_chmod_is_recorded(
+    tree: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    """The walk's thread takes an unchanged file's entry from the parent; with --ignore-ctime
+    a chmod (which moves only ctime) leaves the file unread, and its new mode is recorded."""
+    store = MemoryStorage()
+    await engine(store, sleep).backup(tree, name="one")
+    (tree / "exact.bin").chmod(0o600)
+    opened.clear()
+    ignore = BackupOptions(changes=ChangeDetection(ignore_ctime=True))
+    second = await engine(store, sleep).backup(tree, name="two", options=ignore)
+    assert opened == Counter() and second.unchanged == 13
+    one, two = [await BackupEngine(store).manifest(n) for n in ("one", "two")]
+    before, after = ({e.path: e for e in m.entries} for m in (one, two))
+    assert after["exact.bin"].mode == 0o600 and before["exact.bin"].mode != 0o600
+    assert after["exact.bin"].ctime_ns == (tree / "exact.bin").stat().st_ctime_ns
+    assert after["exact.bin"].chunks == before["exact.bin"].chunks
+    assert {p: e for p, e in after.items() if p != "exact.bin"} == {
+        p: e for p, e in before.items() if p != "exact.bin"
+    }
+    # "two" recorded the ctime the chmod left: a backup that compares ctime finds it unchanged
+    third = await engine(store, sleep).backup(tree, name="three")
+    assert opened == Counter() and third.unchanged == 13
+
+
+async def test_extended_attributes_of_unchanged_files_are_kept_and_a_new_one_is_read(
+    tree: Path, tmp_path: Path, sleep: RecordingSleep, opened: Counter[str]
+) -> None:
+    leaf = tree / "sub" / "deeper" / "leaf.txt"
+    try:
+        os.setxattr(leaf, "user.note", b"first")
+    except OSError:
+        pytest.skip(f"the file system of {tree} has no user extended attributes")
+    store = MemoryStorage()
+    with_xattrs = BackupOptions(xattrs=True)
+    await engine(store, sleep).backup(tree, name="one", options=with_xattrs)
+    opened.clear()
+    second = await engine(store, sleep).backup(tree, name="two", options=with_xattrs)
+    assert opened == Counter() and second.unchanged == 13
+    entry = {e.path: e for e in (await BackupEngine(store).manifest("two")).entries}
+    assert entry["sub/deeper/leaf.txt"].xattrs == (("user.note", b"first"),)
+    os.setxattr(leaf, "user.note", b"second")  # moves ctime: the file is read again
+    third = await engine(store, sleep).backup(tree, name="three", options=with_xattrs)
+    assert list(opened) == [str(leaf)] and third.unchanged == 12
+    entry = {e.path: e for e in (await BackupEngine(store).manifest("three")).entries}
+    assert entry["sub/deeper/leaf.txt"].xattrs == (("user.note", b"second"),)
+    await engine(store, sleep).restore("three", tmp_path / "out")
+    assert os.getxattr(tmp_path / "out" / "sub" / "deeper" / "leaf.txt", "user.note") == b"second"

@@ -37,6 +37,8 @@ def marked(operation: str, key: str) -> bool:
     """Whether a call may not commute with the other job's calls: it waits for its turn."""
     if operation == "list":
         return key in ("locks/", "chunks/", "backups/")
+    if "/SOURCE." in key:  # a backup's source mark: nothing a prune does reads or removes it
+        return False
     return operation in ("put", "delete")
 
 

@@ -99,7 +99,7 @@ def test_metrics_are_served_while_a_backup_runs_and_pushed_when_it_ends(tmp_path
         job = Running(
             "backup", source, store, "--name", "live", "--concurrency", "4",
             "--inject-latency", "100", "--metrics-port", "0", "--metrics-file", textfile,
-            "--pushgateway", gateway.url,
+            "--pushgateway", gateway.url, "--pack-threshold", "0",  # an upload per file
         )  # fmt: skip
         url = job.wait_for(r"serving metrics on (http://127\.0\.0\.1:\d+/metrics)").group(1)
         during: list[Samples] = []
@@ -277,7 +277,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     for key in ("name", "format_version", "job_id", "started", "finished", "host", "source",
                 "chunk_size", "totals", "entries"):  # fmt: skip
         assert doc[key] == manifest[key], key
-    assert doc["format_version"] == 3  # owners are recorded
+    assert doc["format_version"] == 4  # owners are recorded; its small chunks are packed
     assert doc["totals"] == {"files": 13, "dirs": 5, "symlinks": 3, "bytes": file_bytes(tree),
                              "chunks": 16, "unique_chunks": 15}  # fmt: skip
     assert 0 <= doc["seconds"] < 60
@@ -291,7 +291,7 @@ def test_show_describes_one_backup_for_a_script_and_for_a_person(
     assert f"source          {tree}" in lines
     assert f"files           13 ({file_bytes(tree):,} bytes)" in lines
     assert "chunks          16 (15 unique)" in lines
-    assert "format version  3" in lines
+    assert "format version  4" in lines
     assert "compression     none" in lines
     assert any(re.fullmatch(r"-rwxr-x--- +18 \S+ \S+  script\.sh", line) for line in lines)
     assert any(line.endswith("  link-to-leaf -> sub/deeper/leaf.txt") for line in lines)
@@ -313,7 +313,9 @@ def test_show_says_how_many_chunks_a_compressed_backup_stores_compressed(tmp_pat
     (source / "text.log").write_text("the same line, again and again\n" * 10_000)
     (source / "noise.bin").write_bytes(os.urandom(100_000))  # does not shrink: stored raw
     store = tmp_path / "store"
-    backup = cli("backup", source, store, "--name", "z", "--compression", "zstd")
+    backup = cli(  # one object per chunk (packs off): the keys say how each is stored
+        "backup", source, store, "--name", "z", "--compression", "zstd", "--pack-threshold", "0"
+    )
     assert backup.returncode == EXIT_OK, backup.stderr
     stored = sorted(p.name for p in (store / "chunks").iterdir())
     assert [name.endswith(".zst") for name in stored].count(True) == 1
@@ -372,6 +374,7 @@ def test_an_interrupted_job_still_pushes_and_closes_its_port(tmp_path: Path) -> 
         job = Running(
             "backup", source, tmp_path / "store", "--inject-latency", "200",
             "--metrics-port", "0", "--pushgateway", gateway.url,
+            "--pack-threshold", "0",  # an upload per file: the job is long enough to stop
         )  # fmt: skip
         url = job.wait_for(r"serving metrics on (http://\S+/metrics)").group(1)
         deadline = time.monotonic() + 20

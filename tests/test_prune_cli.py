@@ -138,11 +138,12 @@ def test_a_corrupt_manifest_stops_prune_and_nothing_is_deleted(tmp_path: Path) -
 
 
 def test_prune_of_compressed_backups_frees_the_compressed_chunks(tmp_path: Path) -> None:
+    # Chunk objects (packs off): prune of packs is tested with repacking.
     store = tmp_path / "store"
     for name in ("one", "two"):
         backup = cli(
             "backup", source_of(tmp_path / name, name), store, "--name", name,
-            "--chunk-size", "64K", "--compression", "zstd",
+            "--chunk-size", "64K", "--compression", "zstd", "--pack-threshold", "0",
         )  # fmt: skip
         assert backup.returncode == EXIT_OK, backup.stderr
     listing = json.loads(cli("list", store, "--json").stdout)

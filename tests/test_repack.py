@@ -73,8 +73,12 @@ async def old_and_new(
     return engine, old_index, new_index
 
 
+NEW_PACKS = 2**20
+"""The size of the packs a repack writes in these tests, whatever the engine's own."""
+
+
 async def prune(engine: BackupEngine, **repack: object) -> PruneReport:
-    policy = RepackPolicy(**repack)  # type: ignore[arg-type]
+    policy = RepackPolicy(**{"pack_size": NEW_PACKS, **repack})  # type: ignore[arg-type]
     return await engine.prune(KEEP_NEWEST, grace=0, repack=policy)
 
 
@@ -264,7 +268,8 @@ async def test_ten_small_packs_are_merged_nine_stay(tmp_path: Path, count: int) 
     engine = await incremental_small_packs(store, tmp_path / "src", count)
     before = await pack_keys(store)
     assert len(before) == count
-    report = await engine.prune(RetentionPolicy(keep_last=count), grace=0)
+    repack = RepackPolicy(pack_size=NEW_PACKS)
+    report = await engine.prune(RetentionPolicy(keep_last=count), grace=0, repack=repack)
     after = await pack_keys(store)
     assert await unreadable_chunks(store) == []
     if count < 10:  # too few to be worth a rewrite
@@ -274,4 +279,5 @@ async def test_ten_small_packs_are_merged_nine_stay(tmp_path: Path, count: int) 
     assert len(after) == 1 and not after & before
     assert "(10 of them small packs merged) into 1 new pack" in report.summary()
     # One small pack is not merged again and again.
-    assert (await engine.prune(RetentionPolicy(keep_last=count), grace=0)).packs_repacked == 0
+    again = await engine.prune(RetentionPolicy(keep_last=count), grace=0, repack=repack)
+    assert again.packs_repacked == 0

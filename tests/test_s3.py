@@ -297,7 +297,8 @@ def test_backup_restore_list_verify_delete_through_the_cli(
     keys = bucket_keys(s3_env, s3_bucket)
     assert "team/db/backups/b1/MANIFEST" in keys
     assert all(k.startswith("team/db/") for k in keys)
-    assert sum(k.startswith("team/db/chunks/") for k in keys) > 5  # several multi-chunk files
+    assert "team/db/backups/b1/INDEX" in keys  # its small chunks are packed
+    assert sum(k.startswith("team/db/packs/") for k in keys) >= 1
 
     listing = cli("list", url, *where, "--json")
     assert listing.returncode == EXIT_OK, listing.stderr
@@ -326,7 +327,10 @@ def test_a_zstd_backup_through_the_cli_is_smaller_and_restores_identically(
     log = b"".join(b"line %06d of a log, which repeats itself\n" % i for i in range(16_000))
     (tree / "log.txt").write_bytes(log)  # 672 KB: eleven distinct chunks
     url = f"s3://{s3_bucket}/z"
-    backup = cli("backup", tree, url, "--name", "z", "--chunk-size", "64K", "--compression", "zstd")
+    backup = cli(  # one object per chunk (packs off): each chunk's key and checksum are checked
+        "backup", tree, url, "--name", "z", "--chunk-size", "64K", "--compression", "zstd",
+        "--pack-threshold", "0",
+    )  # fmt: skip
     assert backup.returncode == EXIT_OK, backup.stderr
 
     async def stored() -> tuple[dict[str, int], list[str]]:
@@ -374,7 +378,7 @@ def test_storage_class_and_encryption_as_asked(s3_bucket: str, tree: Path, tmp_p
             return {k: await client.head_object(Bucket=s3_bucket, Key="cold/" + k) for k in keys}
 
     found = asyncio.run(heads())
-    chunks = {k: h for k, h in found.items() if k.startswith("chunks/")}
+    chunks = {k: h for k, h in found.items() if k.startswith(("chunks/", "packs/"))}
     assert chunks and "backups/b/MANIFEST" in found
     for head in found.values():
         assert head["ServerSideEncryption"] == "aws:kms"
@@ -393,14 +397,20 @@ def test_more_than_1000_chunks_are_all_found_again(
     source = small_files(tmp_path / "source", 1100)
     url = f"s3://{s3_bucket}/many"
     metrics = tmp_path / "second.prom"
-    first = cli("backup", source, url, "--name", "one", "--concurrency", "32")
+    # One object per file (packs off): over 1,000 chunk objects, a listing of several pages.
+    first = cli(
+        "backup", source, url, "--name", "one", "--concurrency", "32", "--pack-threshold", "0"
+    )
     assert first.returncode == EXIT_OK, first.stderr
     stored = sum(k.startswith("many/chunks/") for k in bucket_keys_all(s3_env, s3_bucket))
     assert stored > 1000
 
     # A second backup that trusts no parent (--force) learns from the listing, past its first
     # page, that every chunk is there.
-    second = cli("backup", source, url, "--name", "two", "--force", "--metrics-file", metrics)
+    second = cli(
+        "backup", source, url, "--name", "two", "--force", "--metrics-file", metrics,
+        "--pack-threshold", "0",
+    )  # fmt: skip
     assert second.returncode == EXIT_OK, second.stderr
     text = metrics.read_text()
     assert f'backup_chunks_total{{operation="backup",outcome="skipped"}} {stored}.0' in text
@@ -430,7 +440,10 @@ def test_injected_faults_still_give_an_identical_restore(s3_bucket: str, tmp_pat
     url = f"s3://{s3_bucket}/faulty"
     faults = ("--inject-faults", "0.2", "--retry-delay", "0.01", "--fault-seed", "7")
     metrics = tmp_path / "m.prom"
-    backup = cli("backup", source, url, "--name", "b", *faults, "--metrics-file", metrics)
+    backup = cli(  # one object per file: 300 requests each way, so faults are sure to be met
+        "backup", source, url, "--name", "b", *faults, "--metrics-file", metrics,
+        "--pack-threshold", "0",
+    )  # fmt: skip
     assert backup.returncode == EXIT_OK, backup.stderr[-3000:]
     assert retries_in(metrics, "backup") > 0
     restore = cli("restore", url, "b", tmp_path / "restored", *faults, "--metrics-file", metrics)

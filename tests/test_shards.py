@@ -93,9 +93,15 @@ def test_shards_by_hand_then_commit_restore_identically(
     assert len(set(taken.values())) == SHARDS  # each shard had work
     assert all(shard_of(path, SHARDS) == index for path, index in taken.items())
 
+    kept = asyncio.run(store.read(records[0]))
     done = cli("commit", url, "--name", "nightly", "--shards", str(SHARDS))
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout.strip() == "nightly"
+    # A commit that stopped while removing the records: the next one finishes the removal.
+    asyncio.run(store.write(records[0], kept))
+    finished = cli("commit", url, "--name", "nightly", "--shards", str(SHARDS))
+    assert finished.returncode == EXIT_OK, finished.stderr
+    assert "was committed already" in finished.stderr
     assert keys(store, "repo/shards/") == []  # records and start markers removed
     listing = json.loads(cli("list", url, "--json").stdout)
     assert [(b["name"], b["host"], b["source"]) for b in listing] == [
@@ -106,6 +112,22 @@ def test_shards_by_hand_then_commit_restore_identically(
     assert_same_tree(tree, tmp_path / "restored")
     again = cli("commit", url, "--name", "nightly", "--shards", str(SHARDS))
     assert again.returncode == EXIT_OK and "was committed already" in again.stderr
+
+    # The next sharded backup of this source takes it as its parent: nothing changed, so no
+    # shard reads a file.
+    unchanged = 0
+    for index in range(SHARDS):
+        env = {**os.environ, "JOB_COMPLETION_INDEX": str(index)}
+        run = subprocess.run(
+            [*shard_command(tree, url, "nightly-2"), "--json"], cwd=ROOT, env=env,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert run.returncode == EXIT_OK, run.stderr
+        shard = json.loads(run.stdout)["backup"]
+        assert shard["parent"] == "nightly" and shard["bytes_read"] == 0, shard
+        unchanged += shard["unchanged"]
+    assert unchanged == sum(1 for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+    assert cli("commit", url, "--name", "nightly-2", "--shards", str(SHARDS)).returncode == 0
 
 
 def restore_command(url: str, name: str, target: Path) -> list[str]:
@@ -348,3 +370,31 @@ async def test_concurrent_deletes_in_one_local_directory_all_succeed(tmp_path: P
                 await local.put(name, b"x")
             await asyncio.gather(*(local.delete(n) for n in names))
             assert not (tmp_path / "s" / f"d{round_}").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["restore", "{store}", "b", "{target}", "--shard", "0/2", "--delete"],
+         "a restore by shards restores every file"),
+        (["restore", "{store}", "b", "{target}", "--finish", "--shard", "0/2"],
+         "--finish is the last step"),
+        (["backup", "{source}", "{store}", "--name", "c", "--dask", "tcp://127.0.0.1:1",
+          "--shard", "0/2"], "--dask runs every shard"),
+        (["backup", "{source}", "{store}", "--name", "c", "--dask", "tcp://127.0.0.1:1"],
+         "--dask needs --shards N"),
+        (["backup", "-", "{store}", "--name", "c", "--shard", "0/2"],
+         "a backup from standard input ('-') cannot be split into shards"),
+    ],
+)  # fmt: skip
+def test_bad_combinations_with_shards_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_text("x")
+    store = tmp_path / "store"
+    assert cli("backup", source, store, "--name", "b").returncode == EXIT_OK
+    values = {"store": str(store), "target": str(tmp_path / "t"), "source": str(source)}
+    result = cli(*(a.format(**values) for a in args))
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "t").exists()

@@ -65,7 +65,7 @@ def test_stdin_chunks_are_uploaded_while_the_input_is_still_being_written(
     first = os.urandom(4 * SMALL_CHUNK)
     producer = subprocess.Popen(
         [sys.executable, "-m", "asyncbackup", "backup", "-", store, "--name", "s",
-         "--chunk-size", "64K", "--stdin-name", "big.bin"],
+         "--chunk-size", "64K", "--stdin-name", "big.bin", "--pack-threshold", "0"],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert producer.stdin is not None
@@ -163,7 +163,7 @@ def test_cat_checks_each_chunk_before_it_writes_it(tmp_path: Path) -> None:
     data = os.urandom(4 * SMALL_CHUNK)
     backup = cli_bytes(
         "backup", "-", store, "--name", "s", "--chunk-size", "64K", "--stdin-name", "f",
-        stdin=data,
+        "--pack-threshold", "0", stdin=data,
     )  # fmt: skip
     assert backup.returncode == EXIT_OK, backup.stderr
     third = data[2 * SMALL_CHUNK : 3 * SMALL_CHUNK]

@@ -3,6 +3,9 @@
 The bytes restored are the bytes backed up, raw and compressed; a chunk damaged or cut short on
 the way is caught by its hash or its length and downloaded again, once, and the file is placed
 whole; the same wrong bytes twice fail the restore and leave no half file.
+
+Chunks here are small (so tests stay fast) but stand for large ones: packs are off
+(``pack_threshold=0``), so each is an object of its own, as a large chunk is.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ async def test_a_large_file_streams_back_identical(
         concurrency=4,
         chunk_size=CHUNK,
         compression=Compression(codec),  # type: ignore[arg-type]
+        pack_threshold=0,
     )
     async with any_store.store() as store:
         engine = BackupEngine(store, config, sleep=sleep)
@@ -80,7 +84,7 @@ async def test_chunks_of_several_mib_cross_block_and_piece_boundaries(
     any_store: StoreUnderTest, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     tree = source(tmp_path / "source", size=2 * BIG_CHUNK + 99)
-    config = EngineConfig(concurrency=4, chunk_size=BIG_CHUNK - 5)
+    config = EngineConfig(concurrency=4, chunk_size=BIG_CHUNK - 5, pack_threshold=0)
     async with any_store.store() as store:
         engine = BackupEngine(store, config, sleep=sleep)
         await engine.backup(tree, name="b")
@@ -97,7 +101,7 @@ async def test_a_chunk_damaged_in_transit_is_caught_and_downloaded_again(
     any_store: StoreUnderTest, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     tree = source(tmp_path / "source", size=5 * CHUNK + 1234)
-    config = EngineConfig(concurrency=4, chunk_size=CHUNK)
+    config = EngineConfig(concurrency=4, chunk_size=CHUNK, pack_threshold=0)
     async with any_store.store() as store:
         engine = BackupEngine(store, config, sleep=sleep)
         await engine.backup(tree, name="b")
@@ -127,7 +131,7 @@ async def test_a_chunk_cut_short_in_transit_is_downloaded_again(
     remote: StoreUnderTest, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     tree = source(tmp_path / "source", size=5 * CHUNK + 1234)
-    config = EngineConfig(concurrency=4, chunk_size=CHUNK)
+    config = EngineConfig(concurrency=4, chunk_size=CHUNK, pack_threshold=0)
     async with remote.store() as store:
         engine = BackupEngine(store, config, sleep=sleep)
         await engine.backup(tree, name="b")
@@ -145,7 +149,9 @@ async def test_the_same_wrong_bytes_twice_fail_the_restore_and_leave_no_half_fil
     any_store: StoreUnderTest, tmp_path: Path, sleep: RecordingSleep
 ) -> None:
     tree = source(tmp_path / "source", size=5 * CHUNK + 1234)
-    config = EngineConfig(concurrency=4, chunk_size=CHUNK, compression=Compression("zstd"))
+    config = EngineConfig(
+        concurrency=4, chunk_size=CHUNK, compression=Compression("zstd"), pack_threshold=0
+    )
     async with any_store.store() as store:
         engine = BackupEngine(store, config, sleep=sleep)
         await engine.backup(tree, name="b")

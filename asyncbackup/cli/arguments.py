@@ -24,7 +24,7 @@ from asyncbackup.cli.groups import (
 )
 from asyncbackup.cli.values import parse_duration, parse_share, parse_size, target_dir
 from asyncbackup.compression import CODECS
-from asyncbackup.config import DEFAULT_CHUNK_SIZE
+from asyncbackup.config import DEFAULT_CHUNK_SIZE, DEFAULT_PACK_SIZE, DEFAULT_PACK_THRESHOLD
 from asyncbackup.defaults import (
     DEFAULT_GRACE,
     DEFAULT_LOCK_WAIT,
@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CHUNK_SIZE,
         metavar="SIZE",
         help="split files into chunks of this size (default 8M)",
+    )
+    backup.add_argument(
+        "--pack-threshold",
+        type=parse_size,
+        default=DEFAULT_PACK_THRESHOLD,
+        metavar="SIZE",
+        help="chunks smaller than this (as stored) are gathered into packs, one object for many "
+        "(default 1M; 0: no packs, one object per chunk)",
+    )
+    backup.add_argument(
+        "--pack-size",
+        type=parse_size,
+        default=DEFAULT_PACK_SIZE,
+        metavar="SIZE",
+        help="store a pack once it holds this much (default 16M)",
     )
     backup.add_argument(
         "--storage-class",

@@ -22,11 +22,19 @@ from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
-from asyncbackup.config import DEFAULT_BUFFER_BUDGET, DEFAULT_CHUNK_SIZE, EngineConfig, RetryPolicy
+from asyncbackup.config import (
+    DEFAULT_BUFFER_BUDGET,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PACK_SIZE,
+    DEFAULT_PACK_THRESHOLD,
+    EngineConfig,
+    RetryPolicy,
+)
 from asyncbackup.engine import BackupEngine, Filters
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
 from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
+from asyncbackup.layout import LOCKS
 from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
 from asyncbackup.packuse import RepackPolicy
@@ -111,6 +119,8 @@ async def _run(args: argparse.Namespace) -> int:
             max_manifest_size=args.max_manifest_size,
             buffer_budget=getattr(args, "buffer_budget", DEFAULT_BUFFER_BUDGET),
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+            pack_threshold=getattr(args, "pack_threshold", DEFAULT_PACK_THRESHOLD),
+            pack_size=getattr(args, "pack_size", DEFAULT_PACK_SIZE),
             compression=Compression(
                 getattr(args, "compression", "none"), getattr(args, "compression_level", None)
             ),
@@ -282,6 +292,7 @@ async def _backup_on_dask(
         name=name,
         progress=engine.progress,
         commit=partial(engine.commit, name, shards=args.shards),
+        warm=partial(engine.store.list_page, LOCKS, None),
     )
 
 
