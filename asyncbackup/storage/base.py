@@ -14,9 +14,11 @@ download holds besides the block it gathers (``fetch.py``)."""
 
 
 def within_piece_size(received: bytes) -> Iterator[bytes]:
-    """``received`` as pieces of at most ``STREAM_PIECE`` bytes: itself (no copy) if it fits."""
+    """``received`` as pieces of at most ``STREAM_PIECE`` bytes: itself (no copy) if it fits;
+    nothing if it is empty (the end of an HTTP chunk)."""
     if len(received) <= STREAM_PIECE:
-        yield received
+        if received:
+            yield received
         return
     for start in range(0, len(received), STREAM_PIECE):
         yield received[start : start + STREAM_PIECE]

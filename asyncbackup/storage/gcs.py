@@ -206,8 +206,8 @@ class GCSStorage(Storage):
                     self.bucket, self.prefix + key, timeout=self._timeout
                 )
                 async with stream as response:  # the connection is released on every way out
-                    # As the connection delivered it: no slicing or joining copies.
-                    while received := await response.content.readany():
+                    # As the connection delivered it, aiohttp's buffers one by one: no joins.
+                    async for received, _ in response.content.iter_chunks():
                         for piece in within_piece_size(received):
                             yield piece
         except ObjectNotFoundError:

@@ -167,9 +167,10 @@ class LeanRequests:
         async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
             if answer.status != 200:
                 raise await _client_error(answer, "GetObject")
-            # Each piece as the connection delivered it: no slicing or joining copies (asyncio
-            # reads at most 256 KiB at a time); a larger one is cut, to keep the bound.
-            async for received in answer.content.iter_any():
+            # Each piece as the connection delivered it (asyncio reads at most 256 KiB at a
+            # time): iter_chunks hands over aiohttp's buffers one by one, where iter_any joins
+            # what is buffered (a copy: 0.3 s of CPU in a 512 MiB restore).
+            async for received, _ in answer.content.iter_chunks():
                 for piece in within_piece_size(received):
                     yield piece
 
