@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     )
     from asyncbackup.manifest import FileEntry, Manifest, SourceWarning
     from asyncbackup.metrics import Metrics
+    from asyncbackup.packuse import RepackPolicy
     from asyncbackup.progress import Progress
     from asyncbackup.prune import PruneReport
     from asyncbackup.restore import RestoreSummary
@@ -84,6 +85,7 @@ _HOMES = {
     "PermanentStorageError": "asyncbackup.errors",
     "Progress": "asyncbackup.progress",
     "PruneReport": "asyncbackup.prune",
+    "RepackPolicy": "asyncbackup.packuse",
     "RestoreSummary": "asyncbackup.restore",
     "RetentionPolicy": "asyncbackup.retention",
     "RetryPolicy": "asyncbackup.config",
@@ -136,6 +138,7 @@ __all__ = [
     "PermanentStorageError",
     "Progress",
     "PruneReport",
+    "RepackPolicy",
     "RestoreSummary",
     "RetentionPolicy",
     "RetryPolicy",

@@ -36,7 +36,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.layout import SHARDS, manifest_key, shard_key
+from asyncbackup.layout import SHARDS, manifest_key, shard_key, source_mark_key
 from asyncbackup.locks import RepositoryLock
 from asyncbackup.manifest import FileEntry, Manifest, SourceWarning
 from asyncbackup.progress import Progress, phase
@@ -136,8 +136,22 @@ class CommitJob:
                 hint="run the same commit again: it finishes what this one began",
                 outcome="its commit was not confirmed",
             ) from exc
+        await self._mark(manifest)
         await self._remove(present)
         return _summary(manifest, records)
+
+    async def _mark(self, manifest: Manifest) -> None:
+        """The committed backup's source mark, as a backup leaves it (``BackupJob._mark``), so
+        that the next sharded backup of this source finds it as its parent from a listing. A
+        failure is a warning: the next backups then read its head instead."""
+        key = source_mark_key(
+            manifest.name, host=manifest.host, source=manifest.source, finished=manifest.finished
+        )
+        try:
+            await self.repo.put_object(key, b"", action="mark")
+        except StorageError as exc:
+            log.warning("backup %s is committed, but its mark %s could not be written (%s)",
+                        manifest.name, key, exc)  # fmt: skip
 
     async def _read_records(
         self, name: str, count: int, present: set[str]

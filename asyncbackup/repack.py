@@ -45,10 +45,12 @@ same order give the same bytes, hence the same key), so a retried upload is harm
 step 6 finds it missing; the pack reader then reads the INDEX again, once, and finds the new
 places, since step 6 began only after step 5's writes completed (read-after-write consistency).
 
-**Memory** follows ``--buffer-budget`` (``EngineConfig.buffer_budget``, 128 MiB by default):
-``budget // pack_size - 2`` old packs (at least 1) are read ahead, beside the new pack being
-filled and the one being uploaded, so about the budget in pack data (6 packs ahead at the
-defaults), plus ``LivePacks``: about 150 bytes per distinct packed chunk the kept backups name.
+**Memory**: at most ``READ_AHEAD`` (2) old packs are read ahead, fewer when ``--buffer-budget``
+(``EngineConfig.buffer_budget``) has no room for them beside the new pack being filled and the
+one being uploaded; each read briefly holds its bytes and the chunks cut from them. So about
+``6 * pack_size`` at most (96 MiB at 16 MiB packs), plus ``LivePacks``: about 150 bytes per
+distinct packed chunk the kept backups name. Measured (``benchmarks/repack.py``, 125 MiB of
+small files, half of them let go): 103 MiB peak RSS for the whole prune, restic's 75 MiB.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ from asyncbackup.threads import to_thread
 log = logging.getLogger("asyncbackup")
 OPERATION = "prune"
 
+READ_AHEAD = 2
+"""Old packs read ahead at most (fewer if ``--buffer-budget`` is tight): with the new pack being
+filled and the one being sent, enough to keep a store busy, whose requests are whole packs or
+long ranges; more only raised the peak RSS (``benchmarks/repack.py``: 165 MiB at 6 ahead)."""
 MERGE_GAP = 2**20
 """Live ranges of one pack closer than this are read by one range GET (as restore does)."""
 
@@ -119,7 +125,7 @@ class Repacker:
         self.concurrency = concurrency
         self.pack_size = policy.pack_size or DEFAULT_PACK_SIZE
         # Packs read ahead: what the byte budget leaves beside the pack filled and the one sent.
-        self.ahead = max(1, buffer_budget // self.pack_size - 2)
+        self.ahead = max(1, min(READ_AHEAD, buffer_budget // self.pack_size - 2))
         self.moved: dict[tuple[str, int], Place] = {}  # (old pack, offset) -> new place
         self.new_packs: dict[str, int] = {}
         self._new_place: dict[str, Place] = {}  # ref -> where it went: written once

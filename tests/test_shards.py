@@ -113,6 +113,22 @@ def test_shards_by_hand_then_commit_restore_identically(
     again = cli("commit", url, "--name", "nightly", "--shards", str(SHARDS))
     assert again.returncode == EXIT_OK and "was committed already" in again.stderr
 
+    # The next sharded backup of this source takes it as its parent: nothing changed, so no
+    # shard reads a file.
+    unchanged = 0
+    for index in range(SHARDS):
+        env = {**os.environ, "JOB_COMPLETION_INDEX": str(index)}
+        run = subprocess.run(
+            [*shard_command(tree, url, "nightly-2"), "--json"], cwd=ROOT, env=env,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert run.returncode == EXIT_OK, run.stderr
+        shard = json.loads(run.stdout)["backup"]
+        assert shard["parent"] == "nightly" and shard["bytes_read"] == 0, shard
+        unchanged += shard["unchanged"]
+    assert unchanged == sum(1 for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+    assert cli("commit", url, "--name", "nightly-2", "--shards", str(SHARDS)).returncode == 0
+
 
 def restore_command(url: str, name: str, target: Path) -> list[str]:
     """Exactly the command docs/scaleout.md's restore Indexed Job runs in each pod."""
