@@ -89,6 +89,13 @@ class Cluster:
                 [dask, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
                  "--host", "127.0.0.1"], **quiet,  # type: ignore[call-overload]
             ))  # fmt: skip
+        try:
+            self._ready(workers)
+        except BaseException:
+            self.stop()  # never leave the processes behind
+            raise
+
+    def _ready(self, workers: int) -> None:
         from distributed import Client
 
         with Client(self.address, timeout=60) as client:  # type: ignore[no-untyped-call]

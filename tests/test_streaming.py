@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup import BackupEngine, BackupFailed, EngineConfig, IntegrityError, Storage
+from asyncbackup import (
+    BackupEngine,
+    BackupFailed,
+    EngineConfig,
+    IntegrityError,
+    ObjectNotFoundError,
+    Storage,
+)
 from asyncbackup.compression import Compression
 from asyncbackup.layout import chunk_key
 from tests.conftest import RecordingSleep, assert_same_tree
@@ -168,4 +175,26 @@ async def test_the_same_wrong_bytes_twice_fail_the_restore_and_leave_no_half_fil
     assert f"chunk chunks/{ref} of text.log is corrupt in" in str(failure.error)
     assert len(sleep.calls) == 1  # downloaded twice, not ten times
     assert not (target / "text.log").exists()
+    assert not [p for p in target.rglob("*") if p.name.startswith(".asyncbackup-")]
+
+
+async def test_a_missing_chunk_of_a_large_file_fails_at_once_and_leaves_no_half_file(
+    any_store: StoreUnderTest, tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    tree = source(tmp_path / "source", size=5 * CHUNK + 1234)
+    config = EngineConfig(concurrency=4, chunk_size=CHUNK, pack_threshold=0)
+    async with any_store.store() as store:
+        engine = BackupEngine(store, config, sleep=sleep)
+        await engine.backup(tree, name="b")
+        ref = await first_chunk_of(engine, "random.bin", index=4)
+        await store.delete(chunk_key(ref))  # behind the repository's back
+    target = tmp_path / "target"
+    async with any_store.store() as store:
+        with pytest.raises(BackupFailed) as caught:
+            await BackupEngine(store, config, sleep=sleep).restore("b", target)
+    [failure] = caught.value.failures
+    assert failure.path == "random.bin" and isinstance(failure.error, ObjectNotFoundError)
+    assert ref in str(failure.error)
+    assert sleep.calls == []  # a missing object is permanent: not retried
+    assert not (target / "random.bin").exists()
     assert not [p for p in target.rglob("*") if p.name.startswith(".asyncbackup-")]
