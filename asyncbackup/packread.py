@@ -41,8 +41,9 @@ MERGE_GAP = 1024 * 1024
 """Ranges of one pack closer than this are read as one: a gap costs less than a request."""
 WHOLE_SHARE = 0.5
 """A pack of which a job needs at least this share of the bytes is read whole, by one GET."""
-DEFAULT_BUDGET = 64 * 1024 * 1024
-"""Bytes of pack segments held between the uses of their chunks, at most."""
+DEFAULT_BUDGET = 128 * 1024 * 1024
+"""Bytes of pack segments held between the uses of their chunks, at most (restore and verify
+pass ``--buffer-budget``, whose default this is)."""
 _DECODE_INLINE_LIMIT = 64 * 1024  # below this, a thread hop costs more than hashing on the loop
 
 

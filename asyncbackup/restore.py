@@ -23,7 +23,7 @@ from asyncbackup.fetch import STREAM_HOLD, OrderedHash, stream_chunk
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.metrics import Metrics
-from asyncbackup.packread import DEFAULT_BUDGET, ChunkSource
+from asyncbackup.packread import ChunkSource
 from asyncbackup.packs import PackIndex
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress
@@ -117,7 +117,8 @@ class RestoreJob:
                 half-written under its final name.
         """
         started = time.monotonic()
-        held = max(DEFAULT_BUDGET, self.config.concurrency * manifest.chunk_size)
+        # Pack segments held between their chunks' uses: as much again as the chunk buffers.
+        held = self.config.buffer_budget
         self.source = await ChunkSource.open(self.repo, manifest, budget=held)  # its INDEX
         tree, occupied = await settled(fs.prepare, target, overwrite or delete)
         leftovers = deleted = 0

@@ -23,7 +23,7 @@ from asyncbackup.config import EngineConfig
 from asyncbackup.errors import BackupError, IntegrityError, ManifestError, ObjectNotFoundError
 from asyncbackup.layout import digest_of_ref
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, FileEntry, Manifest
-from asyncbackup.packread import DEFAULT_BUDGET, ChunkSource
+from asyncbackup.packread import ChunkSource
 from asyncbackup.packs import PackIndex
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import NoProgress, Progress, expect
@@ -161,7 +161,6 @@ class VerifyJob:
 
     async def _read_everything(self, missing: set[str]) -> None:
         files = list(self.files.values())
-        max_chunk = max((f.chunk_size for f in files), default=0)
 
         def count_uses() -> SharedChunks:  # a million refs: counted off the event loop
             refs = (ref for f in files for ref in f.entry.chunks if ref not in missing)
@@ -169,7 +168,7 @@ class VerifyJob:
             return SharedChunks(refs, budget=ByteBudget(max(1, self.config.concurrency * largest)))
 
         self.shared = await to_thread(count_uses)
-        budget = max(DEFAULT_BUDGET, self.config.concurrency * max_chunk)
+        budget = self.config.buffer_budget  # pack segments, as much again as chunk buffers
         self.source = ChunkSource(self.repo, self.index, names=self.indexed, budget=budget)
         plan = [ref for f in files for ref in f.entry.chunks if ref not in missing]
         await to_thread(self.source.plan, plan)  # by pack: whole, or merged ranges

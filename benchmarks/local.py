@@ -3,7 +3,9 @@
     asyncbackup backup SRC ./store --inject-latency 25 --concurrency 1     # then 64
 
 Each run backs up into a fresh directory, and is checked: the CLI exits 0, and the store holds
-the MANIFEST and one chunk per file whose name is the sha256 of that file's bytes.
+the MANIFEST and one chunk per file whose name is the sha256 of that file's bytes. Packs are off
+(``--pack-threshold 0``): with them, these files would be one pack, and concurrency would have
+nothing to overlap.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def run(
             argv = [
                 sys.executable, "-m", "asyncbackup", "backup", str(source), str(store),
                 "--inject-latency", f"{latency_ms:g}", "--concurrency", str(c),
-                "--name", "bench", "-q",
+                "--name", "bench", "-q", "--pack-threshold", "0",
             ]  # fmt: skip
             row = spawner.run(argv, dict(os.environ), timeout=1800)
             stored = {p.name for p in (store / "chunks").glob("*")}

@@ -98,7 +98,9 @@ def run_one(
                                       latency_ms=latency_ms, seed=seed)  # fmt: skip
     if contender.is_asyncbackup:
         index = expected.manifest.replace("/MANIFEST", "/INDEX")  # if it packed chunks
+        mark = expected.manifest.replace("/MANIFEST", "/SOURCE.")  # its host and source mark
         also = {expected.manifest, *([index] if index in found else [])}
+        also |= {key for key in found if key.startswith(mark)}
         bad = problems(found, expected.asyncbackup, also=frozenset(also))
     else:
         bad = problems(found, expected.files)

@@ -16,6 +16,10 @@ from asyncbackup import BackupEngine, open_storage
 from tests.test_cli import EXIT_OK, cli, list_json
 from tests.test_prune_race import content, restore_and_compare, start
 
+CHUNK_OBJECTS = ("--chunk-size", "64K", "--pack-threshold", "0")
+"""Backups of one object per chunk: these tests watch chunks appear and go under ``chunks/``
+(a prune killed mid-repack of packs: ``test_repack_kill.py``)."""
+
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     """Poll ``condition`` (a state of the store, not a guess at timing) until it holds."""
@@ -58,7 +62,7 @@ def test_a_prune_killed_mid_sweep_leaves_a_stale_lock_the_next_backup_passes(
     sources = {f"old{i}": content(tmp_path / f"old{i}", f"old{i}", files=25) for i in range(3)}
     sources["keep"] = content(tmp_path / "keep", "keep")
     for name in sources:
-        assert cli("backup", sources[name], store_url, "--name", name, "--chunk-size", "64K",
+        assert cli("backup", sources[name], store_url, "--name", name, *CHUNK_OBJECTS,
                    "-q").returncode == EXIT_OK  # fmt: skip
     chunks = len(keys_under(store_url, "chunks/"))
     prune = start("prune", store_url, "--keep-last", "1", "--group-by", "host", "--grace", "0s",
@@ -73,7 +77,7 @@ def test_a_prune_killed_mid_sweep_leaves_a_stale_lock_the_next_backup_passes(
     [lock] = keys_under(store_url, "locks/")
 
     again = content(tmp_path / "again", "old0", files=25)  # reuses chunks the prune left or not
-    backup = cli("backup", again, store_url, "--name", "after", "--chunk-size", "64K")
+    backup = cli("backup", again, store_url, "--name", "after", *CHUNK_OBJECTS)
     assert backup.returncode == EXIT_OK, backup.stderr
     assert f"backup ignores the stale lock of prune (exclusive lock {lock})" in backup.stderr
     assert f"its process {prune.pid} is gone from this host" in backup.stderr
@@ -96,10 +100,10 @@ def test_a_backup_killed_mid_upload_leaves_a_stale_lock_the_next_prune_passes(
     store_url: str, tmp_path: Path
 ) -> None:
     keep = content(tmp_path / "keep", "keep")
-    assert cli("backup", keep, store_url, "--name", "keep", "--chunk-size", "64K").returncode == 0
+    assert cli("backup", keep, store_url, "--name", "keep", *CHUNK_OBJECTS).returncode == 0
     kept_chunks = set(keys_under(store_url, "chunks/"))
     big = content(tmp_path / "big", "big", files=100)
-    backup = start("backup", big, store_url, "--name", "killed", "--chunk-size", "64K",
+    backup = start("backup", big, store_url, "--name", "killed", *CHUNK_OBJECTS,
                    "--concurrency", "1", "--inject-latency", "30")  # fmt: skip
     try:
         wait_until(lambda: len(keys_under(store_url, "chunks/")) > len(kept_chunks) + 5, "uploads")
