@@ -411,6 +411,8 @@ async def test_a_missing_pack_is_named_and_repaired_by_the_next_backup(
         del store.objects[key]
     report = await eng.verify("one")
     assert not report.ok and len(report.missing) == 30 + 1
+    assert {f"packs/{p}" for p in report.packs.values()} == set(lost)  # each named with its pack
+    assert set(report.packs) == set(report.missing)
     with pytest.raises(BackupFailed, match=r"packs/[0-9a-f]{64}"):
         await eng.restore("one", tmp_path / "out")
     # The next backup's spot check finds the parent's packs missing: it lists the store
