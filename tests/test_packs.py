@@ -489,9 +489,12 @@ async def test_a_restore_racing_a_repack_reads_the_index_again(
     assert "a pack was missing: read the INDEX of b again" in caplog.text
 
 
-async def test_prune_today_leaves_packs_alone(tmp_path: Path, sleep: RecordingSleep) -> None:
-    """Prune marks and sweeps chunks/ only: a pack is never deleted (prune of packs, with
-    repacking, is built on this format separately), and both kinds of backup still restore."""
+async def test_prune_keeps_the_packs_a_kept_backup_uses(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    """A prune that forgets the parent keeps every pack the kept backup's INDEX names (here
+    each is still mostly used, under --max-unused: none is repacked), and the kept backup
+    restores. Prune of packs itself is tested in test_repack*.py."""
     source = small_tree(tmp_path / "src", files=20)
     store = MemoryStorage()
     eng = engine(store, sleep)
