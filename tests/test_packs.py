@@ -3,7 +3,7 @@ objects of their own, on every store (memory, local, S3 on moto, GCS on fake-gcs
 
 Round trip, dedup within and across backups and against older chunk objects, reads whole and by
 range, faults in transit, damaged or missing INDEX and packs, a restore racing a repack, and
-prune leaving packs alone.
+prune keeping the packs a kept backup uses.
 """
 
 from __future__ import annotations
