@@ -47,6 +47,7 @@ class VerifyReport:
     corrupt: dict[str, list[str]] = field(default_factory=dict)
     bad_files: dict[str, str] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
+    packs: dict[str, str] = field(default_factory=dict)  # missing or corrupt ref -> its pack
     backups: tuple[str, ...] = ()
     files_checked: int = 0
 
@@ -130,6 +131,11 @@ class VerifyJob:
             bad_files=self.bad_files,
             unreadable=unreadable,
             backups=tuple(names),
+            packs={
+                ref: place.pack
+                for ref in (*missing, *corrupt)
+                if (place := self.index.get(ref)) is not None
+            },
             files_checked=len(self.files),
         )
 

@@ -3,7 +3,7 @@ objects of their own, on every store (memory, local, S3 on moto, GCS on fake-gcs
 
 Round trip, dedup within and across backups and against older chunk objects, reads whole and by
 range, faults in transit, damaged or missing INDEX and packs, a restore racing a repack, and
-prune leaving packs alone.
+prune keeping the packs a kept backup uses.
 """
 
 from __future__ import annotations
@@ -411,6 +411,8 @@ async def test_a_missing_pack_is_named_and_repaired_by_the_next_backup(
         del store.objects[key]
     report = await eng.verify("one")
     assert not report.ok and len(report.missing) == 30 + 1
+    assert {f"packs/{p}" for p in report.packs.values()} == set(lost)  # each named with its pack
+    assert set(report.packs) == set(report.missing)
     with pytest.raises(BackupFailed, match=r"packs/[0-9a-f]{64}"):
         await eng.restore("one", tmp_path / "out")
     # The next backup's spot check finds the parent's packs missing: it lists the store
@@ -487,9 +489,12 @@ async def test_a_restore_racing_a_repack_reads_the_index_again(
     assert "a pack was missing: read the INDEX of b again" in caplog.text
 
 
-async def test_prune_today_leaves_packs_alone(tmp_path: Path, sleep: RecordingSleep) -> None:
-    """Prune marks and sweeps chunks/ only: a pack is never deleted (prune of packs, with
-    repacking, is built on this format separately), and both kinds of backup still restore."""
+async def test_prune_keeps_the_packs_a_kept_backup_uses(
+    tmp_path: Path, sleep: RecordingSleep
+) -> None:
+    """A prune that forgets the parent keeps every pack the kept backup's INDEX names (here
+    each is still mostly used, under --max-unused: none is repacked), and the kept backup
+    restores. Prune of packs itself is tested in test_repack*.py."""
     source = small_tree(tmp_path / "src", files=20)
     store = MemoryStorage()
     eng = engine(store, sleep)

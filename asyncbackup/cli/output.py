@@ -188,7 +188,9 @@ def _report_verify(report: VerifyReport) -> int:
     for what, damaged in (("missing", report.missing), ("corrupt", report.corrupt)):
         for digest, paths in sorted(damaged.items()):
             shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
-            log.error("chunk %s is %s; it holds part of: %s", digest, what, shown)
+            pack = report.packs.get(digest)
+            where = f" (in packs/{pack})" if pack else ""
+            log.error("chunk %s%s is %s; it holds part of: %s", digest, where, what, shown)
     for path, why in sorted(report.bad_files.items()):
         log.error("%s: %s", path, why)
     kind = "deep" if report.deep else "presence"
