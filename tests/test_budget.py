@@ -139,7 +139,9 @@ async def test_read_ahead_and_downloads_stay_within_the_budget(
     chunk = 64 * KiB
     source = big_file(tmp_path / "source", 64 * chunk)
     config = EngineConfig(concurrency=64, chunk_size=chunk, buffer_budget=MiB, pack_threshold=0)
-    store = SlowStreams(MemoryStorage(), delay=0.02)
+    # 0.2 s a request: even on a loaded machine, reading 8 chunks of 64 KiB takes far less,
+    # so read-ahead fills the budget before the first uploads end.
+    store = SlowStreams(MemoryStorage(), delay=0.2)
     engine = BackupEngine(store, config, sleep=sleep)
 
     await engine.backup(source, name="b")
