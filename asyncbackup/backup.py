@@ -322,15 +322,7 @@ class BackupJob:
 
         phase(self.progress, "committing")
         manifest = await to_thread(build_manifest)
-        if index:  # after every pack it names is stored, before the MANIFEST
-            try:
-                await self.repo.put_index(name, index)
-            except PermanentStorageError:
-                raise
-            except StorageError as exc:
-                failure = FailedItem(index_key(name), exc)
-                raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
-        await self._commit(manifest)
+        await self._commit(manifest, index, hint)
         return manifest
 
     def _takes(self, entry: SourceEntry) -> bool:
@@ -338,13 +330,22 @@ class BackupJob:
         split across processes (``shards.py`` takes only its own paths)."""
         return True
 
-    async def _commit(self, manifest: Manifest) -> None:
-        """Write the MANIFEST: the backup's commit (a shard writes its shard record instead).
+    async def _commit(self, manifest: Manifest, index: PackIndex, hint: Callable[[], str]) -> None:
+        """Write the INDEX (if it names packed chunks), then the MANIFEST: the backup's commit
+        (a shard writes its shard record, which carries its INDEX, instead).
 
         Raises:
             LockError: the lock was lost; nothing was committed.
-            BackupFailed: the MANIFEST write kept failing; its outcome is unknown.
+            BackupFailed: the INDEX or MANIFEST write kept failing.
         """
+        if index:  # after every pack it names is stored, before the MANIFEST
+            try:
+                await self.repo.put_index(manifest.name, index)
+            except PermanentStorageError:
+                raise
+            except StorageError as exc:
+                failure = FailedItem(index_key(manifest.name), exc)
+                raise BackupFailed(OPERATION, [failure], hint=hint()) from exc
         budget = self.repo.retrier.budget
         name = manifest.name
         try:

@@ -8,14 +8,19 @@ Under a shared repository lock (a prune waits; other backups and shards go on):
 2. Check them against each other: the same backup, shard count, source and options; every path
    taken by the shard it belongs to (``shard_of``), hence no path twice; the merged entries a
    valid tree (parsed back as a restore would).
-3. Check that every chunk they name is stored: one listing of ``chunks/``. Between a shard's end
+3. Merge the records' INDEX parts (``shard_index.py``) and check that every chunk they name
+   is stored: one listing of ``chunks/``, and one of ``packs/`` for every pack the merged INDEX
+   places a chunk in. Between a shard's end
    and this commit no lock protected them; prune keeps the chunks records name, and this check
    makes the commit safe whatever happened meanwhile (a prune of an older version, a lifecycle
    rule, a chunk deleted by hand). Under this commit's lock, no prune removes one until after
    the MANIFEST is written.
-4. Write the MANIFEST (create-only, as a backup's commit), then remove the records and start
-   markers. Its ``job_id`` is derived from the records, so a commit re-run after it wrote the
-   MANIFEST but before it removed the records recognises its own MANIFEST and finishes.
+4. Write the merged INDEX (if any chunk is packed), then the MANIFEST (create-only, format 4
+   when packed, as a backup's commit), then remove the records and start markers. Its
+   ``job_id`` is derived from the records, so a commit re-run after it wrote the MANIFEST but
+   before it removed the records recognises its own MANIFEST and finishes; one re-run after
+   it wrote the INDEX but not the MANIFEST writes the same INDEX again (the same records
+   merge to the same places).
 
 Nothing is committed unless every check passes; the exit code is then 1.
 """
@@ -36,11 +41,19 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
-from asyncbackup.layout import SHARDS, manifest_key, shard_key, source_mark_key
+from asyncbackup.layout import SHARDS, index_key, manifest_key, shard_key, source_mark_key
 from asyncbackup.locks import RepositoryLock
-from asyncbackup.manifest import FileEntry, Manifest, SourceWarning
+from asyncbackup.manifest import (
+    FORMAT_VERSION,
+    PACKED_FORMAT_VERSION,
+    FileEntry,
+    Manifest,
+    SourceWarning,
+)
+from asyncbackup.packs import PackIndex
 from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
+from asyncbackup.shard_index import merge_places, unlisted_packs
 from asyncbackup.shard_records import ShardRecord, read_record
 from asyncbackup.shards import SHARDED_HOST, ShardSpec, shard_of
 from asyncbackup.threads import to_thread
@@ -115,10 +128,17 @@ class CommitJob:
                 hint=f"run the shards named again (each reuses what it stored), then commit "
                 f"again; 'asyncbackup backup ... --shard K/{count}' runs shard K",
             )
-        manifest = await to_thread(_merge, name, records)
+        places, conflicts = await to_thread(merge_places, records)
+        if conflicts:
+            raise BackupFailed(
+                OPERATION, conflicts, hint="run the shards named again, then commit again"
+            )
+        manifest = await to_thread(_merge, name, records, bool(places))
         phase(self.progress, "checking every chunk is stored")
         stored = await self.repo.stored_refs()
-        lost = _unstored(records, stored)
+        lost = _unstored(records, stored, places)
+        if places:
+            lost += unlisted_packs(records, places, await self.repo.pack_ids())
         if lost:
             raise BackupFailed(
                 OPERATION,
@@ -127,12 +147,17 @@ class CommitJob:
             )
         phase(self.progress, "committing")
         await self.lock.check()
+        key = manifest_key(name)
         try:
+            if places:  # before the MANIFEST: a MANIFEST never lacks its INDEX
+                key = index_key(name)
+                await self.repo.put_index(name, places)
+                key = manifest_key(name)
             await self.repo.commit(manifest)
         except TransientStorageError as exc:
             raise BackupFailed(
                 OPERATION,
-                [FailedItem(manifest_key(name), exc)],
+                [FailedItem(key, exc)],
                 hint="run the same commit again: it finishes what this one began",
                 outcome="its commit was not confirmed",
             ) from exc
@@ -262,11 +287,11 @@ def _inconsistencies(name: str, count: int, records: list[ShardRecord]) -> list[
     return problems
 
 
-def _unstored(records: list[ShardRecord], stored: set[str]) -> list[FailedItem]:
+def _unstored(records: list[ShardRecord], stored: set[str], places: PackIndex) -> list[FailedItem]:
     lost: list[FailedItem] = []
     for record in records:
         for entry in record.manifest.entries:
-            missing = [ref for ref in entry.chunks if ref not in stored]
+            missing = [ref for ref in entry.chunks if ref not in stored and ref not in places]
             if missing:
                 why = (f"chunk {missing[0]} of {entry.path!r} (shard {record.index}, "
                        f"{record.where}) is not in the store")  # fmt: skip
@@ -281,7 +306,7 @@ def _job_id(records: list[ShardRecord]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
-def _merge(name: str, records: list[ShardRecord]) -> Manifest:
+def _merge(name: str, records: list[ShardRecord], packed: bool) -> Manifest:
     """One MANIFEST from the records (blocking: run in a thread), parsed back as a restore would
     read it, so a merged tree that is not valid (a path beneath a link of another shard) is
     refused here, not at restore time.
@@ -310,6 +335,7 @@ def _merge(name: str, records: list[ShardRecord]) -> Manifest:
         excludes=first.excludes,
         tags=first.tags,
         parent=parents.pop() if len(parents) == 1 else "",
+        format_version=PACKED_FORMAT_VERSION if packed else FORMAT_VERSION,
     )
     try:
         Manifest.from_json(manifest.to_bytes(), where=manifest_key(name))

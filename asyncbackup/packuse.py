@@ -129,10 +129,18 @@ class PackPlan:
 
 
 async def plan_packs(
-    repo: Repository, live: LivePacks, *, cutoff: float, policy: RepackPolicy, concurrency: int
+    repo: Repository,
+    live: LivePacks,
+    *,
+    cutoff: float,
+    policy: RepackPolicy,
+    concurrency: int,
+    pinned: frozenset[str] | set[str] = frozenset(),
 ) -> PackPlan:
     """Decide which packs to delete and which to repack, from one listing of ``packs/`` and the
-    trailers of the packs that may be over the threshold.
+    trailers of the packs that may be over the threshold. A ``pinned`` pack (one a shard
+    record not yet committed names) is neither deleted nor repacked, and its absence is the
+    commit's to refuse, not prune's.
 
     Raises:
         IntegrityError: a pack a kept backup names is not in the store; nothing was deleted.
@@ -151,6 +159,8 @@ async def plan_packs(
     fine: list[str] = []  # in use, and not wasteful by the upper bound
     for pack_id, obj in listed.items():
         use = live.uses.get(pack_id)
+        if pack_id in pinned:
+            continue  # a shard record names it: kept as it is until the commit or expiry
         if use is None:
             if obj.modified < cutoff:
                 unused[pack_id] = obj.size
@@ -196,7 +206,7 @@ async def plan_packs(
         repack=repack,
         repack_unused=sum(unused_of.get(p, 0) for p in repack),  # a small one: not measured
         repack_live=copied,
-        in_use=len(live.uses),
+        in_use=len(live.uses.keys() | (set(pinned) & listed.keys())),
         young=young,
         bytes_young=bytes_young,
         skipped=tuple(skipped),

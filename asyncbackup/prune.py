@@ -171,7 +171,9 @@ class PruneJob:
             await self._delete_all([index_key(n) for n in packed], label="INDEX")
         marked = await to_thread(_union, [b.refs for b in staying.values()])
         # Chunks of shards not yet committed: no lock protects them until the commit (issue 16).
-        marked |= await refs_of_shard_records(self.repo, now=began, dry_run=self.dry_run)
+        # Their packs are pinned: neither deleted nor repacked while a record names them.
+        recorded, pinned = await refs_of_shard_records(self.repo, now=began, dry_run=self.dry_run)
+        marked |= recorded
         del backups, staying
 
         sweep: dict[str, int] = {}  # ref -> size: only the candidates are held, page by page
@@ -194,8 +196,9 @@ class PruneJob:
         if not self.dry_run:
             await self._delete_checked([chunk_key(r) for r in refs], label="chunk")
         plan = await plan_packs(
-            self.repo, live, cutoff=cutoff, policy=self.repack, concurrency=self.config.concurrency
-        )
+            self.repo, live, cutoff=cutoff, policy=self.repack,
+            concurrency=self.config.concurrency, pinned=pinned,
+        )  # fmt: skip
         written: dict[str, int] = {}
         if not self.dry_run:
             await self._delete_checked([pack_key(p) for p in sorted(plan.unused)], label="pack")

@@ -2,7 +2,9 @@
 
 ```
 shards/<name>/<k>.record    a JSON head line, then the shard's entries as a MANIFEST would
-                            hold them (``Manifest.to_bytes``: two zstd frames)
+                            hold them (``Manifest.to_bytes``: two zstd frames), then, if the
+                            shard names packed chunks, its INDEX part (``PackIndex.encode``:
+                            where each of them lies), ``index_bytes`` long
 shards/<name>/<k>.started   written when shard k begins: a re-run knows an earlier attempt
                             may have stored chunks that no record names, and lists them
 ```
@@ -12,9 +14,10 @@ Dask worker if any), the source, the options every shard must share, and the sha
 of the bytes after it: a record cut short or edited without recomputing them is refused.
 ``list`` and ``restore`` never look under ``shards/``: a record is not a backup.
 
-Prune counts every chunk a record names as in use (``refs_of_shard_records``), because between
-a shard's end and the commit no lock protects them; a record older than ``RECORD_EXPIRY`` is
-abandoned: prune removes it, and its chunks are then as unused as any other.
+Prune counts every chunk a record names as in use, and every pack its INDEX part names as
+pinned: neither deleted nor repacked (``refs_of_shard_records``), because between a shard's end
+and the commit no lock protects them; a record older than ``RECORD_EXPIRY`` is abandoned: prune
+removes it, and its chunks and packs are then as unused as any other.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.errors import ManifestError, ObjectNotFoundError
 from asyncbackup.layout import SHARDS, shard_key
 from asyncbackup.manifest import Manifest
+from asyncbackup.packs import PackIndex
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
 
@@ -54,6 +58,7 @@ class ShardRecord:
     options: dict[str, Any]  # what every shard of one backup must share
     written: str  # ISO 8601, UTC
     manifest: Manifest  # the shard's entries, warnings, times, source, parent
+    places: PackIndex = field(default_factory=PackIndex)  # where its packed chunks lie
 
     @property
     def where(self) -> str:
@@ -70,9 +75,12 @@ def encode_record(
     options: dict[str, Any],
     worker: str,
     written: str,
+    places: PackIndex | None = None,
 ) -> bytes:
-    """The bytes of shard ``index``'s record of ``manifest`` (blocking: run in a thread)."""
-    body = manifest.to_bytes()
+    """The bytes of shard ``index``'s record of ``manifest`` and, if it names packed chunks,
+    their ``places`` (blocking: run in a thread)."""
+    index_part = places.encode(manifest.name) if places else b""
+    body = manifest.to_bytes() + index_part
     head = {
         "shard_record": RECORD_VERSION,
         "name": manifest.name,
@@ -85,6 +93,7 @@ def encode_record(
         "written": written,
         "body_sha256": sha256_hex(body),
         "body_bytes": len(body),
+        "index_bytes": len(index_part),
     }
     return json.dumps(head, sort_keys=True).encode("ascii") + b"\n" + body
 
@@ -108,7 +117,14 @@ def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
             f"{key}: the shard record does not match the sha256 and length its head gives: it "
             "was damaged or edited; run that shard again to replace it"
         )
-    manifest = Manifest.from_json(body, where=key, limit=limit)
+    index_bytes = head.get("index_bytes", 0)
+    if not isinstance(index_bytes, int) or not 0 <= index_bytes <= len(body):
+        raise ManifestError(f"{key}: the shard record's head is malformed (index_bytes)")
+    split = len(body) - index_bytes
+    manifest = Manifest.from_json(body[:split], where=key, limit=limit)
+    places = PackIndex()
+    if index_bytes:
+        places = PackIndex.decode(body[split:], where=f"{key} (its INDEX part)", limit=limit)
     try:
         return ShardRecord(
             key=key,
@@ -120,6 +136,7 @@ def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
             options=dict(head["options"]),
             written=str(head["written"]),
             manifest=manifest,
+            places=places,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"{key}: the shard record's head is malformed ({exc!r})") from exc
@@ -150,8 +167,11 @@ async def read_record(repo: Repository, name: str, index: int) -> ShardRecord | 
     return await to_thread(decode_record, data, key=key, limit=repo.manifest_limit)
 
 
-async def refs_of_shard_records(repo: Repository, *, now: float, dry_run: bool) -> set[str]:
-    """Every chunk ref that a shard record not yet committed names: prune keeps them.
+async def refs_of_shard_records(
+    repo: Repository, *, now: float, dry_run: bool
+) -> tuple[set[str], set[str]]:
+    """Every chunk ref, and every pack id, that a shard record not yet committed names: prune
+    keeps the chunks, and neither deletes nor repacks the packs (see docs/design.md, "Shards").
 
     Between a shard's end and the commit no lock protects the chunks the shard stored, so prune
     (under its exclusive lock, so no shard writes a record meanwhile) must count them as in
@@ -161,6 +181,7 @@ async def refs_of_shard_records(repo: Repository, *, now: float, dry_run: bool) 
     is stored, refuses rather than commit a backup that would not restore.
     """
     refs: set[str] = set()
+    packs: set[str] = set()
     async for page in repo.object_pages(SHARDS):
         for obj in page:
             if obj.modified < now - RECORD_EXPIRY:
@@ -184,4 +205,5 @@ async def refs_of_shard_records(repo: Repository, *, now: float, dry_run: bool) 
                 log.warning("%s cannot be read (%s): its chunks are not kept for it", obj.key, exc)
                 continue
             refs |= record.manifest.refs()
-    return refs
+            packs |= record.places.pack_sizes.keys()
+    return refs, packs

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from asyncbackup.config import EngineConfig
 from asyncbackup.errors import BackupFailed, ConfigError, FailedItem, StorageError
 from asyncbackup.layout import shard_key
 from asyncbackup.manifest import Manifest
+from asyncbackup.packs import PackIndex
 from asyncbackup.progress import phase
 from asyncbackup.shard_records import encode_record
 from asyncbackup.stream import StreamSource
@@ -170,8 +171,6 @@ class ShardJob(BackupJob):
     uploaded; its record replaces any earlier one.
     """
 
-    packs = False  # a shard record carries no INDEX: one object per chunk, none from packs
-
     def __init__(self, *args: Any, shard: ShardSpec, worker: str = "", **kwargs: Any) -> None:
         super().__init__(*args, host=SHARDED_HOST, **kwargs)
         self.shard = shard
@@ -213,11 +212,13 @@ class ShardJob(BackupJob):
         where = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.worker}
         return json.dumps(where).encode()
 
-    async def _commit(self, manifest: Manifest) -> None:
+    async def _commit(self, manifest: Manifest, index: PackIndex, hint: Callable[[], str]) -> None:
+        # The record carries the INDEX part: written now, after every pack it names is stored.
         key = shard_key(manifest.name, self.shard.index)
         data = await to_thread(
             encode_record,
             manifest,
+            places=index,
             index=self.shard.index,
             count=self.shard.count,
             options=shared_options(self.config, self.options),
