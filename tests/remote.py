@@ -87,6 +87,11 @@ class StoreUnderTest:
         async with self.store(prefix="") as direct:
             return await direct.get(key)
 
+    async def delete(self, key: str) -> None:
+        """Remove ``key``, as a lifecycle rule or a hand would."""
+        async with self.store(prefix="") as direct:
+            await direct.delete(key)
+
     async def write(self, key: str, data: bytes) -> None:
         """Replace what ``key`` holds, as an attacker or a failing disk would."""
         async with self.store(prefix="") as direct:

@@ -17,7 +17,7 @@ import pytest
 
 from asyncbackup.errors import ConfigError
 from asyncbackup.layout import shard_key
-from asyncbackup.manifest import FileEntry
+from asyncbackup.manifest import PACKED_FORMAT_VERSION, FileEntry, Manifest
 from asyncbackup.shard_records import decode_record, encode_record
 from asyncbackup.shards import ShardSpec, index_from_environment, shard_of
 from tests.conftest import SMALL_CHUNK, assert_same_tree
@@ -170,15 +170,21 @@ def test_a_restore_by_shards_then_finish_restores_identically(
 def test_a_killed_shard_is_named_and_its_rerun_reuses_what_it_stored(
     store: StoreUnderTest, tmp_path: Path
 ) -> None:
+    """With chunk objects (``--pack-threshold 0``): a re-run reuses the chunk objects the dead
+    attempt stored. (Packs it stored are not reused: no record names them; prune removes them
+    after the grace period.)"""
     source = tmp_path / "source"
     source.mkdir()
     for i in range(60):
         (source / f"f{i:02d}.bin").write_bytes(os.urandom(SMALL_CHUNK // 2) + bytes([i]))
     url = store.url("repo")
-    run_shards(source, url, "b", [0, 2])
+    objects = ("--pack-threshold", "0")
+    run_shards(source, url, "b", [0, 2], *objects)
     # Shard 1 is slow (50 ms per store call, one transfer at a time): SIGKILL it once it
     # has started and stored some chunks.
-    slow = start_shard(source, url, "b", 1, "--inject-latency", "50", "--concurrency", "1")
+    slow = start_shard(
+        source, url, "b", 1, "--inject-latency", "50", "--concurrency", "1", *objects
+    )
     deadline = time.monotonic() + 60
     marker = f"repo/{shard_key('b', 1, started=True)}"
     before = len(keys(store, "repo/chunks/"))
@@ -198,7 +204,7 @@ def test_a_killed_shard_is_named_and_its_rerun_reuses_what_it_stored(
     assert "nothing was committed" in refused.stderr
     assert keys(store, "repo/backups/") == []
 
-    rerun = start_shard(source, url, "b", 1)
+    rerun = start_shard(source, url, "b", 1, *objects)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == EXIT_OK, err
     assert "(a re-run)" in err
@@ -278,13 +284,16 @@ def test_shards_run_with_other_options_are_refused(store: StoreUnderTest, tree: 
 def test_prune_keeps_the_chunks_shard_records_name(
     store: StoreUnderTest, tree: Path, tmp_path: Path
 ) -> None:
-    """Between a shard's end and the commit no lock protects its chunks: prune must keep them."""
+    """Between a shard's end and the commit no lock protects its chunks and packs: prune must
+    keep them, and repack none of the packs (``--max-unused 0`` would repack any waste)."""
     url = store.url("repo")
     run_shards(tree, url, "b", range(SHARDS))
-    chunks = keys(store, "repo/chunks/")
-    pruned = cli("prune", url, "--keep-last", "1", "--grace", "0s")
+    chunks, packs = keys(store, "repo/chunks/"), keys(store, "repo/packs/")
+    assert packs  # the tree's small files were packed
+    pruned = cli("prune", url, "--keep-last", "1", "--grace", "0s", "--max-unused", "0")
     assert pruned.returncode == EXIT_OK, pruned.stderr
     assert keys(store, "repo/chunks/") == chunks  # no MANIFEST names them, records do
+    assert keys(store, "repo/packs/") == packs
     assert cli("commit", url, "--name", "b", "--shards", str(SHARDS)).returncode == EXIT_OK
     assert cli("restore", url, "b", tmp_path / "restored").returncode == EXIT_OK
     assert_same_tree(tree, tmp_path / "restored")
@@ -398,3 +407,82 @@ def test_bad_combinations_with_shards_exit_2(tmp_path: Path, args: list[str], me
     assert result.returncode == EXIT_USAGE, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_a_sharded_backup_of_many_small_files_packs_them(
+    store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """300 small files in 3 shards: a few packs, not 300 chunk objects; the records carry the
+    places, the commit writes the merged INDEX and a format 4 MANIFEST, restore is identical."""
+    source = tmp_path / "source"
+    for i in range(300):
+        (source / f"d{i % 7}").mkdir(parents=True, exist_ok=True)
+        (source / f"d{i % 7}" / f"f{i:03d}.txt").write_bytes(os.urandom(100 + i))
+    url = store.url("repo")
+    run_shards(source, url, "small", range(SHARDS))
+    assert keys(store, "repo/chunks/") == []
+    packs = keys(store, "repo/packs/")
+    assert 1 <= len(packs) <= SHARDS  # one partly filled pack per shard at most
+    placed = 0
+    for index in range(SHARDS):
+        key = f"repo/{shard_key('small', index)}"
+        record = decode_record(asyncio.run(store.read(key)), key=key, limit=2**30)
+        assert record.manifest.refs() == set(record.places.places)  # every chunk packed
+        assert {f"repo/packs/{p}" for p in record.places.pack_sizes} <= set(packs)
+        placed += len(record.places)
+    assert placed >= 300
+    assert keys(store, "repo/backups/") == []  # no INDEX before the commit
+    done = cli("commit", url, "--name", "small", "--shards", str(SHARDS))
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "repo/backups/small/INDEX" in keys(store, "repo/backups/")
+    head = Manifest.from_json(asyncio.run(store.read("repo/backups/small/MANIFEST")), where="")
+    assert head.format_version == PACKED_FORMAT_VERSION
+    restored = cli("restore", url, "small", tmp_path / "restored")
+    assert restored.returncode == EXIT_OK, restored.stderr
+    assert_same_tree(source, tmp_path / "restored")
+    verified = cli("verify", url, "small", "--deep")
+    assert verified.returncode == EXIT_OK, verified.stderr
+
+
+def test_a_record_whose_pack_is_missing_is_refused_naming_it(
+    store: StoreUnderTest, tree: Path, tmp_path: Path
+) -> None:
+    url = store.url("repo")
+    run_shards(tree, url, "b", range(SHARDS))
+    key = f"repo/{shard_key('b', 2)}"
+    record = decode_record(asyncio.run(store.read(key)), key=key, limit=2**30)
+    lost = sorted(record.places.pack_sizes)[0]
+    pack = asyncio.run(store.read(f"repo/packs/{lost}"))
+    asyncio.run(store.delete(f"repo/packs/{lost}"))
+    refused = cli("commit", url, "--name", "b", "--shards", str(SHARDS))
+    assert refused.returncode == EXIT_FAILED
+    assert "commit failed, nothing was committed" in refused.stderr
+    assert f"packs/{lost}, in which shard 2 (host " in refused.stderr
+    assert "is not in the store" in refused.stderr
+    assert keys(store, "repo/backups/") == []  # neither MANIFEST nor INDEX
+    asyncio.run(store.write(f"repo/packs/{lost}", pack))  # the shard run again would store it
+    done = cli("commit", url, "--name", "b", "--shards", str(SHARDS))
+    assert done.returncode == EXIT_OK, done.stderr
+    assert cli("restore", url, "b", tmp_path / "restored").returncode == EXIT_OK
+    assert_same_tree(tree, tmp_path / "restored")
+
+
+def test_packs_a_record_reuses_from_a_deleted_backup_survive_prune(
+    tree: Path, tmp_path: Path
+) -> None:
+    """Backup b's shards reuse the packs of their parent a; a is deleted and prune runs before
+    b's commit: the packs b's records name are kept (no committed backup names them), and b
+    then restores."""
+    store = tmp_path / "store"
+    run_shards(tree, str(store), "a", range(SHARDS))
+    assert cli("commit", store, "--name", "a", "--shards", str(SHARDS)).returncode == EXIT_OK
+    packs = sorted(p.name for p in (store / "packs").rglob("*") if p.is_file())
+    run_shards(tree, str(store), "b", range(SHARDS))  # nothing changed: a's places are reused
+    assert sorted(p.name for p in (store / "packs").rglob("*") if p.is_file()) == packs
+    assert cli("delete", store, "a").returncode == EXIT_OK
+    pruned = cli("prune", store, "--keep-last", "1", "--grace", "0s", "--max-unused", "0")
+    assert pruned.returncode == EXIT_OK, pruned.stderr
+    assert sorted(p.name for p in (store / "packs").rglob("*") if p.is_file()) == packs
+    assert cli("commit", store, "--name", "b", "--shards", str(SHARDS)).returncode == EXIT_OK
+    assert cli("restore", store, "b", tmp_path / "restored").returncode == EXIT_OK
+    assert_same_tree(tree, tmp_path / "restored")
