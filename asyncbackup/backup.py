@@ -111,8 +111,8 @@ class BackupJob:
 
     packs = True
     """Whether this job packs small chunks, and writes an INDEX for them (see ``packer.py``).
-    A job whose commit carries no INDEX (a shard's record) sets it False: then it also names no
-    chunk that lies in a pack, only chunk objects."""
+    A job that sets it False names no chunk that lies in a pack, only chunk objects. (A shard
+    packs too: its record carries its INDEX part, ``shard_records.py``.)"""
 
     def __init__(
         self,
