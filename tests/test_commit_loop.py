@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import BackupEngine, FileEntry, Manifest, MemoryStorage, threads
+from asyncbackup import BackupEngine, FileEntry, Manifest, MemoryStorage, manifest_reader, threads
 from asyncbackup import commit as commit_module
-from asyncbackup import manifest_reader
+from asyncbackup import manifest as manifest_module
+from asyncbackup import shards as shards_module
 from asyncbackup.layout import chunk_key, manifest_key, shard_key
 from asyncbackup.manifest_reader import LINES_PER_TRIP
 from asyncbackup.shard_records import encode_record, read_record
@@ -121,7 +122,7 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
         name = getattr(module, "__name__", "")
         if name.startswith("asyncbackup") and getattr(module, "to_thread", None) is real_to_thread:
             monkeypatch.setattr(module, "to_thread", recording_to_thread)
-    real_parse, real_shard_of = manifest_reader.parse_entry, commit_module.shard_of
+    real_parse, real_shard_of = manifest_module.parse_entry, shards_module.shard_of
 
     def counting_parse(*args: Any) -> FileEntry:
         seen.unit("parse_entry")
@@ -176,7 +177,7 @@ async def test_a_commit_of_large_records_works_in_bounded_trips_with_the_loop_fr
     thread (the shard check ran there before) or in an unbounded trip (the records' parse and
     the merged MANIFEST's parse-back did)."""
     paths = [f"f{i:05d}" for i in range(ENTRIES)]
-    store, manifests = store_with_records(paths)
+    store, _ = store_with_records(paths)
     engine = BackupEngine(store, fast_config(), sleep=sleep)
     summary = await ticking(trips, engine.commit("big", shards=SHARDS))
     assert trips.outside == []

@@ -26,6 +26,14 @@ def gcs(gcs_bucket: str, gcs_env: Server, monkeypatch: pytest.MonkeyPatch) -> St
     return StoreUnderTest("gcs", gcs_bucket, monkeypatch, gcs_env)
 
 
+def start_restore(url: str, target: Path, index: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "JOB_COMPLETION_INDEX": str(index)}
+    return subprocess.Popen(
+        restore_command(url, "b", target), cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
 def test_shards_on_gcs_commit_only_when_whole_and_restore_identically(
     gcs: StoreUnderTest, tree: Path, tmp_path: Path
 ) -> None:
@@ -63,14 +71,7 @@ def test_shards_on_gcs_commit_only_when_whole_and_restore_identically(
 
     # Restore by shards, then the last step.
     target = tmp_path / "by-shards"
-    processes = [
-        subprocess.Popen(
-            restore_command(url, "b", target), cwd=ROOT, text=True,
-            env={**os.environ, "JOB_COMPLETION_INDEX": str(index)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for index in range(SHARDS)
-    ]
+    processes = [start_restore(url, target, index) for index in range(SHARDS)]
     for process in processes:
         _, err = process.communicate(timeout=120)
         assert process.returncode == EXIT_OK, err
