@@ -181,7 +181,6 @@ class ShardJob(BackupJob):
         self.name = ""
         self.rerun = False
         self.own_packs: PacksOfShard | None = None
-        self.reused_packs = 0  # packs an earlier attempt stored, reused by this re-run
 
     async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
         """Back up this shard's part of ``source``, for backup ``name``; see ``BackupJob.run``.
@@ -211,7 +210,6 @@ class ShardJob(BackupJob):
                 self.places.add_pack(pack_id, size, chunks)
                 for chunk in chunks:
                     self.stored.setdefault(digest_of_ref(chunk.ref), chunk.ref)
-            self.reused_packs = len(reused)
             self.scheduled = set(self.stored)
         if self.rerun and self.parent is not None:
             # The attempt that died uploaded chunks no MANIFEST names: a listing finds them

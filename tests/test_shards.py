@@ -363,7 +363,7 @@ def test_an_abandoned_record_is_removed_by_prune_and_commit_then_refuses(
         pruned.stderr
     )
     assert sorted(p.name for p in (store / "shards" / "b").iterdir()) == [
-        "0.record", "0.started", "2.record", "2.started",
+        "0.packs", "0.record", "0.started", "2.packs", "2.record", "2.started",
     ]  # fmt: skip
     refused = cli("commit", store, "--name", "b", "--shards", str(SHARDS))
     assert refused.returncode == EXIT_FAILED and "shard 1 has no record" in refused.stderr
