@@ -53,7 +53,7 @@ from asyncbackup.metadata import xattrs_of, xattrs_or_warn
 from asyncbackup.metrics import Metrics
 from asyncbackup.packer import Packer, packed_elsewhere
 from asyncbackup.packs import Pack, PackIndex
-from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
+from asyncbackup.parent import Parent, digests, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
@@ -566,7 +566,8 @@ class BackupJob:
         old = self.parent.unchanged(entry.path, entry.stat)
         if old is None:
             return None
-        new = entry_from_parent(old, entry.stat, stat.S_IMODE(entry.stat.st_mode))
+        mode = stat.S_IMODE(entry.stat.st_mode)
+        new = entry_from_parent(old, entry.stat, mode, chunks=digests(old.chunks))
         if not all(d in self.scheduled for d in new.chunks):
             return None  # a chunk of it is not in the store (the parent is damaged): read it
         if self.options.xattrs:
