@@ -47,8 +47,8 @@ SPOT_CHECKS = 32
 store (one 1-byte range GET each) before it trusts the others."""
 
 
-ENTRIES_PER_TRIP = 5000
-"""Parent entries taken per worker-thread trip: a few milliseconds (see ``manifest_reader``)."""
+ENTRIES_PER_TRIP = 1000
+"""Parent entries taken per worker-thread trip: under a millisecond (see ``manifest_reader``)."""
 
 
 class Parent:
