@@ -37,8 +37,6 @@ from asyncbackup.locks import (
     LockKind,
     LockSettings,
     RepositoryLock,
-    UnlockReport,
-    unlock,
 )
 from asyncbackup.manifest import Manifest
 from asyncbackup.metrics import Metrics
@@ -54,6 +52,7 @@ from asyncbackup.shards import ShardJob, ShardSpec, ShardSummary
 from asyncbackup.storage.base import Storage
 from asyncbackup.stream import DEFAULT_STREAM_MODE, StreamSource
 from asyncbackup.threads import to_thread, using
+from asyncbackup.unlock import UnlockReport, unlock
 from asyncbackup.verify import VerifyJob, VerifyReport
 
 T = TypeVar("T")
