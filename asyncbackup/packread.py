@@ -24,8 +24,10 @@ reader that finds a pack missing reads the INDEX again (``reload``) and retries 
 place, which existed before the INDEX named it: see docs/design.md, "Packs". A second repack
 may move the chunk again before that read, and so on: the reader reads the INDEX again as long
 as each read differs from the one before. When a read gives the same INDEX as the one whose
-place failed, no repack moved anything since, so the pack is really missing: the read fails,
-naming the pack. Each round needs a whole repack to finish in between, so the loop ends.
+place failed, the chunk is read there once more (a later repack may have written a pack of the
+very same bytes, hence the same name, again), and if the pack is still missing, no repack can
+explain it: the read fails, naming the pack. Each further round needs a whole repack to finish
+in between, so the loop ends.
 """
 
 from __future__ import annotations
@@ -159,22 +161,21 @@ class ChunkSource:
         generation = self._generation
         try:
             stored = await self._stored(ref, place, label)
-        except ObjectNotFoundError as missing:
+        except ObjectNotFoundError:
             while True:  # a repack moved it: after as many repacks as finish meanwhile
-                failed_at = self._rereads
-                if not await self.reload(since=generation, failed_at=failed_at):
-                    raise self._still_missing(ref, place, path) from missing
+                changed = await self.reload(since=generation, failed_at=self._rereads)
                 generation = self._generation
                 place = self.index.get(ref)
                 if place is None:  # no longer packed: an object of its own
                     return await self.repo.get_chunk(
                         ref, limit=limit, path=path, label=label, size=size
                     )
-                try:
+                try:  # at the new place; or, the INDEX unchanged, at the same place once more
                     stored = await self._read(place.pack, place.offset, place.length, label)
                     break
-                except ObjectNotFoundError as again:
-                    missing = again
+                except ObjectNotFoundError as missing:
+                    if not changed:
+                        raise self._still_missing(ref, place, path) from missing
         where = f"chunk {ref} of {path} (in {pack_key(place.pack)} at {place.offset})"
         codec = codec_of_ref(ref)
         if codec == "none" and len(stored) <= _DECODE_INLINE_LIMIT:
