@@ -10,10 +10,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+
+import msgspec
 
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.batching import ThreadBatch
@@ -51,7 +53,7 @@ from asyncbackup.metadata import xattrs_of, xattrs_or_warn
 from asyncbackup.metrics import Metrics
 from asyncbackup.packer import Packer, packed_elsewhere
 from asyncbackup.packs import Pack, PackIndex
-from asyncbackup.parent import Parent, entry_from_parent, find_parent, spot_check
+from asyncbackup.parent import Parent, digests, entry_from_parent, find_parent, spot_check
 from asyncbackup.pool import TaskPool
 from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
@@ -564,11 +566,12 @@ class BackupJob:
         old = self.parent.unchanged(entry.path, entry.stat)
         if old is None:
             return None
-        new = entry_from_parent(old, entry.stat, stat.S_IMODE(entry.stat.st_mode))
+        mode = stat.S_IMODE(entry.stat.st_mode)
+        new = entry_from_parent(old, entry.stat, mode, chunks=digests(old.chunks))
         if not all(d in self.scheduled for d in new.chunks):
             return None  # a chunk of it is not in the store (the parent is damaged): read it
         if self.options.xattrs:
-            new = replace(new, xattrs=await xattrs_of(entry.reachable, wanted=True))
+            new = msgspec.structs.replace(new, xattrs=await xattrs_of(entry.reachable, wanted=True))
         return new
 
     async def _add_file(self, entry: SourceEntry, upload: Upload) -> None:
@@ -738,4 +741,4 @@ def _with_refs(entry: FileEntry, stored: dict[str, str]) -> FileEntry:
     if not entry.chunks:
         return entry
     refs = tuple(stored[d] for d in entry.chunks)
-    return entry if refs == entry.chunks else replace(entry, chunks=refs)
+    return entry if refs == entry.chunks else msgspec.structs.replace(entry, chunks=refs)

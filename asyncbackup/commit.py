@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from asyncbackup.errors import (
@@ -49,14 +50,15 @@ from asyncbackup.manifest import (
     FileEntry,
     Manifest,
     SourceWarning,
+    assemble,
 )
-from asyncbackup.packs import PackIndex
+from asyncbackup.manifest_reader import LINES_PER_TRIP
 from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
-from asyncbackup.shard_index import merge_places, unlisted_packs
+from asyncbackup.shard_index import merge_places, unstored
 from asyncbackup.shard_records import ShardRecord, read_record
 from asyncbackup.shards import SHARDED_HOST, ShardSpec, shard_of
-from asyncbackup.threads import to_thread
+from asyncbackup.threads import in_trips, to_thread
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "commit"
@@ -120,7 +122,7 @@ class CommitJob:
         records, problems = await self._read_records(name, count, present)
         if await self.repo.has_backup(name):
             return await self._committed_already(name, count, records, present)
-        problems += _inconsistencies(name, count, records)
+        problems += await _inconsistencies(name, count, records)
         if problems:
             raise BackupFailed(
                 OPERATION,
@@ -128,17 +130,14 @@ class CommitJob:
                 hint=f"run the shards named again (each reuses what it stored), then commit "
                 f"again; 'asyncbackup backup ... --shard K/{count}' runs shard K",
             )
-        places, conflicts = await to_thread(merge_places, records)
+        places, conflicts = await merge_places(records)
         if conflicts:
             raise BackupFailed(
                 OPERATION, conflicts, hint="run the shards named again, then commit again"
             )
         manifest = await to_thread(_merge, name, records, bool(places))
         phase(self.progress, "checking every chunk is stored")
-        stored = await self.repo.stored_refs()
-        lost = _unstored(records, stored, places)
-        if places:
-            lost += unlisted_packs(records, places, await self.repo.pack_ids())
+        lost = await unstored(self.repo, records, places)
         if lost:
             raise BackupFailed(
                 OPERATION,
@@ -229,8 +228,15 @@ class CommitJob:
         if len(records) == count:
             mine = manifest.job_id == _job_id(records)
         else:  # an earlier commit stopped while it removed the records: the rest must match
-            entries = {e.path: e for e in manifest.entries}
-            mine = all(entries.get(e.path) == e for r in records for e in r.manifest.entries)
+            entries: dict[str, FileEntry] = {}
+            await in_trips(_by_path(entries), manifest.entries, per_trip=LINES_PER_TRIP)
+
+            def differs(theirs: Sequence[FileEntry]) -> bool:
+                return any(entries.get(e.path) != e for e in theirs)
+
+            differ = [await in_trips(differs, r.manifest.entries, per_trip=LINES_PER_TRIP)
+                      for r in records]  # fmt: skip
+            mine = not any(differ)
         if records and not mine:
             raise ConfigError(
                 f"a backup named {name!r} exists already in {self.repo.store.url}, not made from "
@@ -248,8 +254,9 @@ class CommitJob:
                 group.create_task(self.repo.delete_object(key))
 
 
-def _inconsistencies(name: str, count: int, records: list[ShardRecord]) -> list[FailedItem]:
-    """What makes the records not one backup: a list of problems, empty when they agree."""
+async def _inconsistencies(name: str, count: int, records: list[ShardRecord]) -> list[FailedItem]:
+    """What makes the records not one backup: a list of problems, empty when they agree. The
+    entries are checked ``LINES_PER_TRIP`` per worker-thread trip (a hash of each path)."""
     problems: list[FailedItem] = []
     if not records:
         return problems
@@ -274,30 +281,32 @@ def _inconsistencies(name: str, count: int, records: list[ShardRecord]) -> list[
                 if record.options.get(k) != first.options.get(k)
             )  # fmt: skip
             refuse(record, f"its options differ from shard {first.index}'s: {', '.join(differ)}")
-        for entry in m.entries:
-            if shard_of(entry.path, count) != record.index:
+
+        def misplaced(entries: Sequence[FileEntry], record: ShardRecord = record) -> bool:
+            for entry in entries:
                 owner = shard_of(entry.path, count)
-                why = f"it holds {entry.path!r}, which belongs to shard {owner}"
-                refuse(record, f"{why}: the record was edited or damaged")
-                break
-            if entry.path in seen:
-                refuse(record, f"{entry.path!r} is in shard {seen[entry.path]} too")
-                break
-            seen[entry.path] = record.index
+                if owner != record.index:
+                    why = f"it holds {entry.path!r}, which belongs to shard {owner}"
+                    refuse(record, f"{why}: the record was edited or damaged")
+                    return True
+                if entry.path in seen:
+                    refuse(record, f"{entry.path!r} is in shard {seen[entry.path]} too")
+                    return True
+                seen[entry.path] = record.index
+            return False
+
+        await in_trips(misplaced, m.entries, per_trip=LINES_PER_TRIP)
     return problems
 
 
-def _unstored(records: list[ShardRecord], stored: set[str], places: PackIndex) -> list[FailedItem]:
-    lost: list[FailedItem] = []
-    for record in records:
-        for entry in record.manifest.entries:
-            missing = [ref for ref in entry.chunks if ref not in stored and ref not in places]
-            if missing:
-                why = (f"chunk {missing[0]} of {entry.path!r} (shard {record.index}, "
-                       f"{record.where}) is not in the store")  # fmt: skip
-                lost.append(FailedItem(record.key, ManifestError(why)))
-                break
-    return lost
+def _by_path(into: dict[str, FileEntry]) -> Callable[[Sequence[FileEntry]], bool]:
+    """A trip's work that files entries into ``into`` by path."""
+
+    def add(entries: Sequence[FileEntry]) -> bool:
+        into.update((e.path, e) for e in entries)
+        return False
+
+    return add
 
 
 def _job_id(records: list[ShardRecord]) -> str:
@@ -307,8 +316,8 @@ def _job_id(records: list[ShardRecord]) -> str:
 
 
 def _merge(name: str, records: list[ShardRecord], packed: bool) -> Manifest:
-    """One MANIFEST from the records (blocking: run in a thread), parsed back as a restore would
-    read it, so a merged tree that is not valid (a path beneath a link of another shard) is
+    """One MANIFEST from the records (blocking: run in a thread), its tree checked as a restore
+    checks it, so a merged tree that is not valid (a path beneath a link of another shard) is
     refused here, not at restore time.
 
     Raises:
@@ -338,7 +347,11 @@ def _merge(name: str, records: list[ShardRecord], packed: bool) -> Manifest:
         format_version=PACKED_FORMAT_VERSION if packed else FORMAT_VERSION,
     )
     try:
-        Manifest.from_json(manifest.to_bytes(), where=manifest_key(name))
+        # Each entry and head was parsed and checked when its record was read; what merging
+        # can break is the tree (a path twice, beneath another shard's link or file, a hard
+        # link to another shard's file): the last step of a MANIFEST's parse. Encoding and
+        # parsing the whole MANIFEST again would hold the GIL for seconds in one call.
+        assemble(manifest.head(), manifest.entries)
     except ManifestError as exc:
         raise BackupFailed(OPERATION, [FailedItem(manifest_key(name), exc)]) from exc
     return manifest

@@ -31,35 +31,41 @@ and no call we guard takes effect more than ``stale_after / 4`` after its guard 
 store request: its attempt timeout is 2 minutes; a pause of the process, a suspended VM, must
 stay below that bound too), nobody can see our lock as stale while we still act on it. The
 defaults (refresh every 5 minutes, stale after 30) leave 7.5 minutes for each.
+
+The lock objects themselves (their JSON, their holder, when one is stale) are in
+``lock_records.py``; ``unlock.py`` removes stale locks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
-import json
 import logging
-import os
 import random
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
 
 from asyncbackup.defaults import DEFAULT_LOCK_WAIT as DEFAULT_LOCK_WAIT  # re-exported
 from asyncbackup.errors import ConfigError, LockError, ObjectNotFoundError, StorageError
-from asyncbackup.layout import LOCKS, lock_key
+from asyncbackup.layout import lock_key
+from asyncbackup.lock_records import (
+    EXCLUSIVE,
+    SHARED,
+    Identity,
+    LockKind,
+    LockRecord,
+    UnreadableLock,
+    age_text,
+    pid_alive,
+    read_locks,
+)
 from asyncbackup.repository import Repository
 
 log = logging.getLogger("asyncbackup")
-LockKind = Literal["shared", "exclusive"]
-SHARED: LockKind = "shared"
-EXCLUSIVE: LockKind = "exclusive"
 DEFAULT_REFRESH = 300.0
 DEFAULT_STALE = 1800.0
 Clock = Callable[[], float]
@@ -103,143 +109,6 @@ class LockSettings:
     def trusted_for(self) -> float:
         """How long a job trusts its lock after its last successful write of it."""
         return self.stale_after / 2
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who holds a lock: host, pid, user, and the pid namespace (so that two containers with
-    the same host name never judge each other's pids)."""
-
-    host: str
-    pid: int
-    user: str
-    pid_namespace: str = ""
-
-    @classmethod
-    def of_this_process(cls) -> Identity:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(os.getuid())
-        try:
-            namespace = os.readlink("/proc/self/ns/pid")
-        except OSError:
-            namespace = ""
-        return cls(socket.gethostname(), os.getpid(), user, namespace)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (one we may not signal exists too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True  # cannot tell: alive is the safe answer
-    return True
-
-
-@dataclass(frozen=True)
-class LockRecord:
-    """One lock as stored in ``locks/<id>``."""
-
-    key: str
-    kind: LockKind
-    operation: str
-    holder: Identity
-    created: float
-    refreshed: float
-
-    def to_json(self) -> bytes:
-        doc = {
-            "kind": self.kind,
-            "operation": self.operation,
-            **asdict(self.holder),
-            "created": _iso(self.created),
-            "refreshed": _iso(self.refreshed),
-        }
-        return json.dumps(doc, indent=1).encode()
-
-    @classmethod
-    def from_json(cls, key: str, data: bytes) -> LockRecord:
-        """Parse a lock object.
-
-        Raises:
-            ValueError: it is not a lock this version can read.
-        """
-        try:
-            doc = json.loads(data)
-            kind = doc["kind"]
-            if kind not in (SHARED, EXCLUSIVE):
-                raise ValueError(f"unknown kind {kind!r}")
-            holder = Identity(
-                str(doc["host"]), int(doc["pid"]), str(doc["user"]), str(doc["pid_namespace"])
-            )
-            created = datetime.fromisoformat(doc["created"]).timestamp()
-            refreshed = datetime.fromisoformat(doc["refreshed"]).timestamp()
-            return cls(key, kind, str(doc["operation"]), holder, created, refreshed)
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"not a lock: {exc!r}") from None
-
-    def conflicts_with(self, kind: LockKind) -> bool:
-        return EXCLUSIVE in (kind, self.kind)
-
-    def describe(self, now: float) -> str:
-        """What a person needs to find the job: what, where, since when."""
-        h = self.holder
-        return (
-            f"{self.operation} ({self.kind} lock {self.key}) of pid {h.pid} on host {h.host} "
-            f"by user {h.user}, since {_iso(self.created)}, refreshed "
-            f"{_age(now - self.refreshed)} ago"
-        )
-
-    def stale_reason(
-        self, *, now: float, stale_after: float, here: Identity, alive: Callable[[int], bool]
-    ) -> str | None:
-        """Why this lock is stale, or None if it is live."""
-        if now - self.refreshed > stale_after:
-            age, limit = _age(now - self.refreshed), _age(stale_after)
-            return f"not refreshed for {age} (stale after {limit})"
-        h = self.holder
-        same_host = (h.host, h.pid_namespace) == (here.host, here.pid_namespace)
-        if same_host and h.pid != here.pid and not alive(h.pid):
-            return f"its process {h.pid} is gone from this host"
-        return None
-
-
-@dataclass(frozen=True)
-class UnreadableLock:
-    """An object under ``locks/`` that is not a lock we can read: it counts as a live
-    exclusive lock until it is older than the stale period (by the store's clock)."""
-
-    key: str
-    modified: float
-    problem: str
-
-    def describe(self, now: float) -> str:
-        age = _age(now - self.modified)
-        return f"unreadable lock {self.key} ({self.problem}), written {age} ago"
-
-
-async def read_locks(repo: Repository, *, but: str = "") -> list[LockRecord | UnreadableLock]:
-    """Every lock in the store except ``but`` (a lock removed between the listing and its read
-    is skipped)."""
-    found: list[LockRecord | UnreadableLock] = []
-    async for page in repo.object_pages(LOCKS):
-        for obj in page:
-            if obj.key == but:
-                continue
-            try:
-                data = await repo.get_object(obj.key, action="read lock")
-            except ObjectNotFoundError:
-                continue
-            try:
-                found.append(LockRecord.from_json(obj.key, data))
-            except ValueError as exc:
-                found.append(UnreadableLock(obj.key, obj.modified, str(exc)))
-    return found
 
 
 class RepositoryLock:
@@ -326,8 +195,9 @@ class RepositoryLock:
             age = self._clock() - self._fresh_since
             if age > self.settings.trusted_for:
                 self._lost = (
-                    f"this job could not refresh its lock {self.key} for {_age(age)} "
-                    f"(another job may take it as stale after {_age(self.settings.stale_after)})"
+                    f"this job could not refresh its lock {self.key} for {age_text(age)} "
+                    "(another job may take it as stale after "
+                    f"{age_text(self.settings.stale_after)})"
                 )
         if self._lost is not None:
             raise LockError(f"{self.record.operation} stopped: {self._lost}; {self._outcome()}")
@@ -381,10 +251,10 @@ class RepositoryLock:
             if now >= deadline:
                 raise LockError(
                     f"{self.record.operation} could not take the {self.kind} lock of "
-                    f"{self.repo.store.url} within {_age(self.settings.wait)} (--lock-wait): "
+                    f"{self.repo.store.url} within {age_text(self.settings.wait)} (--lock-wait): "
                     f"it is held by {waiting_for}. Run again once that job has finished; if it "
                     "is dead, its lock becomes stale after "
-                    f"{_age(self.settings.stale_after)} without refresh, and "
+                    f"{age_text(self.settings.stale_after)} without refresh, and "
                     "'asyncbackup unlock STORE' removes stale locks"
                 )
             for blocker in blockers:
@@ -395,7 +265,7 @@ class RepositoryLock:
                         self.record.operation,
                         self.kind,
                         blocker.describe(now),
-                        _age(deadline - now),
+                        age_text(deadline - now),
                     )
             ceiling = min(self.settings.poll_ceiling, 0.2 * 2 ** min(attempt, 20))
             await self._sleep(min(random.uniform(0, ceiling), max(0.0, deadline - now)))
@@ -441,7 +311,7 @@ class RepositoryLock:
         done = self._clock()
         if done - self._fresh_since > self.settings.trusted_for and self._lost is None:
             self._lost = (
-                f"its lock {self.key} went {_age(done - self._fresh_since)} without a "
+                f"its lock {self.key} went {age_text(done - self._fresh_since)} without a "
                 "successful refresh"
             )
         self._fresh_since = stamp
@@ -463,7 +333,7 @@ class RepositoryLock:
                     self.record.operation,
                     self.key,
                     exc,
-                    _age(self.settings.refresh_every),
+                    age_text(self.settings.refresh_every),
                 )
 
     async def _remove(self) -> None:
@@ -475,72 +345,12 @@ class RepositoryLock:
                 "refresh), or 'asyncbackup unlock STORE' removes it once this job is gone",
                 self.key,
                 exc,
-                _age(self.settings.stale_after),
+                age_text(self.settings.stale_after),
             )
 
 
 def _lost_guard() -> None:
     raise LockError("the job's lock was released: nothing more may be deleted or committed")
-
-
-@dataclass(frozen=True)
-class UnlockReport:
-    """What ``unlock`` removed (each with why) and which live locks it left in place."""
-
-    removed: list[str]
-    kept: list[str]
-
-
-async def unlock(
-    repo: Repository,
-    *,
-    force: bool = False,
-    settings: LockSettings | None = None,
-    clock: Clock = time.time,
-    here: Identity | None = None,
-    alive: Callable[[int], bool] = pid_alive,
-) -> UnlockReport:
-    """Remove the stale locks of the store; with ``force``, every lock (a WARNING for each live
-    one: a job still running under it is no longer protected)."""
-    settings = settings if settings is not None else LockSettings()
-    here = here if here is not None else Identity.of_this_process()
-    now = clock()
-    removed: list[str] = []
-    kept: list[str] = []
-    for lock in await read_locks(repo):
-        if isinstance(lock, UnreadableLock):
-            old = now - lock.modified > settings.stale_after
-            reason = "unreadable, and older than the stale period" if old else None
-        else:
-            reason = lock.stale_reason(
-                now=now, stale_after=settings.stale_after, here=here, alive=alive
-            )
-        if reason is None and not force:
-            kept.append(lock.describe(now))
-            continue
-        if reason is None:
-            log.warning(
-                "removing the live lock of %s (--force): if that job is still running, a prune "
-                "may now remove chunks under it",
-                lock.describe(now),
-            )
-            reason = "live, removed with --force"
-        await repo.delete_object(lock.key, guarded=False)
-        removed.append(f"removed {lock.describe(now)}: {reason}")
-    return UnlockReport(removed, kept)
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 __all__ = [
@@ -551,6 +361,4 @@ __all__ = [
     "LockRecord",
     "LockSettings",
     "RepositoryLock",
-    "UnlockReport",
-    "unlock",
 ]

@@ -1,4 +1,5 @@
-"""The INDEX of a sharded backup: the shard records' INDEX parts merged, and checked.
+"""The INDEX of a sharded backup, and the check that every chunk a sharded backup names is
+stored.
 
 Each shard record carries the places of the packed chunks its shard names (packs it wrote, or
 reused from its parent's INDEX). ``commit`` merges them into the backup's one INDEX:
@@ -7,23 +8,32 @@ reused from its parent's INDEX). ``commit`` merges them into the backup's one IN
   its own pack) keeps the place of the lowest shard index: deterministic, so a re-run commit
   writes the same INDEX; either place holds the same bytes, since a ref names its content.
 * A pack two records give different sizes is refused: one record was edited or damaged.
-* Every pack the merged INDEX names must be in a listing of ``packs/`` (as every chunk object
-  must be in a listing of ``chunks/``): one missing refuses the commit, naming it and the shard.
 
-Blocking loops over every place: callers run them in a worker thread.
+A chunk a record names is stored when the merged INDEX places it in a pack that a listing of
+``packs/`` shows, or else when a listing of ``chunks/`` shows its object (``unstored``): one
+missing refuses the commit, naming it and the shard.
+
+Loops over every place or entry run ``LINES_PER_TRIP`` items per worker-thread trip, the event
+loop free between them (``threads.in_trips``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from asyncbackup.errors import FailedItem, ManifestError
 from asyncbackup.layout import pack_key
-from asyncbackup.packs import PackIndex
+from asyncbackup.manifest import FileEntry
+from asyncbackup.manifest_reader import LINES_PER_TRIP
+from asyncbackup.packs import PackIndex, Place
+from asyncbackup.repository import Repository
 from asyncbackup.shard_records import ShardRecord
+from asyncbackup.threads import in_trips
 
 
-def merge_places(records: list[ShardRecord]) -> tuple[PackIndex, list[FailedItem]]:
-    """The merged INDEX of ``records`` (ordered by shard index), and the conflicts that make
-    it untrustworthy (an empty list when there are none)."""
+async def merge_places(records: list[ShardRecord]) -> tuple[PackIndex, list[FailedItem]]:
+    """The merged INDEX of ``records``, and the conflicts that make it untrustworthy (an empty
+    list when there are none)."""
     merged = PackIndex()
     sized_by: dict[str, int] = {}  # pack -> the shard that first gave its size
     problems: list[FailedItem] = []
@@ -39,14 +49,47 @@ def merge_places(records: list[ShardRecord]) -> tuple[PackIndex, list[FailedItem
                 problems.append(FailedItem(record.key, ManifestError(why)))
         if problems:
             continue
-        for ref, place in part.places.items():
-            if ref not in merged.places:  # the lowest shard's place wins
-                merged.add(ref, place, part.pack_sizes[place.pack])
-                sized_by.setdefault(place.pack, record.index)
+
+        def take(places: Sequence[tuple[str, Place]], record: ShardRecord = record) -> bool:
+            sizes = record.places.pack_sizes
+            for ref, place in places:
+                if ref not in merged.places:  # the lowest shard's place wins
+                    merged.add(ref, place, sizes[place.pack])
+                    sized_by.setdefault(place.pack, record.index)
+            return False
+
+        await in_trips(take, list(part.places.items()), per_trip=LINES_PER_TRIP)
     return merged, problems
 
 
-def unlisted_packs(
+async def unstored(
+    repo: Repository, records: list[ShardRecord], places: PackIndex
+) -> list[FailedItem]:
+    """What makes the backup of ``records`` not restorable: a problem for each record that names
+    a chunk which is neither placed by ``places`` (the merged INDEX) nor in a listing of
+    ``chunks/``, and one for each pack ``places`` names that a listing of ``packs/`` lacks.
+    An empty list when every chunk is stored."""
+    stored = await repo.stored_refs()
+    lost: list[FailedItem] = []
+    for record in records:
+
+        def missing(entries: Sequence[FileEntry], record: ShardRecord = record) -> bool:
+            for entry in entries:
+                absent = [ref for ref in entry.chunks if ref not in stored and ref not in places]
+                if absent:
+                    why = (f"chunk {absent[0]} of {entry.path!r} (shard {record.index}, "
+                           f"{record.where}) is not in the store")  # fmt: skip
+                    lost.append(FailedItem(record.key, ManifestError(why)))
+                    return True
+            return False
+
+        await in_trips(missing, record.manifest.entries, per_trip=LINES_PER_TRIP)
+    if places:
+        lost += _unlisted_packs(records, places, await repo.pack_ids())
+    return lost
+
+
+def _unlisted_packs(
     records: list[ShardRecord], merged: PackIndex, listed: set[str]
 ) -> list[FailedItem]:
     """A problem for each pack the merged INDEX places a chunk in that the listing of

@@ -33,6 +33,7 @@ from asyncbackup.chunking import sha256_hex
 from asyncbackup.errors import ManifestError, ObjectNotFoundError
 from asyncbackup.layout import SHARDS, shard_key
 from asyncbackup.manifest import Manifest
+from asyncbackup.manifest_reader import read_manifest
 from asyncbackup.packs import PackIndex
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
@@ -98,12 +99,44 @@ def encode_record(
     return json.dumps(head, sort_keys=True).encode("ascii") + b"\n" + body
 
 
-def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
-    """Parse and check a record read from ``key`` (blocking: run in a thread).
+async def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
+    """Parse and check a record read from ``key``, its entries in bounded worker-thread trips
+    with the event loop free between them (``manifest_reader.read_manifest``): a record of
+    100,000 entries never holds the loop, nor the GIL, for more than one trip.
 
     Raises:
         ManifestError: it is not a record, was cut short, or its body does not match the
             sha256 its head gives (edited by hand, or damaged).
+    """
+    head, entries_part, index_part = await to_thread(split_record, data, key=key)
+    manifest = await read_manifest(entries_part, where=key, limit=limit)
+    places = PackIndex()
+    if index_part:
+        where = f"{key} (its INDEX part)"
+        places = await to_thread(PackIndex.decode, index_part, where=where, limit=limit)
+    try:
+        return ShardRecord(
+            key=key,
+            index=_int(head["index"]),
+            count=_int(head["count"]),
+            host=str(head["host"]),
+            pid=_int(head["pid"]),
+            worker=str(head["worker"]),
+            options=dict(head["options"]),
+            written=str(head["written"]),
+            manifest=manifest,
+            places=places,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{key}: the shard record's head is malformed ({exc!r})") from exc
+
+
+def split_record(data: bytes, *, key: str) -> tuple[dict[str, Any], bytes, bytes]:
+    """A record's head, its entries part (a MANIFEST's bytes) and its INDEX part, once its
+    body is checked against the sha256 and length the head gives (blocking: run in a thread).
+
+    Raises:
+        ManifestError: it is not a record, was cut short, or was edited or damaged.
     """
     head_line, newline, body = data.partition(b"\n")
     try:
@@ -121,25 +154,7 @@ def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
     if not isinstance(index_bytes, int) or not 0 <= index_bytes <= len(body):
         raise ManifestError(f"{key}: the shard record's head is malformed (index_bytes)")
     split = len(body) - index_bytes
-    manifest = Manifest.from_json(body[:split], where=key, limit=limit)
-    places = PackIndex()
-    if index_bytes:
-        places = PackIndex.decode(body[split:], where=f"{key} (its INDEX part)", limit=limit)
-    try:
-        return ShardRecord(
-            key=key,
-            index=_int(head["index"]),
-            count=_int(head["count"]),
-            host=str(head["host"]),
-            pid=_int(head["pid"]),
-            worker=str(head["worker"]),
-            options=dict(head["options"]),
-            written=str(head["written"]),
-            manifest=manifest,
-            places=places,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ManifestError(f"{key}: the shard record's head is malformed ({exc!r})") from exc
+    return head, body[:split], body[split:]
 
 
 def _int(value: Any) -> int:
@@ -164,7 +179,7 @@ async def read_record(repo: Repository, name: str, index: int) -> ShardRecord | 
             f"{key}: the shard record is {len(data):,} bytes, over the MANIFEST limit of "
             f"{repo.manifest_limit:,} (--max-manifest-size)"
         )
-    return await to_thread(decode_record, data, key=key, limit=repo.manifest_limit)
+    return await decode_record(data, key=key, limit=repo.manifest_limit)
 
 
 async def refs_of_shard_records(
@@ -198,9 +213,7 @@ async def refs_of_shard_records(
                 continue
             try:
                 data = await repo.get_object(obj.key, action="read shard record")
-                record = await to_thread(
-                    decode_record, data, key=obj.key, limit=repo.manifest_limit
-                )
+                record = await decode_record(data, key=obj.key, limit=repo.manifest_limit)
             except (ManifestError, ObjectNotFoundError) as exc:
                 log.warning("%s cannot be read (%s): its chunks are not kept for it", obj.key, exc)
                 continue

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 _EXECUTOR: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
     "asyncbackup_executor", default=None
 )
@@ -41,6 +42,20 @@ async def to_thread(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> 
     context = contextvars.copy_context()
     work = functools.partial(context.run, call, *args, **kwargs)
     return await loop.run_in_executor(_EXECUTOR.get(), work)
+
+
+async def in_trips(
+    work: Callable[[Sequence[T]], bool], items: Sequence[T], *, per_trip: int
+) -> bool:
+    """``work`` on ``items``, ``per_trip`` of them per worker-thread trip, the loop free between
+    trips: one thread call over 100,000 items would hold the GIL, hence the loop, for as long
+    as the machine is slow to hand it back (see ``manifest_reader``). The trips run one after
+    another, in order, so ``work`` may keep state across them; it returns True to stop early.
+    True if it stopped early."""
+    for start in range(0, len(items), per_trip):
+        if await to_thread(work, items[start : start + per_trip]):
+            return True
+    return False
 
 
 async def settled(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

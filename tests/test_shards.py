@@ -13,12 +13,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from asyncbackup.errors import ConfigError
 from asyncbackup.layout import shard_key
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, FileEntry, Manifest
-from asyncbackup.shard_records import decode_record, encode_record
+from asyncbackup.shard_records import ShardRecord, decode_record, encode_record
 from asyncbackup.shards import ShardSpec, index_from_environment, shard_of
 from tests.conftest import SMALL_CHUNK, assert_same_tree
 from tests.remote import StoreUnderTest
@@ -70,6 +71,11 @@ def keys(store: StoreUnderTest, prefix: str) -> list[str]:
     return asyncio.run(store.keys(prefix))
 
 
+def read_back(store: StoreUnderTest, key: str) -> ShardRecord:
+    """The shard record at ``key``, read straight from the store and parsed."""
+    return asyncio.run(decode_record(asyncio.run(store.read(key)), key=key, limit=2**30))
+
+
 def test_shards_by_hand_then_commit_restore_identically(
     store: StoreUnderTest, tree: Path, tmp_path: Path
 ) -> None:
@@ -85,7 +91,7 @@ def test_shards_by_hand_then_commit_restore_identically(
     # Every entry was taken by exactly one shard: the records partition the tree.
     taken: dict[str, int] = {}
     for key in records:
-        record = decode_record(asyncio.run(store.read(key)), key=key, limit=2**30)
+        record = read_back(store, key)
         assert record.pid > 0 and record.host
         for entry in record.manifest.entries:
             assert entry.path not in taken
@@ -234,13 +240,11 @@ def test_a_tampered_record_is_refused(store: StoreUnderTest, tree: Path, tmp_pat
     run_shards(tree, url, "b", range(SHARDS))
     key = f"repo/{shard_key('b', 1)}"
     original = asyncio.run(store.read(key))
-    record = decode_record(original, key=key, limit=2**30)
-    other = decode_record(
-        asyncio.run(store.read(f"repo/{shard_key('b', 0)}")), key="0", limit=2**30
-    )
+    record = asyncio.run(decode_record(original, key=key, limit=2**30))
+    other = read_back(store, f"repo/{shard_key('b', 0)}")
     moved = next(e for e in other.manifest.entries if e.type == "file")
     free = next(p for p in (f"new-{i}" for i in range(99)) if shard_of(p, SHARDS) == 1)
-    lost = replace(moved, path=free, chunks=("0" * 64, *moved.chunks[1:]))
+    lost = msgspec.structs.replace(moved, path=free, chunks=("0" * 64, *moved.chunks[1:]))
 
     def rewritten(entries: tuple[FileEntry, ...]) -> bytes:
         """The record with ``entries``, its sha256 recomputed: an edit made with care."""
@@ -426,7 +430,7 @@ def test_a_sharded_backup_of_many_small_files_packs_them(
     placed = 0
     for index in range(SHARDS):
         key = f"repo/{shard_key('small', index)}"
-        record = decode_record(asyncio.run(store.read(key)), key=key, limit=2**30)
+        record = read_back(store, key)
         assert record.manifest.refs() == set(record.places.places)  # every chunk packed
         assert {f"repo/packs/{p}" for p in record.places.pack_sizes} <= set(packs)
         placed += len(record.places)
@@ -450,7 +454,7 @@ def test_a_record_whose_pack_is_missing_is_refused_naming_it(
     url = store.url("repo")
     run_shards(tree, url, "b", range(SHARDS))
     key = f"repo/{shard_key('b', 2)}"
-    record = decode_record(asyncio.run(store.read(key)), key=key, limit=2**30)
+    record = read_back(store, key)
     lost = sorted(record.places.pack_sizes)[0]
     pack = asyncio.run(store.read(f"repo/packs/{lost}"))
     asyncio.run(store.delete(f"repo/packs/{lost}"))

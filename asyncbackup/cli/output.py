@@ -13,11 +13,11 @@ from asyncbackup.commit import CommitSummary
 from asyncbackup.dask_run import ClusterSummary
 from asyncbackup.diff import BackupDiff
 from asyncbackup.engine import BackupInfo, VerifyReport
-from asyncbackup.locks import UnlockReport
 from asyncbackup.manifest import Manifest
 from asyncbackup.prune import PruneReport
 from asyncbackup.restore import RestoreSummary
 from asyncbackup.shards import ShardSummary
+from asyncbackup.unlock import UnlockReport
 
 log = logging.getLogger("asyncbackup")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNINGS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -1,0 +1,190 @@
+"""``commit`` keeps the event loop free: a shard record's entries are parsed, and every check
+over the records' entries runs, in bounded worker-thread trips with the loop running between
+them (as ``manifest_reader`` reads a MANIFEST). Deterministic, not timed: the work done per
+trip is counted, and a ticker task on the loop shows that it ran between one trip and the next.
+
+The commits here run on the in-memory store: what is tested is where the work runs, not a
+store (the shard commits on real stores are in test_shards.py and test_shards_gcs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from asyncbackup import BackupEngine, FileEntry, Manifest, MemoryStorage, manifest_reader, threads
+from asyncbackup import commit as commit_module
+from asyncbackup import manifest as manifest_module
+from asyncbackup import shards as shards_module
+from asyncbackup.layout import chunk_key, manifest_key, shard_key
+from asyncbackup.manifest_reader import LINES_PER_TRIP
+from asyncbackup.shard_records import encode_record, read_record
+from asyncbackup.shards import shard_of
+from tests.conftest import RecordingSleep, fast_config
+
+D1 = "a" * 64
+SHARDS = 2
+ENTRIES = 3 * LINES_PER_TRIP + 10  # each shard's record then holds more than one trip's worth
+
+
+def shard_manifest(index: int, *, paths: list[str]) -> Manifest:
+    entries = tuple(
+        FileEntry(path=p, type="file", mode=0o644, mtime_ns=1, size=1, sha256=D1, chunks=(D1,))
+        for p in paths
+        if shard_of(p, SHARDS) == index
+    )
+    return Manifest(
+        name="big",
+        job_id=f"job-{index}",
+        started="2026-01-01T00:00:00+00:00",
+        finished="2026-01-01T00:00:01+00:00",
+        host="(shards)",
+        source="/src",
+        chunk_size=4,
+        entries=entries,
+    )
+
+
+def store_with_records(paths: list[str]) -> tuple[MemoryStorage, list[Manifest]]:
+    """A store holding the records of backup 'big' in ``SHARDS`` shards, and the chunk they
+    name, as the shards would have left them."""
+    store = MemoryStorage()
+    store.objects[chunk_key(D1)] = b"x"
+    manifests = [shard_manifest(i, paths=paths) for i in range(SHARDS)]
+    for index, manifest in enumerate(manifests):
+        record = encode_record(
+            manifest, index=index, count=SHARDS, options={"chunk_size": 4}, worker="", written="t"
+        )
+        store.objects[shard_key("big", index)] = record
+    return store, manifests
+
+
+@dataclass
+class Trips:
+    """Every worker-thread trip of the code under test: the task that made it, the ticker's
+    count when it started, and the units of per-entry work it did."""
+
+    ticks: int = 0
+    trips: list[tuple[object, int, int]] = field(default_factory=list)
+    local: threading.local = field(default_factory=threading.local)
+    outside: list[str] = field(default_factory=list)  # units done on the loop's thread
+
+    def unit(self, what: str) -> None:
+        """One entry's work was done here: it must be inside a trip, never on the loop."""
+        if threading.current_thread() is threading.main_thread():
+            self.outside.append(what)
+        elif hasattr(self.local, "units"):
+            self.local.units += 1
+        else:
+            self.outside.append(f"{what} (in a thread, not in a counted trip)")
+
+    def most_per_trip(self) -> int:
+        return max(units for _, _, units in self.trips)
+
+    def loop_ran_between_trips(self) -> bool:
+        """Each task's trips started at increasing ticks: the ticker ran between them."""
+        starts: dict[object, list[int]] = defaultdict(list)
+        for task, started, _ in self.trips:
+            starts[task].append(started)
+        return all(all(a < b for a, b in itertools.pairwise(s)) for s in starts.values())
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
+    """Every ``to_thread`` of the package recorded as a trip; each path hashed to its shard,
+    and each MANIFEST entry parsed, counted as one unit of work; a ticker on the loop."""
+    seen = Trips()
+    real_to_thread = threads.to_thread
+
+    async def recording_to_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started = seen.ticks
+
+        def counted() -> tuple[Any, int]:
+            seen.local.units = 0
+            try:
+                return call(*args, **kwargs), seen.local.units
+            finally:
+                del seen.local.units
+
+        result, units = await real_to_thread(counted)
+        seen.trips.append((asyncio.current_task(), started, units))
+        return result
+
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        if name.startswith("asyncbackup") and getattr(module, "to_thread", None) is real_to_thread:
+            monkeypatch.setattr(module, "to_thread", recording_to_thread)
+    real_parse, real_shard_of = manifest_module.parse_entry, shards_module.shard_of
+
+    def counting_parse(*args: Any) -> FileEntry:
+        seen.unit("parse_entry")
+        return real_parse(*args)
+
+    def counting_shard_of(path: str, count: int) -> int:
+        seen.unit("shard_of")
+        return real_shard_of(path, count)
+
+    monkeypatch.setattr(manifest_reader, "parse_entry", counting_parse)
+    monkeypatch.setattr(commit_module, "shard_of", counting_shard_of)
+    yield seen
+
+
+async def ticking(seen: Trips, work: Any) -> Any:
+    """Await ``work`` with a ticker task counting its turns on the loop meanwhile."""
+    stop = False
+
+    async def ticker() -> None:
+        while not stop:
+            seen.ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    try:
+        return await work
+    finally:
+        stop = True
+        await task
+
+
+async def test_a_large_shard_record_is_parsed_in_bounded_trips_with_the_loop_free_between(
+    trips: Trips, sleep: RecordingSleep
+) -> None:
+    """A single thread call for the whole record (as before) parses every entry in one trip."""
+    paths = [f"f{i:05d}" for i in range(2 * ENTRIES)]
+    store, manifests = store_with_records(paths)
+    repo = BackupEngine(store, fast_config(), sleep=sleep)._repository("commit")
+    record = await ticking(trips, read_record(repo, "big", 0))
+    assert record is not None and record.manifest == manifests[0]
+    assert len(record.manifest.entries) > ENTRIES - LINES_PER_TRIP  # several trips' worth
+    assert trips.outside == []
+    assert sum(units for _, _, units in trips.trips) == len(manifests[0].entries)
+    assert trips.most_per_trip() <= LINES_PER_TRIP
+    assert trips.loop_ran_between_trips()
+
+
+async def test_a_commit_of_large_records_works_in_bounded_trips_with_the_loop_free_between(
+    trips: Trips, sleep: RecordingSleep
+) -> None:
+    """The whole commit: no path is hashed to its shard, nor any entry parsed, on the loop's
+    thread (the shard check ran there before) or in an unbounded trip (the records' parse and
+    the merged MANIFEST's parse-back did)."""
+    paths = [f"f{i:05d}" for i in range(ENTRIES)]
+    store, _ = store_with_records(paths)
+    engine = BackupEngine(store, fast_config(), sleep=sleep)
+    summary = await ticking(trips, engine.commit("big", shards=SHARDS))
+    assert trips.outside == []
+    assert sum(units for _, _, units in trips.trips) >= 2 * ENTRIES  # parsed, then hashed
+    assert trips.most_per_trip() <= LINES_PER_TRIP
+    assert trips.loop_ran_between_trips()
+    assert summary.files == ENTRIES and summary.shards == SHARDS
+    committed = Manifest.from_json(store.objects[manifest_key("big")], where="t")
+    assert [e.path for e in committed.entries] == sorted(paths)
+    assert not any(k.startswith("shards/") for k in store.objects)  # records removed
