@@ -6,7 +6,8 @@ without the first name, still restores each name from its chunks)."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+
+import msgspec
 
 from asyncbackup.manifest import FileEntry
 
@@ -43,5 +44,5 @@ class HardLinks:
             if leader is None:
                 lost.append((path, first))
             else:
-                linked.append(replace(leader, path=path, hardlink=first))
+                linked.append(msgspec.structs.replace(leader, path=path, hardlink=first))
         return linked, lost

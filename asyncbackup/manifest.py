@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from asyncbackup import manifest_encoding
 from asyncbackup.errors import ManifestError
@@ -88,9 +90,18 @@ class ExcludeRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)  # slots: a million entries cost half the memory
-class FileEntry:
-    """One file, directory or symlink of a backup. ``path`` is relative and POSIX."""
+class FileEntry(msgspec.Struct, frozen=True, gc=False):
+    """One file, directory or symlink of a backup. ``path`` is relative and POSIX.
+
+    A msgspec Struct rather than a dataclass for one reason: ``gc=False``. A backup holds an
+    entry per file, twice over with a parent (100,000 files: 200,000 entries), and every
+    instance of a Python class is tracked by the cyclic garbage collector, whose full
+    collections walk every tracked object while holding the GIL: 50 to 90 ms here, a stall of
+    the event loop in whichever thread triggered them. An entry holds only text, numbers and
+    tuples of them, so it can never be part of a reference cycle: untracked, it costs the
+    collector nothing and never brings a collection on (see docs/design.md "The event loop").
+    A changed copy is ``msgspec.structs.replace(entry, field=value)``. Like a slots class, a
+    million entries cost half the memory of plain objects."""
 
     path: str
     type: EntryType
@@ -147,6 +158,38 @@ class Totals:
     unique_chunks: int
 
 
+class Tally:
+    """A backup's totals, counted a batch of entries at a time: in one pass, with no list of
+    every file or chunk (only the set of distinct refs)."""
+
+    def __init__(self, entries: Iterable[FileEntry] = ()) -> None:
+        self.files = self.dirs = self.symlinks = self.bytes = self.chunks = 0
+        self.unique: set[str] = set()
+        self.add(entries)
+
+    def add(self, entries: Iterable[FileEntry]) -> None:
+        for e in entries:
+            if e.type == "file":
+                self.files += 1
+                self.bytes += e.size
+                self.chunks += len(e.chunks)
+                self.unique.update(e.chunks)
+            elif e.type == "dir":
+                self.dirs += e.path != ROOT_PATH
+            else:
+                self.symlinks += e.type == "symlink"
+
+    def totals(self) -> Totals:
+        return Totals(
+            files=self.files,
+            dirs=self.dirs,
+            symlinks=self.symlinks,
+            bytes=self.bytes,
+            chunks=self.chunks,
+            unique_chunks=len(self.unique),
+        )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A committed backup: when, from where, and every entry with the chunks that rebuild it."""
@@ -166,31 +209,10 @@ class Manifest:
     parent: str = ""  # the backup whose unchanged entries this one took, if any
     format_version: int = FORMAT_VERSION  # as read; a backup always writes FORMAT_VERSION
     totals: Totals = field(init=False)
+    counted: InitVar[Totals | None] = None  # the totals, if a reader counted them as it went
 
-    def __post_init__(self) -> None:
-        # One pass, no list of every file or chunk: a MANIFEST of 100,000 entries is counted
-        # without a second copy of its refs (only the set of distinct ones).
-        files = dirs = symlinks = size = chunks = 0
-        unique: set[str] = set()
-        for e in self.entries:
-            if e.type == "file":
-                files += 1
-                size += e.size
-                chunks += len(e.chunks)
-                unique.update(e.chunks)
-            elif e.type == "dir":
-                dirs += e.path != ROOT_PATH
-            else:
-                symlinks += e.type == "symlink"
-        totals = Totals(
-            files=files,
-            dirs=dirs,
-            symlinks=symlinks,
-            bytes=size,
-            chunks=chunks,
-            unique_chunks=len(unique),
-        )
-        object.__setattr__(self, "totals", totals)
+    def __post_init__(self, counted: Totals | None) -> None:
+        object.__setattr__(self, "totals", counted or Tally(self.entries).totals())
 
     def refs(self) -> set[str]:
         """Every chunk this backup needs, by ref (the name of its key under ``chunks/``)."""
@@ -323,9 +345,13 @@ def parse_head(doc: Any) -> tuple[int, int]:
     return version, chunk_size
 
 
-def assemble(doc: dict[str, Any], entries: tuple[FileEntry, ...]) -> Manifest:
+def assemble(
+    doc: dict[str, Any], entries: tuple[FileEntry, ...], *, counted: Totals | None = None
+) -> Manifest:
     """The Manifest of head ``doc`` (checked by ``parse_head``) and its parsed ``entries``,
-    once the tree they make is checked (``_check_tree``).
+    once the tree they make is checked (``TreeCheck``). ``counted``: given by a reader that
+    checked the tree and counted the entries a batch at a time (``manifest_reader``), so
+    neither is done again here in one long pass.
 
     Raises:
         ManifestError: a field of the head is malformed, or the tree is unsafe.
@@ -340,7 +366,10 @@ def assemble(doc: dict[str, Any], entries: tuple[FileEntry, ...]) -> Manifest:
     parent = doc.get("parent", "")
     if not isinstance(parent, str):
         raise ManifestError(f"parent {parent!r} is not a backup name")
-    _check_tree(entries)
+    if counted is None:
+        tree = TreeCheck()
+        tree.add(entries)
+        tree.check(entries)
     warnings = tuple(_parse_warning(w) for w in doc.get("warnings", ()))
     excludes = ExcludeRecord.from_json(doc["excludes"]) if "excludes" in doc else None
     return Manifest(
@@ -358,6 +387,7 @@ def assemble(doc: dict[str, Any], entries: tuple[FileEntry, ...]) -> Manifest:
         tags=tuple(tags),
         parent=parent,
         format_version=version,
+        counted=counted,
     )
 
 
@@ -434,31 +464,49 @@ def parse_entry(raw: dict[str, Any], chunk_size: int, version: int) -> FileEntry
     )
 
 
-def _check_tree(entries: tuple[FileEntry, ...]) -> None:
-    kinds: dict[str, EntryType] = {}
-    files: dict[str, FileEntry] = {}
-    for entry in entries:
-        if entry.path in kinds:
-            raise ManifestError(f"{entry.path!r} appears twice")
-        kinds[entry.path] = entry.type
-        if entry.type == "file":
-            files[entry.path] = entry
-    for entry in files.values():  # a hard link names a file of the same content, not a link
-        leader = files.get(entry.hardlink) if entry.hardlink else entry
-        if leader is None or leader.hardlink or leader.sha256 != entry.sha256:
-            raise ManifestError(
-                f"{entry.path!r}: hard link to {entry.hardlink!r}, which is not a file of the "
-                "same content in this backup"
-            )
-    for entry in entries:
-        parts = entry.path.split("/")
-        for depth in range(1, len(parts)):
-            ancestor = "/".join(parts[:depth])
-            if kinds.get(ancestor, "dir") != "dir":
-                raise ManifestError(
-                    f"unsafe path {entry.path!r}: it lies beneath {ancestor!r}, "
-                    f"which is a {kinds[ancestor]}, not a directory"
-                )
+class TreeCheck:
+    """The checks of the tree a MANIFEST's entries make, in pieces so that a reader can run
+    them a batch at a time: ``add`` every entry first (no path twice), then ``check`` each
+    (a hard link names a file of the same content; no path lies beneath a file or link)."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, EntryType] = {}
+        self._files: dict[str, FileEntry] = {}
+
+    def add(self, entries: Iterable[FileEntry]) -> None:
+        """Raises: ManifestError: a path appears twice."""
+        kinds, files = self._kinds, self._files
+        for entry in entries:
+            if entry.path in kinds:
+                raise ManifestError(f"{entry.path!r} appears twice")
+            kinds[entry.path] = entry.type
+            if entry.type == "file":
+                files[entry.path] = entry
+
+    def check(self, entries: Iterable[FileEntry]) -> None:
+        """Check ``entries`` against every entry added.
+
+        Raises:
+            ManifestError: a hard link names no file of the same content in this backup, or a
+                path lies beneath a file or a symlink.
+        """
+        kinds, files = self._kinds, self._files
+        for entry in entries:
+            if entry.type == "file":  # a hard link names a file of the same content, not a link
+                leader = files.get(entry.hardlink) if entry.hardlink else entry
+                if leader is None or leader.hardlink or leader.sha256 != entry.sha256:
+                    raise ManifestError(
+                        f"{entry.path!r}: hard link to {entry.hardlink!r}, which is not a file "
+                        "of the same content in this backup"
+                    )
+            parts = entry.path.split("/")
+            for depth in range(1, len(parts)):
+                ancestor = "/".join(parts[:depth])
+                if kinds.get(ancestor, "dir") != "dir":
+                    raise ManifestError(
+                        f"unsafe path {entry.path!r}: it lies beneath {ancestor!r}, "
+                        f"which is a {kinds[ancestor]}, not a directory"
+                    )
 
 
 def _int(value: Any, what: str) -> int:

@@ -2,16 +2,24 @@
 
 A MANIFEST is laid out one entry per line (``manifest_encoding``). ``read_manifest`` parses it
 in bounded trips to a worker thread: the head first, then ``LINES_PER_TRIP`` entry lines per
-trip, then the checks of the whole tree. Each trip is one ``json.loads`` of a JSON array of its
-lines (one C call: a few milliseconds for a thousand lines) and the checks of those entries.
-Between trips the coroutine awaits, so every task ready on the loop runs before the next batch.
+trip, then the checks of the whole tree ``CHECKS_PER_TRIP`` entries at a time. A parse trip is
+one ``json.loads`` of a JSON array of its lines (one short C call), the checks of
+those entries, and their count towards the totals. Between trips the coroutine awaits, so every
+task ready on the loop runs before the next batch.
 
-Why in pieces and not one thread call: a worker thread holds the GIL while it runs Python, and
-the loop gets it back only when the interpreter forces a switch (every 5 ms) and the thread is
-on a core to hand it over. One call that parses a whole MANIFEST keeps the loop waiting at each
-switch for as long as the machine is slow to schedule it (506 ms measured on a loaded machine);
-a trip that ends hands the GIL back for good, and the next one starts only after the loop has
-had its turn.
+Why in pieces and not one thread call (measured by ``python -m benchmarks.incremental``): a
+worker thread holds the GIL while it runs Python, and the loop gets it back only when the
+interpreter forces a switch (every 5 ms) and the thread is on a core to hand it over. One call
+that parses a whole MANIFEST keeps the loop waiting at each switch for as long as the machine
+is slow to schedule it (506 ms measured on a loaded machine); a trip that ends hands the GIL
+back for good, and the next one starts only after the loop has had its turn. A trip is kept to
+a few milliseconds for the same reason: a longer one is cut by the switch interval, and each
+cut costs the loop a wait for the GIL.
+
+Why the entries cost the garbage collector nothing: ``FileEntry`` is untracked (``gc=False``),
+and a trip of ``LINES_PER_TRIP`` lines allocates fewer tracked objects (the parsed dicts and
+lists, gone when the trip ends) than the collector's first threshold, so a parse does not bring
+on the full collections that walk every object of the process with the GIL held.
 
 The bytes are decompressed a piece (``PIECE``) at a time as lines are needed, so neither the
 whole decompressed document nor its lines are ever held at once; the decompressed size is
@@ -32,6 +40,8 @@ from asyncbackup.errors import ManifestError, ManifestTooLarge
 from asyncbackup.manifest import (
     FileEntry,
     Manifest,
+    Tally,
+    TreeCheck,
     assemble,
     parse_document,
     parse_entry,
@@ -40,8 +50,13 @@ from asyncbackup.manifest import (
 from asyncbackup.manifest_encoding import MAX_DECODED_BYTES, ZSTD_MAGIC, decode
 from asyncbackup.threads import to_thread
 
-LINES_PER_TRIP = 1000
-"""Entry lines parsed per worker-thread trip: a few milliseconds of work."""
+LINES_PER_TRIP = 100
+"""Entry lines parsed per worker-thread trip: about a millisecond of work, and fewer new
+container objects than the garbage collector's first threshold (700). On a loaded machine
+shorter trips stall the loop less (a thread the system preempts while it holds the GIL holds
+the loop too), and 1,000 trips for 100,000 entries cost about 0.1 s more than 100 would."""
+CHECKS_PER_TRIP = 500
+"""Entries whose place in the tree is checked per worker-thread trip, once all are read."""
 PIECE = 1024 * 1024
 _ENTRIES_OPEN = b',"entries":['
 _END = b"]}"
@@ -60,6 +75,8 @@ async def read_manifest(data: bytes, *, where: str, limit: int = MAX_DECODED_BYT
         return await to_thread(_whole, data, where=where, limit=limit)
     while not await to_thread(reader.next_batch):
         pass
+    while not await to_thread(reader.check_batch):
+        pass
     return await to_thread(reader.finish)
 
 
@@ -74,6 +91,8 @@ def parse_now(data: bytes, *, where: str, limit: int = MAX_DECODED_BYTES) -> Man
     if not reader.start():
         return _whole(data, where=where, limit=limit)
     while not reader.next_batch():
+        pass
+    while not reader.check_batch():
         pass
     return reader.finish()
 
@@ -105,6 +124,9 @@ class _Reader:
         self._head: dict[str, Any] = {}
         self._version = self._chunk_size = 0
         self._entries: list[FileEntry] = []
+        self._tree = TreeCheck()
+        self._tally = Tally()
+        self._checked = 0
 
     def start(self) -> bool:
         """Read and check the head; False if the MANIFEST is not laid out by line (then it is
@@ -152,18 +174,33 @@ class _Reader:
                     body = body[:-1]
                 raws = json.loads(b"[" + body + b"]")
                 version, chunk_size = self._version, self._chunk_size
-                self._entries += [parse_entry(raw, chunk_size, version) for raw in raws]
+                batch = [parse_entry(raw, chunk_size, version) for raw in raws]
+                self._tree.add(batch)
+                self._tally.add(batch)
+                self._entries += batch
         return done
 
-    def finish(self) -> Manifest:
-        """The Manifest, once its tree is checked.
+    def check_batch(self) -> bool:
+        """Check the place in the tree of up to ``CHECKS_PER_TRIP`` more entries, once all are
+        read; True once the last is checked.
 
         Raises:
-            ManifestError: the tree or a field of the head is not valid.
+            ManifestError: an entry lies beneath a file or link, or is a bad hard link.
+        """
+        start, self._checked = self._checked, self._checked + CHECKS_PER_TRIP
+        with _errors_named(self.where):
+            self._tree.check(self._entries[start : self._checked])
+        return self._checked >= len(self._entries)
+
+    def finish(self) -> Manifest:
+        """The Manifest, once every entry is read and checked (``check_batch``).
+
+        Raises:
+            ManifestError: a field of the head is not valid.
         """
         entries, self._entries = tuple(self._entries), []
         with _errors_named(self.where):
-            return assemble(self._head, entries)
+            return assemble(self._head, entries, counted=self._tally.totals())
 
     def _take(self, count: int) -> list[bytes]:
         while len(self._lines) < count and not self._eof:

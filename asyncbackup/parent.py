@@ -27,7 +27,9 @@ import logging
 import os
 import random
 import stat
-from collections.abc import Set
+from collections.abc import Iterable, Set
+
+import msgspec
 
 from asyncbackup.backup_options import ChangeDetection
 from asyncbackup.catalog import find_newest
@@ -45,17 +47,41 @@ SPOT_CHECKS = 32
 store (one 1-byte range GET each) before it trusts the others."""
 
 
+ENTRIES_PER_TRIP = 1000
+"""Parent entries taken per worker-thread trip: under a millisecond (see ``manifest_reader``)."""
+
+
 class Parent:
     """The file entries of the parent backup by path, compared with what the walk finds."""
 
     def __init__(self, manifest: Manifest, rules: ChangeDetection) -> None:
+        """An empty parent: ``Parent.of`` fills it."""
         self.name = manifest.name
         self.rules = rules
-        self._files = {e.path: e for e in manifest.entries if e.type == "file"}
-        self.refs = manifest.refs()
-        self.sample = random.sample(sorted(self.refs), min(SPOT_CHECKS, len(self.refs)))
+        self._files: dict[str, FileEntry] = {}
+        self.refs: set[str] = set()
+        self.sample: list[str] = []  # what ``spot_check`` checks
         self.format_version = manifest.format_version
         self.places = PackIndex()  # where its packed chunks lie: its INDEX, once read
+
+    @classmethod
+    async def of(cls, manifest: Manifest, rules: ChangeDetection) -> Parent:
+        """The parent ``manifest``, its entries taken in bounded worker-thread trips with the
+        event loop free between them, as its MANIFEST was parsed: 100,000 entries in one call
+        would hold the loop at every switch of the GIL for a tenth of a second."""
+        parent = cls(manifest, rules)
+        entries = manifest.entries
+        for start in range(0, len(entries), ENTRIES_PER_TRIP):
+            await to_thread(parent._take, entries[start : start + ENTRIES_PER_TRIP])
+        parent.sample = random.sample(list(parent.refs), min(SPOT_CHECKS, len(parent.refs)))
+        return parent
+
+    def _take(self, entries: Iterable[FileEntry]) -> None:
+        files, refs = self._files, self.refs
+        for entry in entries:
+            if entry.type == "file":
+                files[entry.path] = entry
+                refs.update(entry.chunks)
 
     def unchanged(self, path: str, st: os.stat_result) -> FileEntry | None:
         """The parent's entry for ``path`` with the digests of its chunks, if the file at
@@ -99,43 +125,41 @@ class Parent:
             and not old.hardlink
         ):
             return old
-        return FileEntry(
-            old.path,
-            "file",
-            mode,
-            st.st_mtime_ns,
-            size=old.size,
-            sha256=old.sha256,
-            chunks=old.chunks,
-            ctime_ns=st.st_ctime_ns,
-            inode=st.st_ino,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            xattrs=xattrs,
-        )
+        return entry_from_parent(old, st, mode, chunks=old.chunks, xattrs=xattrs)
 
     def forget(self) -> None:
         """Drop the entries once the walk is done: their memory is the backup's to use."""
         self._files.clear()
 
 
-def entry_from_parent(old: FileEntry, st: os.stat_result, mode: int) -> FileEntry:
-    """The new backup's entry for an unchanged file the loop handles (a hard link's first
-    name): the parent's content (size, hash, chunks, as digests like every entry of a running
-    job) with the metadata the walk saw now."""
-    return FileEntry(
-        old.path,
-        "file",
-        mode,
-        st.st_mtime_ns,
-        size=old.size,
-        sha256=old.sha256,
-        chunks=tuple(digest_of_ref(r) for r in old.chunks),
+def entry_from_parent(
+    old: FileEntry,
+    st: os.stat_result,
+    mode: int,
+    *,
+    chunks: tuple[str, ...],
+    xattrs: Xattrs = (),
+) -> FileEntry:
+    """The new backup's entry for an unchanged file: the parent's content (size, hash, and
+    ``chunks``: its refs as they are, or as digests for a file the loop handles, like every
+    entry of a running job) with the metadata the walk saw now."""
+    return msgspec.structs.replace(
+        old,
+        mode=mode,
+        mtime_ns=st.st_mtime_ns,
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
         uid=st.st_uid,
         gid=st.st_gid,
+        xattrs=xattrs,
+        hardlink="",
+        chunks=chunks,
     )
+
+
+def digests(refs: tuple[str, ...]) -> tuple[str, ...]:
+    """Chunk refs as the digests a running job names them by."""
+    return tuple(digest_of_ref(r) for r in refs)
 
 
 async def find_parent(
@@ -186,7 +210,7 @@ async def find_parent(
         )
         return None
     log.info("parent backup %s: files unchanged since it are not read", manifest.name)
-    return await to_thread(Parent, manifest, rules)  # 100,000 entries: off the loop
+    return await Parent.of(manifest, rules)
 
 
 async def spot_check(repo: Repository, parent: Parent) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pathspec
 
 from asyncbackup.errors import ConfigError
@@ -99,7 +100,9 @@ def _relink(kept: dict[str, FileEntry]) -> dict[str, FileEntry]:
         if not entry.hardlink or entry.hardlink in kept:
             continue
         stand_in = leaders.setdefault(entry.hardlink, path)
-        changed[path] = replace(entry, hardlink="" if stand_in == path else stand_in)
+        changed[path] = msgspec.structs.replace(
+            entry, hardlink="" if stand_in == path else stand_in
+        )
     return changed
 
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,9 +22,13 @@ from asyncbackup import (
     MemoryStorage,
     Metrics,
     chunking,
+    threads,
 )
+from asyncbackup import parent as parent_module
 from asyncbackup.layout import chunk_key, manifest_key
+from asyncbackup.manifest import FileEntry, Manifest
 from asyncbackup.manifest_encoding import ZSTD_MAGIC, decode
+from asyncbackup.parent import ENTRIES_PER_TRIP, SPOT_CHECKS, Parent
 from tests.conftest import RecordingSleep, assert_same_tree, fast_config, make_tree
 from tests.remote import StoreUnderTest
 from tests.stores import WatchedStorage
@@ -476,3 +482,49 @@ async def test_extended_attributes_of_unchanged_files_are_kept_and_a_new_one_is_
     assert entry["sub/deeper/leaf.txt"].xattrs == (("user.note", b"second"),)
     await engine(store, sleep).restore("three", tmp_path / "out")
     assert os.getxattr(tmp_path / "out" / "sub" / "deeper" / "leaf.txt", "user.note") == b"second"
+
+
+async def test_a_large_parent_is_taken_in_bounded_trips_with_the_loop_free_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deterministic, not timed: building the parent's table of files (what each walked file
+    is compared with) takes at most ``ENTRIES_PER_TRIP`` entries per worker-thread trip, with
+    the loop running between trips (one thread call for every entry, as before, fails this),
+    and the table it builds answers for every file."""
+    count = 2 * ENTRIES_PER_TRIP + 7
+    digest = "c" * 64
+    files = tuple(
+        FileEntry(f"f{i:06}", "file", 0o644, i, size=1, sha256=digest, chunks=(f"{i:064x}",),
+                  ctime_ns=i, inode=i + 1)
+        for i in range(count)
+    )  # fmt: skip
+    manifest = Manifest(name="p", job_id="j", started="s", finished="f", host="h", source="/s",
+                        chunk_size=4, entries=files)  # fmt: skip
+    sizes: list[int] = []
+    ticks = 0
+    starts: list[int] = []
+    real_to_thread = threads.to_thread
+
+    async def recording_to_thread(call: Any, entries: Any) -> Any:
+        sizes.append(len(entries))
+        starts.append(ticks)
+        return await real_to_thread(call, entries)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while len(sizes) < 3:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(parent_module, "to_thread", recording_to_thread)
+    task = asyncio.create_task(ticker())
+    parent = await Parent.of(manifest, ChangeDetection())
+    await task
+    assert sizes == [ENTRIES_PER_TRIP, ENTRIES_PER_TRIP, 7]
+    assert starts[0] < starts[1] < starts[2]  # the loop ran between trips
+    assert len(parent.refs) == count and len(parent.sample) == SPOT_CHECKS
+    last = files[-1]
+    # (mode, ino, dev, nlink, uid, gid, size, 3 times in s, 3 as floats, atime/mtime/ctime ns)
+    fields = (0o100644, last.inode, 0, 1, 0, 0, 1, 0, 0, 0, 0.0, 0.0, 0.0)
+    st = os.stat_result((*fields, 0, last.mtime_ns, last.ctime_ns))
+    assert parent.unchanged(last.path, st) == last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 from typing import Any
@@ -18,7 +19,8 @@ from asyncbackup import (
     threads,
 )
 from asyncbackup import manifest as manifest_module
-from asyncbackup.manifest_reader import LINES_PER_TRIP, read_manifest
+from asyncbackup.manifest import Tally, TreeCheck
+from asyncbackup.manifest_reader import CHECKS_PER_TRIP, LINES_PER_TRIP, read_manifest
 
 D1, D2 = "a" * 64, "b" * 64
 
@@ -185,6 +187,57 @@ async def test_a_large_manifest_is_parsed_in_bounded_trips_with_the_loop_free_be
     assert len([n for _, n in trips if n]) >= count // LINES_PER_TRIP
     starts = [t for t, _ in trips]
     assert all(a < b for a, b in itertools.pairwise(starts))  # the loop ran between trips
+
+
+async def test_the_tree_of_a_large_manifest_is_checked_and_counted_in_bounded_trips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checks of the whole tree and the count of the totals touch a bounded number of
+    entries per worker-thread trip too (a last trip that checks or counts every entry, as
+    before, fails this), and each entry is added, counted and checked exactly once."""
+    count = 2 * CHECKS_PER_TRIP + 10
+    original = many(count)
+    touched = 0
+    per_trip: list[int] = []
+
+    def counting(real: Any) -> Any:
+        def call(self: Any, entries: Any) -> None:
+            nonlocal touched
+            entries = list(entries)
+            touched += len(entries)
+            real(self, entries)
+
+        return call
+
+    real_to_thread = threads.to_thread
+
+    async def recording_to_thread(call: Any, *args: Any, **kwargs: Any) -> Any:
+        before = touched
+        result = await real_to_thread(call, *args, **kwargs)
+        per_trip.append(touched - before)
+        return result
+
+    for cls, method in ((TreeCheck, "add"), (TreeCheck, "check"), (Tally, "add")):
+        monkeypatch.setattr(cls, method, counting(getattr(cls, method)))
+    monkeypatch.setattr(manifest_reader, "to_thread", recording_to_thread)
+    parsed = await read_manifest(original.to_bytes(), where="t")
+    assert parsed == original and parsed.totals == original.totals
+    assert touched == 3 * count
+    assert max(per_trip) <= CHECKS_PER_TRIP
+
+
+async def test_a_parsed_manifest_gives_the_garbage_collector_nothing_to_walk() -> None:
+    """Entries are untracked (``gc=False``): parsing 20,000 of them adds next to no object the
+    cyclic collector walks, so a parse cannot bring on the full collections that stall the
+    loop (an entry that is a dataclass, as before, adds one object per entry)."""
+    data = many(20_000).to_bytes()
+    gc.collect()
+    before = len(gc.get_objects())
+    parsed = await read_manifest(data, where="t")
+    gc.collect()
+    assert len(gc.get_objects()) - before < 1000
+    assert not any(gc.is_tracked(e) for e in parsed.entries)
+    assert len(parsed.entries) == 20_000
 
 
 def test_a_comma_missing_where_a_batch_ends_is_refused() -> None:

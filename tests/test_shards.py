@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from asyncbackup.errors import ConfigError
@@ -289,7 +290,7 @@ def test_a_tampered_record_is_refused(store: StoreUnderTest, tree: Path, tmp_pat
     other = read_back(store, f"repo/{shard_key('b', 0)}")
     moved = next(e for e in other.manifest.entries if e.type == "file")
     free = next(p for p in (f"new-{i}" for i in range(99)) if shard_of(p, SHARDS) == 1)
-    lost = replace(moved, path=free, chunks=("0" * 64, *moved.chunks[1:]))
+    lost = msgspec.structs.replace(moved, path=free, chunks=("0" * 64, *moved.chunks[1:]))
 
     def rewritten(entries: tuple[FileEntry, ...]) -> bytes:
         """The record with ``entries``, its sha256 recomputed: an edit made with care."""
