@@ -1,9 +1,9 @@
 """The option groups several commands share, and the parser of one command.
 
-Each command's ``--help`` shows its own arguments and options first (``arguments.py`` adds
-them), then the groups it ``offers`` (transfer, metrics), then the global options and the
-testing options, which every command takes. The group titles are what ``environment.py`` and
-``reference.py`` know the shared groups by.
+Each command's ``--help`` shows its own arguments and options first (the ``*_arguments.py``
+modules add them), then the groups it ``offers`` (transfer, metrics), then the global options
+and the testing options, which every command takes. The group titles are what
+``environment.py`` and ``reference.py`` know the shared groups by.
 """
 
 from __future__ import annotations
@@ -100,6 +100,42 @@ def add_name(
 ) -> None:
     """A backup's name, as list prints it."""
     parser.add_argument(dest, metavar=metavar, help=help)
+
+
+def add_shard_options(parser: CommandParser, verb: str, then: str) -> None:
+    """--shard, --shards, --shard-index-env and --dask: one operation made by many processes
+    (docs/scaleout.md)."""
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help=f"{verb} only shard K (from 0) of N; {then} (docs/scaleout.md)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="the number of shards, with --shard-index-env (one shard) or --dask (all of them)",
+    )
+    parser.add_argument(
+        "--shard-index-env",
+        metavar="VAR",
+        help="take K from the variable VAR: JOB_COMPLETION_INDEX (Kubernetes Indexed Job), "
+        "SLURM_ARRAY_TASK_ID, AWS_BATCH_JOB_ARRAY_INDEX, or any",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the --shards N shards as tasks on this dask.distributed scheduler "
+        "(tcp://HOST:8786), whose workers see the same paths; needs asyncbackup[dask]",
+    )
+    parser.add_argument(
+        "--dask-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="times Dask runs a failed shard again (default %(default)s); a worker that dies "
+        "has its shard run elsewhere anyway",
+    )
 
 
 def _add_metrics_options(group: argparse._ArgumentGroup) -> None:
