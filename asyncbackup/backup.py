@@ -442,7 +442,8 @@ class BackupJob:
             refs = refs - self.places.places.keys()
             self.places = PackIndex()
             self.trusted = refs
-        self.stored = preferred_refs(refs, self.config.compression.codec)
+        # A Python loop over every ref the parent names (100,000 and more): off the loop.
+        self.stored = await to_thread(preferred_refs, refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
 
     @property
