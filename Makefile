@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# Back up a generated sample into ./backup-store, restore it, verify it, and compare.
+# Back up a generated sample into ./backup-store, restore it, verify it, and compare. Both
+# places can be moved: `make run DEMO_STORE=/tmp/store DEMO_SAMPLE=/tmp/sample` (tests/test_make_run.py).
+DEMO_STORE ?= ./backup-store
+DEMO_SAMPLE ?= ./backup-sample
+
 run: install
-	$(BIN)/python -m asyncbackup.demo ./backup-store
+	$(BIN)/python -m asyncbackup.demo "$(DEMO_STORE)" "$(DEMO_SAMPLE)"
 
 lint: install
 	$(BIN)/ruff check asyncbackup tests benchmarks examples

@@ -7,9 +7,19 @@ back once the buffer is gone (uploaded, or written to the target), so the file d
 under ``EngineConfig.buffer_budget``.
 
 Waiters are served first come, first served, so a large request is never starved by a stream
-of small ones. A request larger than the whole budget (a chunk bigger than it) waits until
-nothing else is held and then proceeds alone: the budget is exceeded by that one buffer, never
-deadlocked. Bytes that were granted are always given back by the holder (a ``finally``), and a
+of small ones.
+
+A cache may hold bytes of the budget too, as its lowest use, on three conditions that keep it
+from holding a buffer back for longer than one of its fetches: it takes bytes only with
+``try_acquire`` (never while someone waits); it registers a ``reclaim`` callback, which
+``acquire`` calls before it makes a request wait, and which gives back (``release``) at least the
+bytes asked for, or all the cache holds; and a fetch of its own that ends while someone waits
+(``waiting``) is given back at once. So a cache holds only what buffers leave unused
+(``packread.py``'s pack segments), and never deadlocks them.
+
+A request larger than the whole budget (a chunk bigger than it) waits until nothing else is
+held and then proceeds alone: the budget is exceeded by that one buffer, never deadlocked. Bytes
+that were granted are always given back by the holder (a ``finally``), and a
 waiter cancelled before its turn leaves the queue without taking anything.
 """
 
@@ -17,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 
@@ -31,6 +41,17 @@ class ByteBudget:
         self.held = 0
         self.peak = 0  # the most held at once: what tests and benchmarks compare with capacity
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._reclaimers: list[Callable[[int], None]] = []
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a request waits for room (a cache that just filled should give it back)."""
+        return bool(self._waiters)
+
+    def add_reclaimer(self, reclaim: Callable[[int], None]) -> None:
+        """Let a cache hold bytes of this budget: ``reclaim(nbytes)`` must release at least
+        ``nbytes`` of what it holds (or all of it), at once, without awaiting."""
+        self._reclaimers.append(reclaim)
 
     def _fits(self, nbytes: int) -> bool:
         # Alone, anything fits: a buffer larger than the budget proceeds with nothing beside it.
@@ -44,6 +65,10 @@ class ByteBudget:
         """Wait until ``nbytes`` fit, take them, and return how many were taken (give exactly
         that back to ``release``)."""
         nbytes = max(0, nbytes)
+        for reclaim in self._reclaimers:  # caches give way to buffers before anyone waits
+            if self._waiters or self._fits(nbytes):
+                break
+            reclaim(self.held + nbytes - self.capacity)
         if not self._waiters and self._fits(nbytes):
             self._take(nbytes)
             return nbytes

@@ -92,7 +92,7 @@ async def find_newest(
     ``read_catalog`` makes anyway also says which backups are candidates. Only the newest
     candidate's head is read, to confirm it: a mark decides nothing by itself (a backup
     writes its own only after its commit, but anyone who can write to the store can write
-    one, and a prune leaves a deleted backup's mark behind for its name to be reused), so one
+    one, and a mark a killed prune left behind may sit beside a reused name's MANIFEST), so one
     whose head says another host or source is passed over for the next. Backups made before marks
     existed have none: their heads are read, as before. Cost: the listing, plus one head per
     unmarked backup, plus one (more only if a mark lies).

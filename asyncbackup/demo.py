@@ -1,6 +1,8 @@
 """``make run``: back up a generated sample into a local store, restore it, verify it, compare.
 
-Every step is the command line a user would type, printed before it runs.
+Every step is the command line a user would type, printed before it runs. Usage:
+``python -m asyncbackup.demo [STORE [SAMPLE_DIR]]`` (``./backup-store``, ``./backup-sample``);
+the sample is generated only if SAMPLE_DIR does not exist.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from asyncbackup.cli import main as cli
 
-SAMPLE = Path("backup-sample")
+STORE = "./backup-store"
+SAMPLE = "./backup-sample"
 
 
 def make_sample(root: Path) -> None:
@@ -53,20 +56,22 @@ def same_tree(a: Path, b: Path) -> bool:
 
 
 def main() -> None:
-    store = sys.argv[1] if len(sys.argv) > 1 else "./backup-store"
-    if not SAMPLE.exists():
-        print(f"generating a sample tree in ./{SAMPLE}")
-        make_sample(SAMPLE)
+    store = sys.argv[1] if len(sys.argv) > 1 else STORE
+    shown = sys.argv[2] if len(sys.argv) > 2 else SAMPLE
+    sample = Path(shown)
+    if not sample.exists():
+        print(f"generating a sample tree in {shown}")
+        make_sample(sample)
     name = "demo-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    run("backup", str(SAMPLE), store, "--name", name)
+    run("backup", str(sample), store, "--name", name)
     run("list", store)
     run("verify", store, name, "--deep")
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) / "restored"
         run("restore", store, name, str(target))
-        if not same_tree(SAMPLE, target):
-            sys.exit(f"\nFAILED: the restored tree differs from ./{SAMPLE}")
-    print(f"\nOK: backup {name} restored identical to ./{SAMPLE}; the store is {store}.")
+        if not same_tree(sample, target):
+            sys.exit(f"\nFAILED: the restored tree differs from {shown}")
+    print(f"\nOK: backup {name} restored identical to {shown}; the store is {store}.")
     print("Run `make run` again: the second backup uploads only what changed (nothing).")
 
 

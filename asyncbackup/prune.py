@@ -3,13 +3,16 @@
 Mark and sweep, under the repository's exclusive lock (``locks.py``):
 
 1. Take the exclusive lock (a dry run takes none: it deletes nothing). Note the time (``began``).
-   List ``backups/``: the backups, and the INDEXes whose MANIFEST is gone (older than the grace).
+   List ``backups/``: the backups, their source marks, and the INDEXes whose MANIFEST is gone
+   (older than the grace).
 2. Read every MANIFEST. If one cannot be read, stop here, having deleted nothing: the chunks of a
    backup we cannot read would look unused, and sweeping them would destroy it.
 3. Decide (``retention.decide``). Read the INDEX of every backup that stays and packs chunks
    (``packuse.LivePacks``); if one cannot be read, stop, having deleted nothing. Check the lock;
    remove the MANIFESTs of the backups let go, then their INDEXes (a MANIFEST never lacks its
-   INDEX).
+   INDEX), then their source marks and any mark whose MANIFEST is gone (a mark without a
+   MANIFEST is passed over by the parent search; the reverse would cost a head read: the
+   order is argued in docs/design.md, "Source marks and prune").
 4. Mark every chunk ref the remaining backups name as an object (a packed ref is read from its
    pack, not from ``chunks/``); list ``chunks/`` with each object's time.
 5. Sweep: an unmarked chunk written before ``began - grace`` is removed, in batches of
@@ -82,6 +85,7 @@ from asyncbackup.layout import (
     name_of_manifest_key,
     pack_key,
     ref_of_chunk_key,
+    source_mark_of_key,
 )
 from asyncbackup.locks import EXCLUSIVE, RepositoryLock
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, Manifest
@@ -155,7 +159,7 @@ class PruneJob:
     async def _locked_run(self) -> PruneReport:
         began = self.clock().timestamp()
         cutoff = began - self.grace
-        names, orphans = await self._list_backups(cutoff)
+        names, orphans, marks = await self._list_backups(cutoff)
         backups = await self._read_all(names)
         decisions = decide([b.candidate for b in backups.values()], self.policy)
         removed = {d.name for d in decisions if not d.kept}
@@ -169,6 +173,12 @@ class PruneJob:
             # After the MANIFESTs: a MANIFEST never lacks its INDEX.
             packed = sorted(n for n in removed if backups[n].packed)
             await self._delete_all([index_key(n) for n in packed], label="INDEX")
+        # Marks last (docs/design.md, "Source marks and prune"): those of the backups let go,
+        # and those whose MANIFEST was already gone (a prune or delete killed in between).
+        stray = sorted(k for n, keys in marks.items() if n not in backups for k in keys)
+        gone = sorted(k for n in removed for k in marks.get(n, ()))
+        if not self.dry_run:
+            await self._delete_checked(gone + stray, label="source mark")
         marked = await to_thread(_union, [b.refs for b in staying.values()])
         # Chunks of shards not yet committed: no lock protects them until the commit (issue 16).
         # Their packs are pinned: neither deleted nor repacked while a record names them.
@@ -223,6 +233,7 @@ class PruneJob:
             bytes_young=bytes_young,
             leftovers=leftovers,
             orphan_indexes=len(orphans),
+            orphan_marks=len(stray),
             packs_deleted=len(plan.unused),
             bytes_packs_deleted=plan.bytes_unused,
             packs_repacked=len(plan.repack),
@@ -272,18 +283,24 @@ class PruneJob:
             )
         return live
 
-    async def _list_backups(self, cutoff: float) -> tuple[list[str], list[str]]:
-        """The names of every committed backup, sorted, and the INDEXes older than ``cutoff``
+    async def _list_backups(
+        self, cutoff: float
+    ) -> tuple[list[str], list[str], dict[str, list[str]]]:
+        """The names of every committed backup, sorted; the INDEXes older than ``cutoff``
         whose backup has no MANIFEST: left by a backup that failed before its commit, or by a
-        prune or delete killed between a MANIFEST's delete and its INDEX's. No backup runs
-        now (the lock), so none of them is about to be committed."""
+        prune or delete killed between a MANIFEST's delete and its INDEX's; and the keys of
+        the source marks under each name, with or without a MANIFEST. No backup runs now (the
+        lock), so none of them is about to be committed."""
         names: list[str] = []
         indexes: dict[str, ObjectInfo] = {}
+        marks: dict[str, list[str]] = {}
         async for page in self.repo.object_pages(BACKUPS):
             for obj in page:
                 name = name_of_manifest_key(obj.key)
                 if name is not None:
                     names.append(name)
+                elif (mark := source_mark_of_key(obj.key)) is not None:
+                    marks.setdefault(mark[0], []).append(obj.key)
                 elif (
                     obj.key.count("/") == 2
                     and obj.key.endswith("/" + INDEX)
@@ -291,7 +308,7 @@ class PruneJob:
                 ):
                     indexes[obj.key] = obj
         kept = {index_key(n) for n in names}
-        return sorted(names), sorted(k for k in indexes if k not in kept)
+        return sorted(names), sorted(k for k in indexes if k not in kept), marks
 
     async def _delete_checked(self, keys: list[str], *, label: str) -> None:
         """Delete ``keys`` in batches of ``DELETE_BATCH``, reading the lock back before each."""

@@ -21,6 +21,7 @@ class PruneReport:
     bytes_young: int = 0
     leftovers: int = 0  # temporary files of writes a crash cut short (local store)
     orphan_indexes: int = 0  # INDEXes of no backup: a failed backup's, a killed prune's
+    orphan_marks: int = 0  # source marks of no backup: a killed prune's, an older prune's
     packs_deleted: int = 0  # named by no kept backup (see repack.py)
     bytes_packs_deleted: int = 0
     packs_repacked: int = 0  # partly used past --max-unused: live chunks copied, then deleted
@@ -85,6 +86,9 @@ class PruneReport:
         if self.orphan_indexes:
             verb = "would remove" if self.dry_run else "removed"
             tail += f"; {verb} {_count(self.orphan_indexes, 'INDEX')} of no backup"
+        if self.orphan_marks:
+            verb = "would remove" if self.dry_run else "removed"
+            tail += f"; {verb} {_count(self.orphan_marks, 'source mark')} of no backup"
         if self.leftovers:
             verb = "would remove" if self.dry_run else "removed"
             tail += (

@@ -42,8 +42,10 @@ more (likewise). A repack run again after a crash rebuilds the same packs (same 
 same order give the same bytes, hence the same key), so a retried upload is harmless.
 
 *Readers* take no lock: a restore that read an INDEX before step 5 and asks for an old pack after
-step 6 finds it missing; the pack reader then reads the INDEX again, once, and finds the new
-places, since step 6 began only after step 5's writes completed (read-after-write consistency).
+step 6 finds it missing; the pack reader then reads the INDEX again and finds the new places,
+since step 6 began only after step 5's writes completed (read-after-write consistency); if a
+later repack moved them again meanwhile, it reads the INDEX again, as long as it keeps changing
+(``packread.py``).
 
 **Memory**: at most ``READ_AHEAD`` (2) old packs are read ahead, fewer when ``--buffer-budget``
 (``EngineConfig.buffer_budget``) has no room for them beside the new pack being filled and the

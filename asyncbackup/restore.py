@@ -76,7 +76,9 @@ class RestoreJob:
     ``config.buffer_budget`` bytes (``budget.py``) before it is filled: a chunk fetched whole
     (a file of one chunk, or a chunk used more than once) takes its length; a chunk streamed to
     its place in the file (``fetch.py``) takes ``STREAM_HOLD``; chunks the backup uses more than
-    once are kept from their first use to their last only in what is left (``reuse.py``).
+    once are kept from their first use to their last only in what is left (``reuse.py``), and
+    so are the pack segments read for several chunks, which give way to any buffer that would
+    otherwise wait (``packread.py``).
     """
 
     def __init__(
@@ -117,9 +119,9 @@ class RestoreJob:
                 half-written under its final name.
         """
         started = time.monotonic()
-        # Pack segments held between their chunks' uses: as much again as the chunk buffers.
-        held = self.config.buffer_budget
-        self.source = await ChunkSource.open(self.repo, manifest, budget=held)  # its INDEX
+        # Pack segments held between their chunks' uses take from the buffers' budget, only
+        # what the buffers leave unused (packread.py): the two together stay under it.
+        self.source = await ChunkSource.open(self.repo, manifest, budget=self.buffers)
         tree, occupied = await settled(fs.prepare, target, overwrite or delete)
         leftovers = deleted = 0
         # Not while other processes restore other shards into the same target: their
@@ -171,6 +173,7 @@ class RestoreJob:
                     else:
                         await self._start_file(pool, tree, entry, occupied, chunk_size)
         finally:
+            self.source.clear()  # segments of chunks not used after all (a file in place)
             if self.unfinished:
                 await settled(_remove_temps, list(self.unfinished))
         await settled(fs.finish_tree, tree, manifest.entries, leaders)

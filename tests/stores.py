@@ -15,13 +15,19 @@ from asyncbackup.storage.faulty import Fault, Rule
 class WatchedStorage(Storage):
     """Counts calls per (operation, key) and the most puts ever in flight at once, and notes when
     each key's last put returned (``stored_at``, monotonic seconds) and the order in which puts
-    started, returned and failed (``events``: ("put" | "stored" | "failed", key)).
+    started, returned and failed, and deletes returned (``events``: ("put" | "stored" |
+    "failed" | "deleted", key)).
 
-    ``on_put`` runs before each put of the inner store: tests use it to fail, block or cancel.
+    ``on_put`` runs before each put of the inner store, ``on_delete`` before each delete: tests
+    use them to fail, block or cancel.
     """
 
     def __init__(
-        self, inner: Storage, on_put: Callable[[str], Awaitable[None]] | None = None
+        self,
+        inner: Storage,
+        on_put: Callable[[str], Awaitable[None]] | None = None,
+        *,
+        on_delete: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.inner = inner
         self.url = inner.url
@@ -32,6 +38,7 @@ class WatchedStorage(Storage):
         self.stored_at: dict[str, float] = {}
         self.events: list[tuple[str, str]] = []
         self._on_put = on_put
+        self._on_delete = on_delete
 
     async def put(
         self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
@@ -67,7 +74,10 @@ class WatchedStorage(Storage):
 
     async def delete(self, key: str) -> None:
         self.calls["delete", key] += 1
+        if self._on_delete is not None:
+            await self._on_delete(key)
         await self.inner.delete(key)
+        self.events.append(("deleted", key))
 
     def puts(self, prefix: str = "") -> int:
         return sum(
@@ -76,7 +86,8 @@ class WatchedStorage(Storage):
 
 
 def deny(key_fragment: str) -> Callable[[str], Awaitable[None]]:
-    """An ``on_put`` that refuses, permanently, every key containing ``key_fragment``."""
+    """An ``on_put`` (or ``on_delete``) that refuses, permanently, every key containing
+    ``key_fragment``."""
 
     async def on_put(key: str) -> None:
         if key_fragment in key:

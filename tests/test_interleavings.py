@@ -37,7 +37,10 @@ def marked(operation: str, key: str) -> bool:
     """Whether a call may not commute with the other job's calls: it waits for its turn."""
     if operation == "list":
         return key in ("locks/", "chunks/", "backups/")
-    if "/SOURCE." in key:  # a backup's source mark: nothing a prune does reads or removes it
+    if "/SOURCE." in key:
+        # A backup's source mark: a hint the parent search checks against the MANIFEST's head,
+        # which no chunk depends on. Prune removes only marks it listed under its lock (of the
+        # backups it removes, or with no MANIFEST), so their order cannot damage a backup.
         return False
     return operation in ("put", "delete")
 

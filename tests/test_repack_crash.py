@@ -132,7 +132,8 @@ async def test_a_repack_stopped_at_any_store_call_leaves_every_index_readable(
         "lock",
         "delete backup",
         "delete backup",
-        "delete packs/",  # old's MANIFEST, INDEX, pack
+        "delete backup",
+        "delete packs/",  # old's MANIFEST, INDEX, source mark, pack
         "put packs/",
         "sync",
         "put backup",

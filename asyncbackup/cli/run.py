@@ -1,4 +1,8 @@
-"""Running one command: the store, the engine, the signals, the metrics, the exit code."""
+"""Running one command: the store, the engine, the signals, the metrics, the exit code.
+
+The store comes from ``open_store.py``; what each command asks of the engine is in
+``operate.py``, and the shard and Dask options in ``sharding.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
-from functools import partial
-from pathlib import Path
 from typing import Any
 
-from asyncbackup.backup import default_name
-from asyncbackup.backup_options import BackupOptions, ChangeDetection, check_tag
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.cli.arguments import parse_args
+from asyncbackup.cli.open_store import open_store
+from asyncbackup.cli.operate import operate
 from asyncbackup.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, report
 from asyncbackup.compression import Compression
 from asyncbackup.config import (
@@ -30,21 +32,13 @@ from asyncbackup.config import (
     EngineConfig,
     RetryPolicy,
 )
-from asyncbackup.engine import BackupEngine, Filters
+from asyncbackup.engine import BackupEngine
 from asyncbackup.errors import BackupError, BackupFailed, ConfigError
-from asyncbackup.excludes import ExcludeOptions
 from asyncbackup.exposition import check_pushgateway_url, push, serving
-from asyncbackup.layout import LOCKS
 from asyncbackup.locks import LockSettings
 from asyncbackup.metrics import Metrics
-from asyncbackup.packuse import RepackPolicy
-from asyncbackup.patterns import read_pattern_files
 from asyncbackup.progress import BarProgress, LogProgress, NoProgress
-from asyncbackup.retention import RetentionPolicy
-from asyncbackup.shards import ShardSpec, index_from_environment
-from asyncbackup.storage import FaultyStorage, Storage, StoreOptions, open_storage
-from asyncbackup.storage.options import DEFAULT_MAX_CONNECTIONS
-from asyncbackup.stream import DEFAULT_STDIN_NAME, command_output, read_stdin
+from asyncbackup.storage import Storage
 
 log = logging.getLogger("asyncbackup")
 MOVES_DATA = frozenset({"backup", "restore", "cat"})
@@ -136,7 +130,7 @@ async def _run(args: argparse.Namespace) -> int:
             pushgateway = check_pushgateway_url(args.pushgateway)
         port, address = getattr(args, "metrics_port", None), getattr(args, "metrics_address", "")
         async with serving(metrics.registry, port=port, address=address):
-            store = _open_store(args)
+            store = open_store(args)
             async with store:
                 return await _command(args, store, config, metrics)
     except ConfigError as exc:
@@ -154,36 +148,6 @@ async def _run(args: argparse.Namespace) -> int:
         if pushgateway is not None:  # a failed push only warns: the job's exit code stands
             key = {"instance": socket.gethostname(), "command": args.command}
             await push(metrics.registry, pushgateway, job=args.push_job, grouping_key=key)
-
-
-def _open_store(args: argparse.Namespace) -> Storage:
-    options = StoreOptions(
-        endpoint_url=args.endpoint_url,
-        region=args.region,
-        addressing_style=args.addressing_style,
-        max_connections=max(getattr(args, "concurrency", 1), DEFAULT_MAX_CONNECTIONS),
-        storage_class=getattr(args, "storage_class", None),
-        server_side_encryption=getattr(args, "sse", None),
-        kms_key_id=getattr(args, "sse_kms_key_id", None),
-    )
-    s3_only = options.s3_only or args.addressing_style != "auto"
-    if s3_only and not args.store.lower().startswith("s3://"):
-        raise ConfigError(
-            f"{args.store}: --endpoint-url, --region, --addressing-style, --storage-class and "
-            "--sse apply to s3:// stores only (a gs:// store finds an emulator through "
-            "STORAGE_EMULATOR_HOST)"
-        )
-    store = open_storage(args.store, options)
-    if args.inject_faults or args.inject_latency:
-        if args.inject_latency < 0:
-            raise ConfigError(f"--inject-latency must not be negative, not {args.inject_latency}")
-        store = FaultyStorage(
-            store,
-            rate=args.inject_faults,
-            latency=args.inject_latency / 1000,
-            seed=args.fault_seed,
-        )
-    return store
 
 
 async def _command(
@@ -210,126 +174,8 @@ async def _command(
     with ExitStack() as stack:  # the bar is gone before the summary is written
         stack.enter_context(redirect)
         stack.callback(progress.close)
-        result = await _operate(args, engine)
+        result = await operate(args, engine)
     return report(args, result)
-
-
-async def _backup_stream(args: argparse.Namespace, engine: BackupEngine) -> object:
-    filename = args.stdin_name if args.stdin_name is not None else DEFAULT_STDIN_NAME
-    if args.stdin_from_command is None:
-        return await engine.backup_stream(
-            read_stdin(), filename=filename, name=args.name, source="stdin"
-        )
-    async with command_output(args.stdin_from_command) as output:
-        return await engine.backup_stream(
-            output, filename=filename, name=args.name, source=f"command: {args.stdin_from_command}"
-        )
-
-
-async def _write_stdout(data: bytes) -> None:
-    # Straight to the file descriptor: nothing else goes to stdout during cat, and a buffer
-    # would only add a copy of every chunk.
-    await asyncio.to_thread(_write_all, sys.stdout.fileno(), data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def shard_of_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ShardSpec | None:
-    """The one shard a backup command runs (``--shard K/N``, or ``--shards N`` with
-    ``--shard-index-env VAR``), or None for a whole backup.
-
-    Raises:
-        ConfigError: the options do not name one shard, or a sharded backup has no --name.
-    """
-    if args.dask is not None:
-        if args.shard is not None or args.shard_index_env is not None:
-            raise ConfigError("--dask runs every shard: give --shards N, not --shard or "
-                              "--shard-index-env")  # fmt: skip
-        if args.shards is None:
-            raise ConfigError("--dask needs --shards N: how many tasks to split the job in (a "
-                              "few per worker balance the work)")  # fmt: skip
-        ShardSpec(0, args.shards)  # a count out of range is refused here
-        return None
-    if args.shard is None and args.shards is None and args.shard_index_env is None:
-        return None
-    if args.shard is not None:
-        if args.shards is not None or args.shard_index_env is not None:
-            raise ConfigError("--shard K/N names one shard: leave out --shards and "
-                              "--shard-index-env")  # fmt: skip
-        shard = ShardSpec.parse(args.shard)
-    elif args.shards is None:
-        raise ConfigError("--shard-index-env needs --shards N, the number of shards")
-    elif args.shard_index_env is None:
-        raise ConfigError("--shards N needs --shard-index-env VAR (one shard, its index from "
-                          "VAR) or --dask ADDRESS (every shard, on a Dask cluster)")  # fmt: skip
-    else:
-        shard = index_from_environment(args.shard_index_env, args.shards, environ)
-    if args.command == "backup" and args.name is None:
-        raise ConfigError("a sharded backup needs --name: every shard and the commit must name "
-                          "the same backup")  # fmt: skip
-    return shard
-
-
-async def _backup_on_dask(
-    args: argparse.Namespace, engine: BackupEngine, options: BackupOptions
-) -> object:
-    from asyncbackup.dask_run import backup_on_dask
-
-    name = args.name if args.name is not None else default_name()
-    return await backup_on_dask(
-        args.dask,
-        count=args.shards,
-        retries=args.dask_retries,
-        opener=partial(_open_store, args),
-        config=engine.config,
-        locking=engine.locking,
-        options=options,
-        source=args.source,
-        name=name,
-        progress=engine.progress,
-        commit=partial(engine.commit, name, shards=args.shards),
-        warm=partial(engine.store.list_page, LOCKS, None),
-    )
-
-
-async def _restore_by_shards(
-    args: argparse.Namespace, engine: BackupEngine, shard: ShardSpec | None
-) -> object:
-    if args.delete or args.include or args.exclude:
-        raise ConfigError("a restore by shards restores every file: --delete, --include and "
-                          "--exclude need a restore in one process")  # fmt: skip
-    if args.finish and (shard is not None or args.dask is not None):
-        raise ConfigError("--finish is the last step, run alone once every --shard restore "
-                          "is done (--dask runs it itself)")  # fmt: skip
-    if args.dask is None:
-        return await engine.restore_shard(args.name, args.target, shard=shard)
-    from asyncbackup.dask_run import restore_on_dask
-
-    target = Path(args.target)
-    if not args.overwrite and await asyncio.to_thread(_holds_anything, target):
-        raise ConfigError(f"restore target {target} is not empty: give an empty or new "
-                          "directory, or --overwrite")  # fmt: skip
-    return await restore_on_dask(
-        args.dask,
-        count=args.shards,
-        retries=args.dask_retries,
-        opener=partial(_open_store, args),
-        config=engine.config,
-        name=args.name,
-        target=target,
-        progress=engine.progress,
-    )
-
-
-def _holds_anything(path: Path) -> bool:
-    try:
-        return any(path.iterdir())
-    except FileNotFoundError:
-        return False
 
 
 def progress_for(
@@ -340,89 +186,3 @@ def progress_for(
     if args.command not in MOVES_DATA and not getattr(args, "deep", False):
         return NoProgress()
     return BarProgress(args.command) if interactive else LogProgress(args.command)
-
-
-async def _operate(args: argparse.Namespace, engine: BackupEngine) -> object:
-    if args.command == "backup" and str(args.source) == "-":
-        if shard_of_args(args, os.environ) is not None:
-            raise ConfigError("a backup from standard input ('-') cannot be split into shards")
-        return await _backup_stream(args, engine)
-    if args.command == "backup":
-        if args.stdin_name is not None or args.stdin_from_command is not None:
-            raise ConfigError(
-                "--stdin-name and --stdin-from-command need SOURCE '-' (standard input), "
-                f"not {args.source}"
-            )
-        patterns = await asyncio.to_thread(read_pattern_files, args.exclude_file)
-        excludes = ExcludeOptions(
-            patterns=(*args.exclude, *patterns),
-            exclude_caches=args.exclude_caches,
-            exclude_if_present=tuple(args.exclude_if_present),
-            one_file_system=args.one_file_system,
-        )
-        changes = ChangeDetection(
-            force=args.force, ignore_inode=args.ignore_inode, ignore_ctime=args.ignore_ctime
-        )
-        options = BackupOptions(
-            strict=args.strict,
-            excludes=excludes,
-            xattrs=args.xattrs,
-            parent=args.parent,
-            changes=changes,
-            tags=tuple(args.tag),
-        )
-        shard = shard_of_args(args, os.environ)
-        if args.dask is not None:
-            return await _backup_on_dask(args, engine, options)
-        if shard is not None:
-            return await engine.backup_shard(
-                args.source, name=args.name, shard=shard, options=options
-            )
-        return await engine.backup(args.source, name=args.name, options=options)
-    if args.command == "commit":
-        return await engine.commit(args.name, shards=args.shards)
-    if args.command == "cat":
-        await engine.restore_file(args.name, args.path, _write_stdout)
-        return None
-    if args.command == "restore":
-        shard = shard_of_args(args, os.environ)
-        if args.dask is not None or shard is not None or args.finish:
-            return await _restore_by_shards(args, engine, shard)
-        return await engine.restore(
-            args.name,
-            args.target,
-            overwrite=args.overwrite,
-            delete=args.delete,
-            include=args.include,
-            exclude=args.exclude,
-        )
-    if args.command == "list":
-        return await engine.list_backups(
-            Filters(host=args.host, source=args.source, tags=tuple(args.tag))
-        )
-    if args.command == "show":
-        return await engine.manifest(args.name)
-    if args.command == "diff":
-        return await engine.diff(args.old, args.new)
-    if args.command == "verify":
-        return await engine.verify(args.name, deep=args.deep)
-    if args.command == "prune":
-        group_by = () if args.group_by == "none" else tuple(args.group_by.split(","))
-        policy = RetentionPolicy(
-            keep_last=args.keep_last,
-            keep_daily=args.keep_daily,
-            keep_weekly=args.keep_weekly,
-            keep_monthly=args.keep_monthly,
-            keep_yearly=args.keep_yearly,
-            keep_within=args.keep_within,
-            group_by=group_by,
-            hosts=tuple(args.host),
-            sources=tuple(args.source),
-            tags=tuple(tuple(check_tag(t) for t in tags.split(",")) for tags in args.tag),
-        )
-        repack = RepackPolicy(max_unused=args.max_unused, max_repack_bytes=args.max_repack_size)
-        return await engine.prune(policy, grace=args.grace, dry_run=args.dry_run, repack=repack)
-    if args.command == "unlock":
-        return await engine.unlock(force=args.force)
-    await engine.delete(args.name)
-    return None

@@ -22,7 +22,8 @@ import hmac
 import os
 import ssl
 import xml.etree.ElementTree as ElementTree
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from hashlib import sha256
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -147,11 +148,7 @@ class LeanRequests:
             botocore.exceptions.ClientError: the server answered with an error (NoSuchKey...).
             aiohttp.ClientError, TimeoutError: the request or its answer was lost or cut short.
         """
-        url = self.target.url(key)
-        signed = await self._signed("GET", url, {})
-        async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
-            if answer.status != 200:
-                raise await _client_error(answer, "GetObject")
+        async with self._get_answer(key) as answer:
             pieces = [piece async for piece in answer.content.iter_chunked(READ_PIECE)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -162,17 +159,29 @@ class LeanRequests:
             botocore.exceptions.ClientError: the server answered with an error (NoSuchKey...).
             aiohttp.ClientError, TimeoutError: the request or its answer was lost or cut short.
         """
-        url = self.target.url(key)
-        signed = await self._signed("GET", url, {})
-        async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
-            if answer.status != 200:
-                raise await _client_error(answer, "GetObject")
+        async with self._get_answer(key) as answer:
             # Each piece as the connection delivered it (asyncio reads at most 256 KiB at a
             # time): iter_chunks hands over aiohttp's buffers one by one, where iter_any joins
             # what is buffered (a copy: 0.3 s of CPU in a 512 MiB restore).
             async for received, _ in answer.content.iter_chunks():
                 for piece in within_piece_size(received):
                     yield piece
+
+    @asynccontextmanager
+    async def _get_answer(self, key: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A signed GET of ``key`` whose answer is a 200, its body unread; the connection goes
+        back to the pool when the block ends.
+
+        Raises:
+            botocore.exceptions.ClientError: the server answered with an error (NoSuchKey...).
+            aiohttp.ClientError, TimeoutError: the request was lost.
+        """
+        url = self.target.url(key)
+        signed = await self._signed("GET", url, {})
+        async with self.session.get(URL(url, encoded=True), headers=signed) as answer:
+            if answer.status != 200:
+                raise await _client_error(answer, "GetObject")
+            yield answer
 
     async def _signed(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
         # Asked every time: botocore refreshes credentials that near their expiry here, and
