@@ -6,7 +6,7 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 
-from asyncbackup.backup import Clock, utc_clock
+from asyncbackup.backup_state import Clock, utc_clock
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.catalog import BackupInfo, Filters, read_catalog
 from asyncbackup.config import EngineConfig

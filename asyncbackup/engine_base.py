@@ -14,7 +14,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from asyncbackup.backup import Clock
+from asyncbackup.backup_state import Clock
 from asyncbackup.bandwidth import Bandwidth
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import BackupFailed

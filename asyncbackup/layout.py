@@ -117,6 +117,12 @@ def shard_key(name: str, index: int, *, started: bool = False) -> str:
     return f"{SHARDS}{name}/{index}.{'started' if started else 'record'}"
 
 
+def shard_packs_key(name: str, index: int) -> str:
+    """The key of the list of packs shard ``index`` of backup ``name`` stored so far: what a
+    re-run of the shard may reuse after a crash (``shards.py``)."""
+    return f"{SHARDS}{name}/{index}.packs"
+
+
 def is_digest(text: str) -> bool:
     """Whether ``text`` is a lowercase hex sha256."""
     return _DIGEST.fullmatch(text) is not None

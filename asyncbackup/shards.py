@@ -36,10 +36,12 @@ from asyncbackup.backup import OPERATION, BackupJob, BackupSummary
 from asyncbackup.backup_options import BackupOptions
 from asyncbackup.config import EngineConfig
 from asyncbackup.errors import BackupFailed, ConfigError, FailedItem, StorageError
-from asyncbackup.layout import shard_key
+from asyncbackup.layout import digest_of_ref, shard_key
 from asyncbackup.manifest import Manifest
-from asyncbackup.packs import PackIndex
+from asyncbackup.packs import Pack, PackIndex
+from asyncbackup.pool import TaskPool
 from asyncbackup.progress import phase
+from asyncbackup.shard_packs import PacksOfShard
 from asyncbackup.shard_records import encode_record
 from asyncbackup.stream import StreamSource
 from asyncbackup.threads import to_thread
@@ -167,8 +169,9 @@ class ShardJob(BackupJob):
 
     It takes part in the prune protocol like any backup: a shared lock from before its first
     read of the store until its record is written. A re-run (an earlier attempt left its start
-    marker) lists ``chunks/`` even when it has a parent, so it reuses what the attempt that died
-    uploaded; its record replaces any earlier one.
+    marker) lists ``chunks/`` even when it has a parent, so it reuses the chunk objects the
+    attempt that died uploaded, and the packs it stored (``shard_packs.py``); its record
+    replaces any earlier one.
     """
 
     def __init__(self, *args: Any, shard: ShardSpec, worker: str = "", **kwargs: Any) -> None:
@@ -177,6 +180,7 @@ class ShardJob(BackupJob):
         self.worker = worker
         self.name = ""
         self.rerun = False
+        self.own_packs: PacksOfShard | None = None
 
     async def run(self, source: Path | StreamSource, name: str) -> BackupSummary:
         """Back up this shard's part of ``source``, for backup ``name``; see ``BackupJob.run``.
@@ -197,6 +201,16 @@ class ShardJob(BackupJob):
         self.rerun = marker in await self.repo.list_keys(marker)
         await self.repo.put_object(marker, self._marker(), action="mark shard started")
         await super()._learn_stored()
+        self.own_packs = PacksOfShard(self.repo, self.name, self.shard.index)
+        if self.rerun and self._packs_on:
+            # Packs of the attempt that died, if a listing under this job's lock shows them.
+            phase(self.progress, "reading what an earlier attempt stored")
+            reused = await self.own_packs.reuse(concurrency=self.config.concurrency)
+            for pack_id, size, chunks in reused:
+                self.places.add_pack(pack_id, size, chunks)
+                for chunk in chunks:
+                    self.stored.setdefault(digest_of_ref(chunk.ref), chunk.ref)
+            self.scheduled = set(self.stored)
         if self.rerun and self.parent is not None:
             # The attempt that died uploaded chunks no MANIFEST names: a listing finds them
             # (trusted under this job's shared lock, as a first backup trusts its listing).
@@ -207,6 +221,16 @@ class ShardJob(BackupJob):
                 if digest not in self.stored:
                     self.stored[digest] = ref
             self.scheduled = set(self.stored)
+
+    def _pack_stored(self, pack: Pack) -> None:
+        super()._pack_stored(pack)
+        if self.own_packs is not None:
+            self.own_packs.stored(pack.pack_id)
+
+    async def _add(self, pool: TaskPool, entry: SourceEntry) -> None:
+        await super()._add(pool, entry)
+        if self.own_packs is not None:
+            await self.own_packs.note()  # a PUT only when a pack was stored since the last
 
     def _marker(self) -> bytes:
         where = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.worker}
@@ -226,6 +250,8 @@ class ShardJob(BackupJob):
             written=manifest.finished,
         )
         phase(self.progress, "writing the shard record")
+        if self.own_packs is not None:
+            await self.own_packs.note()  # the last pack: a re-run finds it if the record fails
         await self.lock.check()  # its chunks are protected by the lock until the record is out
         try:
             await self.repo.put_object(key, data, action="write shard record", guarded=True)

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup import BackupEngine, ConfigError, EngineConfig, MemoryStorage, RetryPolicy
-from asyncbackup import backup as backup_module
+from asyncbackup import (
+    BackupEngine,
+    ConfigError,
+    EngineConfig,
+    MemoryStorage,
+    RetryPolicy,
+    backup_state,
+)
 from asyncbackup import restore as restore_module
 from asyncbackup.budget import ByteBudget
 from asyncbackup.storage.base import Storage
@@ -122,7 +128,7 @@ class Recorded(ByteBudget):
 @pytest.fixture
 def budgets(monkeypatch: pytest.MonkeyPatch) -> list[Recorded]:
     Recorded.made = []
-    monkeypatch.setattr(backup_module, "ByteBudget", Recorded)
+    monkeypatch.setattr(backup_state, "ByteBudget", Recorded)  # the job's buffers
     monkeypatch.setattr(restore_module, "ByteBudget", Recorded)
     return Recorded.made
 

@@ -167,8 +167,8 @@ def test_a_worker_killed_mid_backup_the_shard_runs_elsewhere_and_it_commits(
     try:
         source = many_files(tmp_path / "source", 80, SMALL_CHUNK // 4)
         # Slow calls (100 ms each, two transfers at a time), so the kill lands mid-shard.
-        # Chunk objects (--pack-threshold 0): a re-run reuses the chunk objects a dead attempt
-        # stored, not its packs (docs/design.md, "Shards").
+        # Chunk objects (--pack-threshold 0), so the kill can be timed by counting them; a
+        # re-run reuses packs too (test_shards.py::test_a_killed_shard_that_packs_...).
         backup = subprocess.Popen(
             [sys.executable, "-m", "asyncbackup", "backup", str(source), store_url, "--name",
              "k", "--dask", two.address, "--shards", "2", "--chunk-size", str(SMALL_CHUNK),

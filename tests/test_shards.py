@@ -17,8 +17,9 @@ import msgspec
 import pytest
 
 from asyncbackup.errors import ConfigError
-from asyncbackup.layout import shard_key
+from asyncbackup.layout import shard_key, shard_packs_key
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, FileEntry, Manifest
+from asyncbackup.packs import parse_pack
 from asyncbackup.shard_records import ShardRecord, decode_record, encode_record
 from asyncbackup.shards import ShardSpec, index_from_environment, shard_of
 from tests.conftest import SMALL_CHUNK, assert_same_tree
@@ -177,8 +178,7 @@ def test_a_killed_shard_is_named_and_its_rerun_reuses_what_it_stored(
     store: StoreUnderTest, tmp_path: Path
 ) -> None:
     """With chunk objects (``--pack-threshold 0``): a re-run reuses the chunk objects the dead
-    attempt stored. (Packs it stored are not reused: no record names them; prune removes them
-    after the grace period.)"""
+    attempt stored. (With packs: the next test.)"""
     source = tmp_path / "source"
     source.mkdir()
     for i in range(60):
@@ -217,6 +217,52 @@ def test_a_killed_shard_is_named_and_its_rerun_reuses_what_it_stored(
     uploaded = int(err.split(" chunks uploaded")[0].rsplit(" ", 1)[1])
     mine = sum(1 for i in range(60) if shard_of(f"f{i:02d}.bin", SHARDS) == 1)
     assert uploaded <= mine - stored_by_the_dead  # what the dead attempt stored is reused
+    done = cli("commit", url, "--name", "b", "--shards", str(SHARDS))
+    assert done.returncode == EXIT_OK, done.stderr
+    restored = cli("restore", url, "b", tmp_path / "restored")
+    assert restored.returncode == EXIT_OK, restored.stderr
+    assert_same_tree(source, tmp_path / "restored")
+
+
+def test_a_killed_shard_that_packs_is_rerun_reusing_its_packs(
+    store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """With packs (64 KiB, two 32 KiB files each): the re-run reuses the packs the dead
+    attempt listed in ``<k>.packs`` (shard_packs.py), storing only the chunks of files no
+    listed pack holds."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(60):
+        (source / f"f{i:02d}.bin").write_bytes(os.urandom(SMALL_CHUNK // 2) + bytes([i]))
+    url = store.url("repo")
+    packs = ("--pack-size", str(SMALL_CHUNK))
+    run_shards(source, url, "b", [0, 2], *packs)
+    slow = start_shard(
+        source, url, "b", 1, "--inject-latency", "50", "--concurrency", "1", *packs
+    )  # fmt: skip
+    listed = f"repo/{shard_packs_key('b', 1)}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if listed in keys(store, "repo/shards/") and len(asyncio.run(store.read(listed))) > 65:
+            break  # it listed two packs or more
+        time.sleep(0.05)
+    slow.send_signal(signal.SIGKILL)
+    slow.communicate(timeout=30)
+    dead_packs = asyncio.run(store.read(listed)).decode().split()
+    dead_chunks = sum(
+        len(parse_pack(asyncio.run(store.read(f"repo/packs/{p}")), where=p)) for p in dead_packs
+    )
+    assert len(dead_packs) >= 2 and dead_chunks >= 4
+
+    rerun = start_shard(source, url, "b", 1, *packs)
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == EXIT_OK, err
+    assert f"reusing {len(dead_packs)} packs ({dead_chunks} chunks) an earlier attempt" in err
+    uploaded = int(err.split(" chunks uploaded")[0].rsplit(" ", 1)[1])
+    mine = sum(1 for i in range(60) if shard_of(f"f{i:02d}.bin", SHARDS) == 1)
+    assert uploaded == mine - dead_chunks
+    record = read_back(store, f"repo/{shard_key('b', 1)}")
+    assert set(dead_packs) <= set(record.places.pack_sizes)
     done = cli("commit", url, "--name", "b", "--shards", str(SHARDS))
     assert done.returncode == EXIT_OK, done.stderr
     restored = cli("restore", url, "b", tmp_path / "restored")
@@ -318,7 +364,7 @@ def test_an_abandoned_record_is_removed_by_prune_and_commit_then_refuses(
         pruned.stderr
     )
     assert sorted(p.name for p in (store / "shards" / "b").iterdir()) == [
-        "0.record", "0.started", "2.record", "2.started",
+        "0.packs", "0.record", "0.started", "2.packs", "2.record", "2.started",
     ]  # fmt: skip
     refused = cli("commit", store, "--name", "b", "--shards", str(SHARDS))
     assert refused.returncode == EXIT_FAILED and "shard 1 has no record" in refused.stderr
