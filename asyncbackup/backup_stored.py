@@ -14,6 +14,7 @@ from asyncbackup.packer import packed_elsewhere
 from asyncbackup.packs import Pack, PackIndex
 from asyncbackup.parent import spot_check
 from asyncbackup.progress import phase
+from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 
@@ -77,7 +78,8 @@ class StoredChunks(BackupState):
             refs = refs - self.places.places.keys()
             self.places = PackIndex()
             self.trusted = refs
-        self.stored = preferred_refs(refs, self.config.compression.codec)
+        # A Python loop over every ref the parent names (100,000 and more): off the loop.
+        self.stored = await to_thread(preferred_refs, refs, self.config.compression.codec)
         self.scheduled = set(self.stored)
 
     @property

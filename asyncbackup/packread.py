@@ -259,27 +259,33 @@ class ChunkSource:
         async with segment.lock:  # the first use fetches it, the others wait for that fetch
             data = segment.data
             if data is None and not segment.done:
-                length = segment.end - segment.start
-                if not self.budget.try_acquire(length):  # no room: this chunk alone
-                    return await self._read(place.pack, place.offset, place.length, label)
-                try:
-                    data = await self._read(
-                        segment.pack, segment.start, length, label, whole=segment.whole
-                    )
-                except BaseException:
-                    self.budget.release(length)
-                    raise
-                segment.data, segment.taken = data, length
-                self._held[segment] = None
-                if self.budget.waiting:  # a buffer waits for room: serve this chunk only
-                    self._drop(segment)
-        if data is None:  # let go by the use before us: read alone
-            return await self._read(place.pack, place.offset, place.length, label)
-        piece = data[place.offset - segment.start : place.end - segment.start]
+                data = await self._fetch(segment, label)
         segment.waiting.discard(ref)
+        if data is None:  # no room for the segment, or let go: this chunk alone
+            # Outside the lock, so the segment's other chunks are not read one after another.
+            stored = await self._read(place.pack, place.offset, place.length, label)
+        else:
+            stored = data[place.offset - segment.start : place.end - segment.start]
         if not segment.waiting and segment.data is not None:  # its last chunk: let it go
             self._drop(segment)
-        return piece
+        return stored
+
+    async def _fetch(self, segment: _Segment, label: str) -> bytes | None:
+        """Read ``segment`` and hold it, if the budget has room for it now; its bytes (held,
+        or, when a buffer waits for room meanwhile, let go at once), or None."""
+        length = segment.end - segment.start
+        if not self.budget.try_acquire(length):
+            return None
+        try:
+            data = await self._read(segment.pack, segment.start, length, label, whole=segment.whole)
+        except BaseException:
+            self.budget.release(length)
+            raise
+        segment.data, segment.taken = data, length
+        self._held[segment] = None
+        if self.budget.waiting:  # a buffer waits for room: serve the chunk in hand only
+            self._drop(segment)
+        return data
 
     async def _read(
         self, pack: str, start: int, length: int, label: str, *, whole: bool = False

@@ -24,6 +24,7 @@ from asyncbackup import (
 from asyncbackup.chunking import ChunkReader
 from tests.conftest import SMALL_CHUNK
 from tests.remote import StoreUnderTest
+from tests.stores import WatchedStorage
 
 
 async def test_local_put_get_list_delete(tmp_path: Path) -> None:
@@ -235,6 +236,33 @@ async def test_a_fault_after_the_operation_took_effect() -> None:
     with pytest.raises(TransientStorageError, match="before put"):
         await before.put("j", b"never stored")
     assert "j" not in memory.objects
+
+
+async def test_a_range_read_through_faults_reads_only_the_range_and_draws_as_a_get() -> None:
+    memory = WatchedStorage(MemoryStorage())
+    await memory.put("packs/p", bytes(range(256)) * 4096)  # 1 MiB
+    store = FaultyStorage(memory, rate=0.5, seed=5)
+    outcomes = []
+    for _ in range(40):
+        try:
+            assert await store.get_range("packs/p", 1000, 10) == bytes(range(232, 242))
+            outcomes.append(True)
+        except TransientStorageError as exc:
+            assert "get packs/p" in str(exc)  # drawn, and named, as a get
+            outcomes.append(False)
+    assert memory.calls["get", "packs/p"] == 0  # never the whole object
+    assert 0 < memory.calls["get_range", "packs/p"] <= 40
+    # The same draws as the whole-object reads of the same key: a seeded run repeats.
+    same = FaultyStorage(MemoryStorage(), rate=0.5, seed=5)
+    await same.inner.put("packs/p", b"x")
+    expected = []
+    for _ in range(40):
+        try:
+            await same.get("packs/p")
+            expected.append(True)
+        except TransientStorageError:
+            expected.append(False)
+    assert outcomes == expected and False in outcomes and True in outcomes
 
 
 async def test_a_hang_lasts_until_the_caller_gives_up() -> None:
