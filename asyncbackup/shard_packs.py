@@ -67,6 +67,9 @@ class PacksOfShard:
             data = await self.repo.get_object(self.key, action="read the shard's packs")
         except ObjectNotFoundError:
             return []
+        if len(data) > self.repo.manifest_limit:  # not ours: a list of a million packs is 65 MB
+            log.warning("%s is %d bytes, over the MANIFEST limit: not read", self.key, len(data))
+            return []
         named = dict.fromkeys(w for w in data.decode("ascii", "replace").split() if is_digest(w))
         if not named:
             return []

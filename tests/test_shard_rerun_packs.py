@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,36 @@ async def test_a_pack_of_the_dead_attempt_that_is_gone_is_stored_again(tmp_path:
     assert record is not None
     assert set(record.places.pack_sizes) == dead_packs - {lost} | {new}
     assert {r for r, place in record.places.places.items() if place.pack == new} == lost_refs
+    await BackupEngine(memory, PACKED, clock=clock).commit("s", shards=1)
+    await BackupEngine(memory, PACKED).restore("s", tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        b"not a pack id\n" + b"0" * 64 + b"\n",  # garbage, and a pack that is not there
+        b"f" * 64 + b"\n" * 5000,  # over the 4 KiB MANIFEST limit of this test
+    ],
+    ids=["garbage", "too-large"],
+)
+async def test_a_damaged_list_of_packs_costs_uploads_only(
+    tmp_path: Path, listed: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The list is a hint: a wrong one is passed over (a WARNING when it is too large), and
+    the re-run stores what it needs, commits and restores."""
+    clock = Clock(T0)
+    memory = MemoryStorage(clock=clock.posix)
+    source = small_files(tmp_path / "source", 12, seed=4)
+    await die_before_the_record(memory, source, clock)
+    memory.objects[shard_packs_key("s", 0)] = listed
+    config = replace(PACKED, max_manifest_size=4096) if len(listed) > 4096 else PACKED
+    summary = await BackupEngine(memory, config, clock=clock).backup_shard(
+        source, name="s", shard=ONE
+    )
+    assert summary.rerun and summary.backup.chunks_uploaded == 12  # nothing reused
+    if len(listed) > 4096:
+        assert "over the MANIFEST limit: not read" in caplog.text
     await BackupEngine(memory, PACKED, clock=clock).commit("s", shards=1)
     await BackupEngine(memory, PACKED).restore("s", tmp_path / "restored")
     assert_same_tree(source, tmp_path / "restored")
