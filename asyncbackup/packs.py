@@ -31,6 +31,7 @@ import io
 import json
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ import zstandard
 
 from asyncbackup.errors import IntegrityError, ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
+from asyncbackup.threads import to_thread
 
 PACK_FORMAT = 1
 INDEX_FORMAT = 1
@@ -229,29 +231,62 @@ class PackIndex:
     @staticmethod
     def decode(data: bytes, *, where: str, limit: int) -> PackIndex:
         """An INDEX object's places, each line checked; at most ``limit`` bytes decompressed.
-        Blocking: run it in a worker thread.
+        Blocking: run it in a worker thread, or use ``read_index``.
 
         Raises:
             ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
         """
         index = PackIndex()
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-            text = reader.read(limit + 1)
-            if len(text) > limit:
-                raise ValueError(f"it decompresses to more than {limit} bytes")
-            lines = iter(text.splitlines())
-            head = json.loads(next(lines, b"null"))
-            if not isinstance(head, dict) or head.get("index_format") != INDEX_FORMAT:
-                raise ValueError(f"index_format {head!r:.80} is not one this version reads")
-            for line in lines:  # one small json.loads per line: the GIL is let go between
-                _add_line(index, json.loads(line))
-        except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:
-            raise ManifestError(
-                f"{where} is corrupt ({exc}): the backup's packed chunks cannot be found; "
-                "restore another backup, or back up the source again"
-            ) from exc
+        for line in _index_body(data, where=where, limit=limit):
+            _add_checked(index, line, where=where)
         return index
+
+
+async def read_index(data: bytes, *, where: str, limit: int) -> PackIndex:
+    """``PackIndex.decode`` in bounded worker-thread trips with the event loop free between
+    them, as a MANIFEST is read (``manifest_reader``): a trip decompresses the INDEX, then each
+    trip parses and checks one line (at most ``INDEX_LINE_CHUNKS`` chunks, about a millisecond).
+    A parent's INDEX of 100,000 packed chunks in one call would hold the loop at every switch
+    of the GIL for a third of a second.
+
+    Raises:
+        ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
+    """
+    index = PackIndex()
+    for line in await to_thread(_index_body, data, where=where, limit=limit):
+        await to_thread(_add_checked, index, line, where=where)
+    return index
+
+
+def _index_body(data: bytes, *, where: str, limit: int) -> list[bytes]:
+    """The lines of an INDEX object after its head, once the head is checked."""
+    with _corrupt(where):
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        text = reader.read(limit + 1)
+        if len(text) > limit:
+            raise ValueError(f"it decompresses to more than {limit} bytes")
+        lines = text.splitlines()
+        head = json.loads(lines[0] if lines else b"null")
+        if not isinstance(head, dict) or head.get("index_format") != INDEX_FORMAT:
+            raise ValueError(f"index_format {head!r:.80} is not one this version reads")
+        return lines[1:]
+
+
+def _add_checked(index: PackIndex, line: bytes, *, where: str) -> None:
+    with _corrupt(where):
+        _add_line(index, json.loads(line))
+
+
+@contextmanager
+def _corrupt(where: str) -> Iterator[None]:
+    """Every error of reading an INDEX as a ManifestError that names it."""
+    try:
+        yield
+    except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:
+        raise ManifestError(
+            f"{where} is corrupt ({exc}): the backup's packed chunks cannot be found; "
+            "restore another backup, or back up the source again"
+        ) from exc
 
 
 def _index_lines(index: PackIndex, backup: str) -> Iterator[bytes]:

@@ -34,7 +34,7 @@ from asyncbackup.errors import ManifestError, ObjectNotFoundError
 from asyncbackup.layout import SHARDS, shard_key
 from asyncbackup.manifest import Manifest
 from asyncbackup.manifest_reader import read_manifest
-from asyncbackup.packs import PackIndex
+from asyncbackup.packs import PackIndex, read_index
 from asyncbackup.repository import Repository
 from asyncbackup.threads import to_thread
 
@@ -113,7 +113,7 @@ async def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
     places = PackIndex()
     if index_part:
         where = f"{key} (its INDEX part)"
-        places = await to_thread(PackIndex.decode, index_part, where=where, limit=limit)
+        places = await read_index(index_part, where=where, limit=limit)
     try:
         return ShardRecord(
             key=key,
