@@ -231,55 +231,66 @@ class PackIndex:
     @staticmethod
     def decode(data: bytes, *, where: str, limit: int) -> PackIndex:
         """An INDEX object's places, each line checked; at most ``limit`` bytes decompressed.
-        Blocking: run it in a worker thread, or use ``read_index``.
+        Blocking: run it in a worker thread.
 
         Raises:
             ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
         """
         index = PackIndex()
-        for line in _index_body(data, where=where, limit=limit):
-            _add_checked(index, line, where=where)
+        index.add_lines(PackIndex.lines_of(data, where=where, limit=limit), where=where)
         return index
+
+    @staticmethod
+    def lines_of(data: bytes, *, where: str, limit: int) -> list[bytes]:
+        """An INDEX object's lines of places (each of at most ``INDEX_LINE_CHUNKS``), once it
+        is decompressed (at most ``limit`` bytes) and its head checked: what ``add_lines``
+        takes, a few lines per worker-thread trip when the loop must stay free. Blocking.
+
+        Raises:
+            ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
+        """
+        with _corrupt(where):
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            text = reader.read(limit + 1)
+            if len(text) > limit:
+                raise ValueError(f"it decompresses to more than {limit} bytes")
+            lines = text.splitlines()
+            head = json.loads(lines[0] if lines else b"null")
+            if not isinstance(head, dict) or head.get("index_format") != INDEX_FORMAT:
+                raise ValueError(f"index_format {head!r:.80} is not one this version reads")
+            return lines[1:]
+
+    def add_lines(self, lines: Iterable[bytes], *, where: str) -> None:
+        """Take the places of ``lines`` of the INDEX read from ``where``, each checked.
+        Blocking.
+
+        Raises:
+            ManifestError: a line is corrupt.
+        """
+        with _corrupt(where):
+            for line in lines:  # one small json.loads per line: the GIL is let go between
+                _add_line(self, json.loads(line))
 
 
 async def read_index(data: bytes, *, where: str, limit: int) -> PackIndex:
     """``PackIndex.decode`` in bounded worker-thread trips with the event loop free between
-    them, as a MANIFEST is read (``manifest_reader``): a trip decompresses the INDEX, then each
-    trip parses and checks one line (at most ``INDEX_LINE_CHUNKS`` chunks, about a millisecond).
-    A parent's INDEX of 100,000 packed chunks in one call would hold the loop at every switch
-    of the GIL for a third of a second.
+    them, as a MANIFEST is read (``manifest_reader``): one trip decompresses the INDEX, then
+    each parses and checks one line (at most ``INDEX_LINE_CHUNKS`` places, about a
+    millisecond). A parent's INDEX of 100,000 packed chunks in one call would hold the loop at
+    every switch of the GIL for a third of a second.
 
     Raises:
         ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
     """
     index = PackIndex()
-    for line in await to_thread(_index_body, data, where=where, limit=limit):
-        await to_thread(_add_checked, index, line, where=where)
+    for line in await to_thread(PackIndex.lines_of, data, where=where, limit=limit):
+        await to_thread(PackIndex.add_lines, index, (line,), where=where)
     return index
-
-
-def _index_body(data: bytes, *, where: str, limit: int) -> list[bytes]:
-    """The lines of an INDEX object after its head, once the head is checked."""
-    with _corrupt(where):
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-        text = reader.read(limit + 1)
-        if len(text) > limit:
-            raise ValueError(f"it decompresses to more than {limit} bytes")
-        lines = text.splitlines()
-        head = json.loads(lines[0] if lines else b"null")
-        if not isinstance(head, dict) or head.get("index_format") != INDEX_FORMAT:
-            raise ValueError(f"index_format {head!r:.80} is not one this version reads")
-        return lines[1:]
-
-
-def _add_checked(index: PackIndex, line: bytes, *, where: str) -> None:
-    with _corrupt(where):
-        _add_line(index, json.loads(line))
 
 
 @contextmanager
 def _corrupt(where: str) -> Iterator[None]:
-    """Every error of reading an INDEX as a ManifestError that names it."""
+    """Every error of reading an INDEX as a ManifestError naming it."""
     try:
         yield
     except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:

@@ -100,9 +100,10 @@ def encode_record(
 
 
 async def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
-    """Parse and check a record read from ``key``, its entries in bounded worker-thread trips
-    with the event loop free between them (``manifest_reader.read_manifest``): a record of
-    100,000 entries never holds the loop, nor the GIL, for more than one trip.
+    """Parse and check a record read from ``key``, its entries and its INDEX part in bounded
+    worker-thread trips with the event loop free between them (as
+    ``manifest_reader.read_manifest`` reads a MANIFEST): a record of 100,000 entries never
+    holds the loop, nor the GIL, for more than one trip.
 
     Raises:
         ManifestError: it is not a record, was cut short, or its body does not match the
