@@ -65,11 +65,14 @@ bench: install bench-tools
 	$(BIN)/python -m benchmarks.incremental
 	$(BIN)/python -m benchmarks.embedding
 	$(BIN)/python -m benchmarks.restore_again
+	$(BIN)/python -m benchmarks.loop_stall
 
 # The same suite on scaled-down data, one round (a minute or two); results in benchmarks/results/quick/.
 bench-quick: install bench-tools
 	$(BIN)/python -m benchmarks.suite --quick
 	$(BIN)/python -m benchmarks.incremental --quick
+	$(BIN)/python -m benchmarks.loop_stall --entries 20000 --files 2000 --rounds 1 \
+		--out benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) backup-store backup-sample .mypy_cache .pytest_cache .ruff_cache

@@ -5,13 +5,13 @@ Under a shared repository lock (a prune waits; other backups and shards go on):
 1. Read the records ``shards/<name>/0..N-1.record`` (one listing of ``shards/<name>/``, then a
    GET each). A record missing (its shard failed, or never ran), damaged or edited refuses the
    commit, naming each shard and where it ran or started.
-2. Check them against each other: the same backup, shard count, source and options; every path
-   taken by the shard it belongs to (``shard_of``), hence no path twice; the merged entries a
-   valid tree (parsed back as a restore would).
+2. Check them against each other (``shard_merge.py``): the same backup, shard count, source
+   and options; every path taken by the shard it belongs to (``shard_of``), hence no path
+   twice; the merged entries a valid tree (checked as a restore's parse checks it).
 3. Merge the records' INDEX parts (``shard_index.py``) and check that every chunk they name
-   is stored: one listing of ``chunks/``, and one of ``packs/`` for every pack the merged INDEX
-   places a chunk in. Between a shard's end
-   and this commit no lock protected them; prune keeps the chunks records name, and this check
+   is stored (``shard_index.unstored``): one listing of ``chunks/``, and one of ``packs/`` for
+   every pack the merged INDEX places a chunk in. Between a shard's end and this commit no
+   lock protected them; prune keeps the chunks records name, and this check
    makes the commit safe whatever happened meanwhile (a prune of an older version, a lifecycle
    rule, a chunk deleted by hand). Under this commit's lock, no prune removes one until after
    the MANIFEST is written.
@@ -22,16 +22,17 @@ Under a shared repository lock (a prune waits; other backups and shards go on):
    it wrote the INDEX but not the MANIFEST writes the same INDEX again (the same records
    merge to the same places).
 
-Nothing is committed unless every check passes; the exit code is then 1.
+Nothing is committed unless every check passes; the exit code is then 1. Every loop over the
+entries or places runs in bounded worker-thread trips, the event loop free between them (see
+``shard_merge.py``): a commit of a million files keeps an embedding service responsive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from asyncbackup.errors import (
@@ -45,20 +46,18 @@ from asyncbackup.errors import (
 from asyncbackup.layout import SHARDS, index_key, manifest_key, shard_key, source_mark_key
 from asyncbackup.locks import RepositoryLock
 from asyncbackup.manifest import (
-    FORMAT_VERSION,
-    PACKED_FORMAT_VERSION,
     FileEntry,
     Manifest,
     SourceWarning,
-    assemble,
 )
-from asyncbackup.manifest_reader import LINES_PER_TRIP
+from asyncbackup.manifest_reader import CHECKS_PER_TRIP
 from asyncbackup.progress import Progress, phase
 from asyncbackup.repository import Repository
 from asyncbackup.shard_index import merge_places, unstored
+from asyncbackup.shard_merge import by_path, inconsistencies, job_id, merged
 from asyncbackup.shard_records import ShardRecord, read_record
-from asyncbackup.shards import SHARDED_HOST, ShardSpec, shard_of
-from asyncbackup.threads import in_trips, to_thread
+from asyncbackup.shards import ShardSpec
+from asyncbackup.threads import in_trips
 
 log = logging.getLogger("asyncbackup")
 OPERATION = "commit"
@@ -122,7 +121,7 @@ class CommitJob:
         records, problems = await self._read_records(name, count, present)
         if await self.repo.has_backup(name):
             return await self._committed_already(name, count, records, present)
-        problems += await _inconsistencies(name, count, records)
+        problems += await inconsistencies(name, count, records)
         if problems:
             raise BackupFailed(
                 OPERATION,
@@ -135,7 +134,7 @@ class CommitJob:
             raise BackupFailed(
                 OPERATION, conflicts, hint="run the shards named again, then commit again"
             )
-        manifest = await to_thread(_merge, name, records, bool(places))
+        manifest = await merged(name, records, packed=bool(places))
         phase(self.progress, "checking every chunk is stored")
         lost = await unstored(self.repo, records, places)
         if lost:
@@ -226,15 +225,15 @@ class CommitJob:
         """
         manifest = await self.repo.load_manifest(name)
         if len(records) == count:
-            mine = manifest.job_id == _job_id(records)
+            mine = manifest.job_id == job_id(records)
         else:  # an earlier commit stopped while it removed the records: the rest must match
             entries: dict[str, FileEntry] = {}
-            await in_trips(_by_path(entries), manifest.entries, per_trip=LINES_PER_TRIP)
+            await in_trips(by_path(entries), manifest.entries, per_trip=CHECKS_PER_TRIP)
 
             def differs(theirs: Sequence[FileEntry]) -> bool:
                 return any(entries.get(e.path) != e for e in theirs)
 
-            differ = [await in_trips(differs, r.manifest.entries, per_trip=LINES_PER_TRIP)
+            differ = [await in_trips(differs, r.manifest.entries, per_trip=CHECKS_PER_TRIP)
                       for r in records]  # fmt: skip
             mine = not any(differ)
         if records and not mine:
@@ -252,109 +251,6 @@ class CommitJob:
         async with asyncio.TaskGroup() as group:
             for key in sorted(keys):
                 group.create_task(self.repo.delete_object(key))
-
-
-async def _inconsistencies(name: str, count: int, records: list[ShardRecord]) -> list[FailedItem]:
-    """What makes the records not one backup: a list of problems, empty when they agree. The
-    entries are checked ``LINES_PER_TRIP`` per worker-thread trip (a hash of each path)."""
-    problems: list[FailedItem] = []
-    if not records:
-        return problems
-    first = records[0]
-
-    def refuse(record: ShardRecord, why: str) -> None:
-        problems.append(FailedItem(record.key, ManifestError(f"{why} ({record.where})")))
-
-    seen: dict[str, int] = {}
-    for record in records:
-        m = record.manifest
-        if m.name != name or record.count != count or record.key != shard_key(name, record.index):
-            refuse(record, f"it is shard {record.index}/{record.count} of backup {m.name!r}, "
-                   f"not a shard of {name!r} in {count}")  # fmt: skip
-            continue
-        if m.source != first.manifest.source:
-            refuse(record, f"its source {m.source} differs from shard {first.index}'s "
-                   f"{first.manifest.source}")  # fmt: skip
-        if record.options != first.options:
-            differ = sorted(
-                k for k in {*record.options, *first.options}
-                if record.options.get(k) != first.options.get(k)
-            )  # fmt: skip
-            refuse(record, f"its options differ from shard {first.index}'s: {', '.join(differ)}")
-
-        def misplaced(entries: Sequence[FileEntry], record: ShardRecord = record) -> bool:
-            for entry in entries:
-                owner = shard_of(entry.path, count)
-                if owner != record.index:
-                    why = f"it holds {entry.path!r}, which belongs to shard {owner}"
-                    refuse(record, f"{why}: the record was edited or damaged")
-                    return True
-                if entry.path in seen:
-                    refuse(record, f"{entry.path!r} is in shard {seen[entry.path]} too")
-                    return True
-                seen[entry.path] = record.index
-            return False
-
-        await in_trips(misplaced, m.entries, per_trip=LINES_PER_TRIP)
-    return problems
-
-
-def _by_path(into: dict[str, FileEntry]) -> Callable[[Sequence[FileEntry]], bool]:
-    """A trip's work that files entries into ``into`` by path."""
-
-    def add(entries: Sequence[FileEntry]) -> bool:
-        into.update((e.path, e) for e in entries)
-        return False
-
-    return add
-
-
-def _job_id(records: list[ShardRecord]) -> str:
-    """The MANIFEST's job id: the same for the same records, so a re-run commit knows its own."""
-    joined = "\n".join(f"{r.index}:{r.manifest.job_id}" for r in records)
-    return hashlib.sha256(joined.encode()).hexdigest()[:32]
-
-
-def _merge(name: str, records: list[ShardRecord], packed: bool) -> Manifest:
-    """One MANIFEST from the records (blocking: run in a thread), its tree checked as a restore
-    checks it, so a merged tree that is not valid (a path beneath a link of another shard) is
-    refused here, not at restore time.
-
-    Raises:
-        BackupFailed: the merged tree is not valid.
-    """
-    first = records[0].manifest
-    entries: list[FileEntry] = sorted(
-        (e for r in records for e in r.manifest.entries), key=lambda e: e.path
-    )
-    parents = {r.manifest.parent for r in records}
-    manifest = Manifest(
-        name=name,
-        job_id=_job_id(records),
-        started=min(r.manifest.started for r in records),
-        finished=max(r.manifest.finished for r in records),
-        host=SHARDED_HOST,
-        source=first.source,
-        chunk_size=first.chunk_size,
-        entries=tuple(entries),
-        compression=first.compression,
-        warnings=tuple(
-            sorted((w for r in records for w in r.manifest.warnings), key=lambda w: w.path)
-        ),
-        excludes=first.excludes,
-        tags=first.tags,
-        parent=parents.pop() if len(parents) == 1 else "",
-        format_version=PACKED_FORMAT_VERSION if packed else FORMAT_VERSION,
-    )
-    try:
-        # Each entry and head was parsed and checked when its record was read; what merging
-        # can break is the tree (a path twice, beneath another shard's link or file, a hard
-        # link to another shard's file): the last step of a MANIFEST's parse. Encoding and
-        # parsing the whole MANIFEST again would hold the GIL for seconds in one call.
-        assemble(manifest.head(), manifest.entries)
-    except ManifestError as exc:
-        raise BackupFailed(OPERATION, [FailedItem(manifest_key(name), exc)]) from exc
-    return manifest
 
 
 def _summary(manifest: Manifest, records: list[ShardRecord]) -> CommitSummary:

@@ -31,6 +31,7 @@ import io
 import json
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,23 +236,51 @@ class PackIndex:
             ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
         """
         index = PackIndex()
-        try:
+        index.add_lines(PackIndex.lines_of(data, where=where, limit=limit), where=where)
+        return index
+
+    @staticmethod
+    def lines_of(data: bytes, *, where: str, limit: int) -> list[bytes]:
+        """An INDEX object's lines of places (each of at most ``INDEX_LINE_CHUNKS``), once it
+        is decompressed (at most ``limit`` bytes) and its head checked: what ``add_lines``
+        takes, a few lines per worker-thread trip when the loop must stay free. Blocking.
+
+        Raises:
+            ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
+        """
+        with _corrupt(where):
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
             text = reader.read(limit + 1)
             if len(text) > limit:
                 raise ValueError(f"it decompresses to more than {limit} bytes")
-            lines = iter(text.splitlines())
-            head = json.loads(next(lines, b"null"))
+            lines = text.splitlines()
+            head = json.loads(lines[0] if lines else b"null")
             if not isinstance(head, dict) or head.get("index_format") != INDEX_FORMAT:
                 raise ValueError(f"index_format {head!r:.80} is not one this version reads")
+            return lines[1:]
+
+    def add_lines(self, lines: Iterable[bytes], *, where: str) -> None:
+        """Take the places of ``lines`` of the INDEX read from ``where``, each checked.
+        Blocking.
+
+        Raises:
+            ManifestError: a line is corrupt.
+        """
+        with _corrupt(where):
             for line in lines:  # one small json.loads per line: the GIL is let go between
-                _add_line(index, json.loads(line))
-        except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:
-            raise ManifestError(
-                f"{where} is corrupt ({exc}): the backup's packed chunks cannot be found; "
-                "restore another backup, or back up the source again"
-            ) from exc
-        return index
+                _add_line(self, json.loads(line))
+
+
+@contextmanager
+def _corrupt(where: str) -> Iterator[None]:
+    """Every error of reading an INDEX as a ManifestError naming it."""
+    try:
+        yield
+    except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:
+        raise ManifestError(
+            f"{where} is corrupt ({exc}): the backup's packed chunks cannot be found; "
+            "restore another backup, or back up the source again"
+        ) from exc
 
 
 def _index_lines(index: PackIndex, backup: str) -> Iterator[bytes]:

@@ -13,8 +13,8 @@ A chunk a record names is stored when the merged INDEX places it in a pack that 
 ``packs/`` shows, or else when a listing of ``chunks/`` shows its object (``unstored``): one
 missing refuses the commit, naming it and the shard.
 
-Loops over every place or entry run ``LINES_PER_TRIP`` items per worker-thread trip, the event
-loop free between them (``threads.in_trips``).
+Loops over every place or entry run ``CHECKS_PER_TRIP`` items per worker-thread trip, the
+event loop free between them (``threads.in_trips``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from asyncbackup.errors import FailedItem, ManifestError
 from asyncbackup.layout import pack_key
 from asyncbackup.manifest import FileEntry
-from asyncbackup.manifest_reader import LINES_PER_TRIP
+from asyncbackup.manifest_reader import CHECKS_PER_TRIP
 from asyncbackup.packs import PackIndex, Place
 from asyncbackup.repository import Repository
 from asyncbackup.shard_records import ShardRecord
@@ -58,7 +58,7 @@ async def merge_places(records: list[ShardRecord]) -> tuple[PackIndex, list[Fail
                     sized_by.setdefault(place.pack, record.index)
             return False
 
-        await in_trips(take, list(part.places.items()), per_trip=LINES_PER_TRIP)
+        await in_trips(take, list(part.places.items()), per_trip=CHECKS_PER_TRIP)
     return merged, problems
 
 
@@ -83,7 +83,7 @@ async def unstored(
                     return True
             return False
 
-        await in_trips(missing, record.manifest.entries, per_trip=LINES_PER_TRIP)
+        await in_trips(missing, record.manifest.entries, per_trip=CHECKS_PER_TRIP)
     if places:
         lost += _unlisted_packs(records, places, await repo.pack_ids())
     return lost

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from asyncbackup.manifest import Manifest
 from asyncbackup.manifest_reader import read_manifest
 from asyncbackup.packs import PackIndex
 from asyncbackup.repository import Repository
-from asyncbackup.threads import to_thread
+from asyncbackup.threads import in_trips, to_thread
 
 log = logging.getLogger("asyncbackup")
 RECORD_VERSION = 1
@@ -100,9 +101,10 @@ def encode_record(
 
 
 async def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
-    """Parse and check a record read from ``key``, its entries in bounded worker-thread trips
-    with the event loop free between them (``manifest_reader.read_manifest``): a record of
-    100,000 entries never holds the loop, nor the GIL, for more than one trip.
+    """Parse and check a record read from ``key``, its entries and its INDEX part in bounded
+    worker-thread trips with the event loop free between them (as
+    ``manifest_reader.read_manifest`` reads a MANIFEST): a record of 100,000 entries never
+    holds the loop, nor the GIL, for more than one trip.
 
     Raises:
         ManifestError: it is not a record, was cut short, or its body does not match the
@@ -113,7 +115,15 @@ async def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
     places = PackIndex()
     if index_part:
         where = f"{key} (its INDEX part)"
-        places = await to_thread(PackIndex.decode, index_part, where=where, limit=limit)
+        lines = await to_thread(PackIndex.lines_of, index_part, where=where, limit=limit)
+
+        def add(batch: Sequence[bytes]) -> bool:
+            places.add_lines(batch, where=where)
+            return False
+
+        # One line per trip: it places up to INDEX_LINE_CHUNKS (1,000) chunks, each a short
+        # list checked and added, about as long as a trip of LINES_PER_TRIP entries.
+        await in_trips(add, lines, per_trip=1)
     try:
         return ShardRecord(
             key=key,

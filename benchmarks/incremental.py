@@ -9,7 +9,8 @@ which reports the requests each run sent; asyncbackup's unchanged run is repeate
 store holding many more chunks, to show whether its requests depend on the size of the store.
 
 Then two measurements of asyncbackup alone: the peak RSS of a backup of many small files with a
-parent of as many entries, and how long parsing a large MANIFEST stalls the event loop.
+parent of as many entries, and how long parsing a large MANIFEST stalls the event loop
+(``benchmarks/loop_stall.py``, which also measures whole backups).
 
 restic comes from Debian (``apt-get install restic`` when it is missing; its runs are skipped,
 with a message, when it cannot be installed).
@@ -24,7 +25,6 @@ import asyncio
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.loop_stall import parse_stalls, parse_table
 from benchmarks.report import RESULTS, command, machine, median_of, save
 from tests.proxy import FaultProxy
 from tests.servers import http, start_moto
@@ -349,116 +350,6 @@ def memory_with_parent(scratch: Path, files: int) -> list[dict[str, Any]]:
     return rows
 
 
-def loop_stall(entries: int, rounds: int) -> dict[str, Any]:
-    """The longest the event loop waited (a task asking for a 1 ms sleep, and woken late) while
-    a MANIFEST of ``entries`` files was parsed: in bounded worker-thread trips, as asyncbackup
-    reads one (``manifest_reader.read_manifest``), against one worker-thread call of the same
-    parse (``Manifest.from_json``), and one ``json.loads`` of the whole. The cyclic garbage
-    collector's full (generation 2) collections hold the GIL whatever thread triggers them, so
-    their pauses are recorded too."""
-    import gc
-    import json
-
-    # What a backup process has imported: the collector's full collections walk all of it.
-    import asyncbackup.cli.run
-    import asyncbackup.storage.gcs
-    import asyncbackup.storage.s3  # noqa: F401
-    from asyncbackup.backup_options import ChangeDetection
-    from asyncbackup.manifest import FileEntry, Manifest
-    from asyncbackup.manifest_reader import read_manifest
-    from asyncbackup.parent import Parent
-
-    rnd = random.Random(3)
-    manifest = Manifest(
-        name="m", job_id="j", started="s", finished="f", host="h", source="/s",
-        chunk_size=8 * MiB,
-        entries=tuple(
-            FileEntry(f"d{i // 1000}/f{i}", "file", 0o644, i, size=100, sha256=h, chunks=(h,),
-                      ctime_ns=i, inode=i, uid=0, gid=0)
-            for i in range(entries) for h in [rnd.randbytes(32).hex()]
-        ),
-    )  # fmt: skip
-    stored = manifest.to_bytes()
-    plain = manifest.to_json()
-    del manifest
-    pauses: list[float] = []
-    started_gc = 0.0
-
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        nonlocal started_gc
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            started_gc = time.perf_counter()
-        else:
-            pauses.append((time.perf_counter() - started_gc) * 1000)
-
-    async def worst_stall(work: Any) -> dict[str, float]:
-        stalls: list[float] = []
-        done = False
-
-        async def tick() -> None:
-            while not done:
-                before = time.perf_counter()
-                await asyncio.sleep(0.001)
-                stalls.append(time.perf_counter() - before - 0.001)
-
-        pauses.clear()
-        ticker = asyncio.create_task(tick())
-        started = time.perf_counter()
-        # Kept until the probe stops: freeing 100,000 entries is one C call, whichever thread
-        # drops the last reference, and it is not the parse.
-        result = await work()
-        took = time.perf_counter() - started
-        done = True
-        await ticker
-        del result
-        stalls.sort()
-        worst, p99 = stalls[-1], stalls[int(len(stalls) * 0.99)]
-        return {"worst_stall_ms": round(worst * 1000, 1), "p99_stall_ms": round(p99 * 1000, 1),
-                "seconds": round(took, 2),
-                "gc_full_collections": len(pauses),
-                "gc_longest_ms": round(max(pauses, default=0.0), 1)}  # fmt: skip
-
-    async def idle() -> None:
-        # The machine's own stalls: the probe alone, for as long as the last parse in pieces.
-        await asyncio.sleep(rows["pieces"][-1]["seconds"])
-
-    async def parent() -> Parent:  # what a backup does with its parent before it walks
-        return await Parent.of(await read_manifest(stored, where="bench"), ChangeDetection())
-
-    kinds: dict[str, Any] = {
-        "pieces": lambda: read_manifest(stored, where="bench"),
-        "parent": parent,
-        "idle": idle,
-        "one_thread_call": lambda: asyncio.to_thread(Manifest.from_json, stored, where="bench"),
-        "one_json_loads": lambda: asyncio.to_thread(json.loads, plain),
-    }
-    rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
-    gc.callbacks.append(on_gc)
-    try:
-        for _ in range(rounds):  # interleaved: each round runs each kind once, in turn
-            for kind, work in kinds.items():
-                gc.collect()
-                rows[kind].append(asyncio.run(worst_stall(work)))
-    finally:
-        gc.callbacks.remove(on_gc)
-
-    def median_row(kind: str) -> dict[str, Any]:
-        found = rows[kind]
-        row: dict[str, Any] = {k: statistics.median(r[k] for r in found) for k in found[0]}
-        row["worst_stall_ms_rounds"] = [r["worst_stall_ms"] for r in found]
-        return row
-
-    return {
-        "entries": entries,
-        "rounds": rounds,
-        "manifest_mib": round(len(plain) / MiB, 1),
-        "stored_mib": round(len(stored) / MiB, 1),
-        **{kind: median_row(kind) for kind in kinds},
-    }
-
-
 def tables(runs: list[Run], memory: list[dict[str, Any]], stall: dict[str, Any]) -> str:
     local = [asdict(r) for r in runs if r.where == "local"]
     out = ["Local store, medians of the rounds (asyncbackup / restic: ratio > 1 means "
@@ -500,22 +391,7 @@ def tables(runs: list[Run], memory: list[dict[str, Any]], stall: dict[str, Any])
         out += [f"| {r['run']} | {r['files']} | {r['seconds']} s | {r['peak_rss_mib']} MiB |"
                 for r in memory]  # fmt: skip
     if stall:
-        out += ["", f"Parsing a MANIFEST of {stall['entries']} entries ({stall['manifest_mib']} "
-                f"MiB of JSON, {stall['stored_mib']} MiB stored), medians of {stall['rounds']} "
-                "interleaved rounds:", "",
-                "| parse | worst event-loop stall (each round) | 99th percentile "
-                "| longest full GC pause (count) | time |",
-                "|---|---:|---:|---:|---:|"]  # fmt: skip
-        labels = (("idle", "nothing (the machine's own stalls: the probe alone)"),
-                  ("pieces", "bounded worker-thread trips (asyncbackup)"),
-                  ("parent", "the same, then the parent's table of files (a backup's start)"),
-                  ("one_thread_call", "the same parse in one worker-thread call"),
-                  ("one_json_loads", "one json.loads of the whole, in a thread"))  # fmt: skip
-        for key, label in labels:
-            row = stall[key]
-            out.append(f"| {label} | {row['worst_stall_ms']} ms {row['worst_stall_ms_rounds']} "
-                       f"| {row['p99_stall_ms']} ms | {row['gc_longest_ms']} ms "
-                       f"({row['gc_full_collections']}) | {row['seconds']} s |")  # fmt: skip
+        out += ["", *parse_table(stall)]
     return "\n".join(out)
 
 
@@ -566,7 +442,7 @@ def main() -> None:
             shutil.rmtree(tree)
         if "memory" not in args.skip:
             memory = memory_with_parent(scratch, args.memory_files)
-    stall = loop_stall(args.memory_files, args.rounds)
+    stall = parse_stalls(args.memory_files, args.rounds)
     markdown = tables(runs, memory, stall)
     print(markdown)
     result = {

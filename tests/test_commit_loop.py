@@ -13,31 +13,55 @@ import asyncio
 import itertools
 import sys
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from asyncbackup import BackupEngine, FileEntry, Manifest, MemoryStorage, manifest_reader, threads
-from asyncbackup import commit as commit_module
+from asyncbackup import (
+    BackupEngine,
+    FileEntry,
+    Manifest,
+    MemoryStorage,
+    manifest_reader,
+    shard_merge,
+    threads,
+)
 from asyncbackup import manifest as manifest_module
+from asyncbackup import packs as packs_module
 from asyncbackup import shards as shards_module
-from asyncbackup.layout import chunk_key, manifest_key, shard_key
-from asyncbackup.manifest_reader import LINES_PER_TRIP
+from asyncbackup.chunking import sha256_hex
+from asyncbackup.layout import index_key, manifest_key, pack_key, shard_key
+from asyncbackup.manifest import PACKED_FORMAT_VERSION, TreeCheck
+from asyncbackup.manifest_reader import CHECKS_PER_TRIP, LINES_PER_TRIP
+from asyncbackup.packs import INDEX_LINE_CHUNKS, PackIndex, Place
 from asyncbackup.shard_records import encode_record, read_record
 from asyncbackup.shards import shard_of
 from tests.conftest import RecordingSleep, fast_config
 
-D1 = "a" * 64
 SHARDS = 2
-ENTRIES = 3 * LINES_PER_TRIP + 10  # each shard's record then holds more than one trip's worth
+ENTRIES = 3000  # each shard's record then holds several trips' worth of every kind
+LIMITS = {  # units of work per worker-thread trip, by kind
+    "parse_entry": LINES_PER_TRIP,  # a MANIFEST entry parsed (and counted)
+    "shard_of": LINES_PER_TRIP,  # a path hashed to its shard
+    "INDEX place": INDEX_LINE_CHUNKS,  # one line of an INDEX part
+    "PackIndex.add": INDEX_LINE_CHUNKS,  # a place taken, as read or as merged
+    "tree check": CHECKS_PER_TRIP,  # an entry's place in the merged tree
+}
+
+
+def ref(path: str) -> str:
+    """A chunk of its own for each file."""
+    return sha256_hex(path.encode())
 
 
 def shard_manifest(index: int, *, paths: list[str]) -> Manifest:
     entries = tuple(
-        FileEntry(path=p, type="file", mode=0o644, mtime_ns=1, size=1, sha256=D1, chunks=(D1,))
+        FileEntry(
+            path=p, type="file", mode=0o644, mtime_ns=1, size=1, sha256=ref(p), chunks=(ref(p),)
+        )
         for p in paths
         if shard_of(p, SHARDS) == index
     )
@@ -50,20 +74,33 @@ def shard_manifest(index: int, *, paths: list[str]) -> Manifest:
         source="/src",
         chunk_size=4,
         entries=entries,
+        format_version=PACKED_FORMAT_VERSION,
     )
 
 
+def places_of(manifest: Manifest, index: int) -> PackIndex:
+    """Every chunk of ``manifest`` packed: a pack (of a made-up id) per 700 chunks."""
+    places = PackIndex()
+    for n, entry in enumerate(manifest.entries):
+        pack = sha256_hex(f"pack {index} {n // 700}".encode())
+        places.add(entry.chunks[0], Place(pack, (n % 700) * 10, 10), 700 * 10 + 100)
+    return places
+
+
 def store_with_records(paths: list[str]) -> tuple[MemoryStorage, list[Manifest]]:
-    """A store holding the records of backup 'big' in ``SHARDS`` shards, and the chunk they
-    name, as the shards would have left them."""
+    """A store holding the records of backup 'big' in ``SHARDS`` shards and the packs they
+    place chunks in, as the shards would have left them (the packs' bytes are not read)."""
     store = MemoryStorage()
-    store.objects[chunk_key(D1)] = b"x"
     manifests = [shard_manifest(i, paths=paths) for i in range(SHARDS)]
     for index, manifest in enumerate(manifests):
+        places = places_of(manifest, index)
         record = encode_record(
-            manifest, index=index, count=SHARDS, options={"chunk_size": 4}, worker="", written="t"
-        )
+            manifest, index=index, count=SHARDS, options={"chunk_size": 4}, worker="",
+            written="t", places=places,
+        )  # fmt: skip
         store.objects[shard_key("big", index)] = record
+        for pack in places.pack_sizes:
+            store.objects[pack_key(pack)] = b"a pack"
     return store, manifests
 
 
@@ -72,22 +109,30 @@ class Trips:
     """Every worker-thread trip of the code under test: the task that made it, the ticker's
     count when it started, and the units of per-entry work it did."""
 
+    active: bool = False  # while the code under test runs
     ticks: int = 0
-    trips: list[tuple[object, int, int]] = field(default_factory=list)
+    trips: list[tuple[object, int, Counter[str]]] = field(default_factory=list)
     local: threading.local = field(default_factory=threading.local)
     outside: list[str] = field(default_factory=list)  # units done on the loop's thread
 
     def unit(self, what: str) -> None:
         """One entry's work was done here: it must be inside a trip, never on the loop."""
+        if not self.active:  # the test's own work, before or after
+            return
         if threading.current_thread() is threading.main_thread():
             self.outside.append(what)
         elif hasattr(self.local, "units"):
-            self.local.units += 1
+            self.local.units[what] += 1
         else:
             self.outside.append(f"{what} (in a thread, not in a counted trip)")
 
-    def most_per_trip(self) -> int:
-        return max(units for _, _, units in self.trips)
+    def over_limit(self) -> list[tuple[str, int]]:
+        """Each kind of unit a trip did more of than ``LIMITS`` allows, and how many."""
+        return [(what, n) for _, _, units in self.trips for what, n in units.items()
+                if n > LIMITS[what]]  # fmt: skip
+
+    def total(self, what: str) -> int:
+        return sum(units[what] for _, _, units in self.trips)
 
     def loop_ran_between_trips(self) -> bool:
         """Each task's trips started at increasing ticks: the ticker ran between them."""
@@ -107,8 +152,8 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
     async def recording_to_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         started = seen.ticks
 
-        def counted() -> tuple[Any, int]:
-            seen.local.units = 0
+        def counted() -> tuple[Any, Counter[str]]:
+            seen.local.units = Counter()
             try:
                 return call(*args, **kwargs), seen.local.units
             finally:
@@ -132,8 +177,26 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
         seen.unit("shard_of")
         return real_shard_of(path, count)
 
+    def counting_entry(item: Any, fields: int) -> tuple[Any, ...]:
+        seen.unit("INDEX place")
+        return real_entry(item, fields)
+
+    def counting_add(index: PackIndex, ref: str, place: Place, pack_size: int) -> None:
+        seen.unit("PackIndex.add")
+        real_add(index, ref, place, pack_size)
+
+    def counting_check(tree: TreeCheck, entries: Iterable[FileEntry]) -> None:
+        entries = list(entries)
+        for _ in entries:
+            seen.unit("tree check")
+        real_check(tree, entries)
+
+    real_entry, real_add, real_check = packs_module._entry, PackIndex.add, TreeCheck.check
+    monkeypatch.setattr(TreeCheck, "check", counting_check)
     monkeypatch.setattr(manifest_reader, "parse_entry", counting_parse)
-    monkeypatch.setattr(commit_module, "shard_of", counting_shard_of)
+    monkeypatch.setattr(shard_merge, "shard_of", counting_shard_of)
+    monkeypatch.setattr(packs_module, "_entry", counting_entry)
+    monkeypatch.setattr(PackIndex, "add", counting_add)
     yield seen
 
 
@@ -147,9 +210,11 @@ async def ticking(seen: Trips, work: Any) -> Any:
             await asyncio.sleep(0)
 
     task = asyncio.create_task(ticker())
+    seen.active = True
     try:
         return await work
     finally:
+        seen.active = False
         stop = True
         await task
 
@@ -163,10 +228,11 @@ async def test_a_large_shard_record_is_parsed_in_bounded_trips_with_the_loop_fre
     repo = BackupEngine(store, fast_config(), sleep=sleep)._repository("commit")
     record = await ticking(trips, read_record(repo, "big", 0))
     assert record is not None and record.manifest == manifests[0]
-    assert len(record.manifest.entries) > ENTRIES - LINES_PER_TRIP  # several trips' worth
+    assert record.places.places == places_of(manifests[0], 0).places
+    assert len(record.manifest.entries) > 2 * LINES_PER_TRIP  # several trips' worth
     assert trips.outside == []
-    assert sum(units for _, _, units in trips.trips) == len(manifests[0].entries)
-    assert trips.most_per_trip() <= LINES_PER_TRIP
+    assert trips.total("parse_entry") == trips.total("INDEX place") == len(record.manifest.entries)
+    assert trips.over_limit() == []
     assert trips.loop_ran_between_trips()
 
 
@@ -181,10 +247,15 @@ async def test_a_commit_of_large_records_works_in_bounded_trips_with_the_loop_fr
     engine = BackupEngine(store, fast_config(), sleep=sleep)
     summary = await ticking(trips, engine.commit("big", shards=SHARDS))
     assert trips.outside == []
-    assert sum(units for _, _, units in trips.trips) >= 2 * ENTRIES  # parsed, then hashed
-    assert trips.most_per_trip() <= LINES_PER_TRIP
+    for what in ("parse_entry", "INDEX place", "shard_of"):  # each entry parsed, placed, hashed
+        assert trips.total(what) == ENTRIES, what
+    assert trips.total("tree check") >= ENTRIES  # in each record, then merged
+    assert trips.total("PackIndex.add") >= 2 * ENTRIES  # read, then merged
+    assert trips.over_limit() == []
     assert trips.loop_ran_between_trips()
     assert summary.files == ENTRIES and summary.shards == SHARDS
     committed = Manifest.from_json(store.objects[manifest_key("big")], where="t")
     assert [e.path for e in committed.entries] == sorted(paths)
+    index = PackIndex.decode(store.objects[index_key("big")], where="t", limit=2**30)
+    assert set(index.places) == {ref(p) for p in paths}
     assert not any(k.startswith("shards/") for k in store.objects)  # records removed
