@@ -213,7 +213,7 @@ class ChunkSource:
             for name in self.names:
                 fresh.update(await self.repo.load_index(name))
             log.info("a pack was missing: read the INDEX of %s again", ", ".join(self.names))
-            if _same(fresh, self.index):
+            if await to_thread(_same, fresh, self.index):  # a million places: off the loop
                 self._same_at = number
                 return False
             self.index = fresh
@@ -223,7 +223,8 @@ class ChunkSource:
             return True
 
     def clear(self) -> None:
-        """Let go of every segment held (the job is over): their bytes go back to the budget."""
+        """Let go of every segment held (the job is over, or its plan is stale): their bytes
+        go back to the budget."""
         self._let_go(self.held)
 
     def _still_missing(self, ref: str, place: Place, path: str) -> ObjectNotFoundError:

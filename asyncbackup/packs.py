@@ -39,6 +39,7 @@ import zstandard
 
 from asyncbackup.errors import IntegrityError, ManifestError
 from asyncbackup.layout import is_chunk_ref, is_digest
+from asyncbackup.threads import to_thread
 
 PACK_FORMAT = 1
 INDEX_FORMAT = 1
@@ -269,6 +270,22 @@ class PackIndex:
         with _corrupt(where):
             for line in lines:  # one small json.loads per line: the GIL is let go between
                 _add_line(self, json.loads(line))
+
+
+async def read_index(data: bytes, *, where: str, limit: int) -> PackIndex:
+    """``PackIndex.decode`` in bounded worker-thread trips with the event loop free between
+    them, as a MANIFEST is read (``manifest_reader``): one trip decompresses the INDEX, then
+    each parses and checks one line (at most ``INDEX_LINE_CHUNKS`` places, about a
+    millisecond). A parent's INDEX of 100,000 packed chunks in one call would hold the loop at
+    every switch of the GIL for a third of a second.
+
+    Raises:
+        ManifestError: the INDEX is corrupt, or larger than ``limit`` once decompressed.
+    """
+    index = PackIndex()
+    for line in await to_thread(PackIndex.lines_of, data, where=where, limit=limit):
+        await to_thread(PackIndex.add_lines, index, (line,), where=where)
+    return index
 
 
 @contextmanager

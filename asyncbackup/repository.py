@@ -42,6 +42,7 @@ from asyncbackup.packs import (
     PackIndex,
     Place,
     parse_trailer,
+    read_index,
     trailer_length,
 )
 from asyncbackup.retry import Retrier, Transfer
@@ -272,7 +273,7 @@ class Repository:
             ) from None
         if len(data) > self.manifest_limit:
             raise ManifestError(f"{where} is {len(data):,} bytes, over --max-manifest-size")
-        return await to_thread(PackIndex.decode, data, where=where, limit=self.manifest_limit)
+        return await read_index(data, where=where, limit=self.manifest_limit)
 
     async def load_manifest(self, name: str, *, size: int | None = None) -> Manifest:
         """Read and validate backup ``name``'s MANIFEST, if it is no larger than

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +34,9 @@ from asyncbackup.errors import ManifestError, ObjectNotFoundError
 from asyncbackup.layout import SHARDS, shard_key
 from asyncbackup.manifest import Manifest
 from asyncbackup.manifest_reader import read_manifest
-from asyncbackup.packs import PackIndex
+from asyncbackup.packs import PackIndex, read_index
 from asyncbackup.repository import Repository
-from asyncbackup.threads import in_trips, to_thread
+from asyncbackup.threads import to_thread
 
 log = logging.getLogger("asyncbackup")
 RECORD_VERSION = 1
@@ -115,15 +114,7 @@ async def decode_record(data: bytes, *, key: str, limit: int) -> ShardRecord:
     places = PackIndex()
     if index_part:
         where = f"{key} (its INDEX part)"
-        lines = await to_thread(PackIndex.lines_of, index_part, where=where, limit=limit)
-
-        def add(batch: Sequence[bytes]) -> bool:
-            places.add_lines(batch, where=where)
-            return False
-
-        # One line per trip: it places up to INDEX_LINE_CHUNKS (1,000) chunks, each a short
-        # list checked and added, about as long as a trip of LINES_PER_TRIP entries.
-        await in_trips(add, lines, per_trip=1)
+        places = await read_index(index_part, where=where, limit=limit)
     try:
         return ShardRecord(
             key=key,

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import zlib
+from typing import Any
 
 import pytest
 import zstandard
 from prometheus_client import CollectorRegistry
 
-from asyncbackup import MemoryStorage
+from asyncbackup import MemoryStorage, threads
+from asyncbackup import packs as packs_module
 from asyncbackup.compression import Compression, codec_of_ref, decode, encode_chunk
 from asyncbackup.config import RetryPolicy
 from asyncbackup.errors import IntegrityError, ManifestError, ObjectNotFoundError
@@ -27,6 +30,7 @@ from asyncbackup.packs import (
     build_pack,
     parse_pack,
     parse_trailer,
+    read_index,
     trailer_length,
 )
 from asyncbackup.repository import Repository
@@ -129,6 +133,47 @@ def test_an_index_round_trips_and_lines_stay_short() -> None:
     assert len(lines) == 1 + 2 + 1  # the head, the big pack on two lines, the small one
     assert all(len(line) < 100 * INDEX_LINE_CHUNKS for line in lines)
     assert len(data) / len(index) < 110  # what docs/design.md promises per chunk, compressed
+
+
+async def test_an_index_is_read_in_bounded_trips_with_the_loop_free_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deterministic, not timed: ``read_index`` (how a backup reads its parent's INDEX, and a
+    restore the backup's) adds at most one line's ``INDEX_LINE_CHUNKS`` places per
+    worker-thread trip, and the loop runs between trips (one call of ``PackIndex.decode`` for
+    the whole INDEX, as before, fails this); what it reads equals the index written."""
+    index = index_of_packs(chunks_of(*(i.to_bytes(4, "big") for i in range(3 * INDEX_LINE_CHUNKS))))
+    data = index.encode("b1")
+    ticks = 0
+    trips: list[tuple[int, int]] = []  # (ticks when it started, places added by it)
+
+    async def recording_to_thread(call: Any, *args: Any, **kwargs: Any) -> Any:
+        before = len(args[0]) if args and isinstance(args[0], PackIndex) else 0
+        started = ticks
+        result = await threads.to_thread(call, *args, **kwargs)
+        if args and isinstance(args[0], PackIndex):
+            trips.append((started, len(args[0]) - before))
+        return result
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    done = False
+    monkeypatch.setattr(packs_module, "to_thread", recording_to_thread)
+    task = asyncio.create_task(ticker())
+    try:
+        back = await read_index(data, where="INDEX", limit=1 << 30)
+    finally:
+        done = True
+        await task
+    assert back.places == index.places and back.pack_sizes == index.pack_sizes
+    assert [n for _, n in trips] == [INDEX_LINE_CHUNKS] * 3
+    assert trips[0][0] < trips[1][0] < trips[2][0]  # the loop ran between trips
+    with pytest.raises(ManifestError, match="INDEX is corrupt"):
+        await read_index(data[:-9], where="INDEX", limit=1 << 30)
 
 
 def test_restricted_keeps_only_the_refs_named_and_their_packs() -> None:

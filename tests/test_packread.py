@@ -33,7 +33,6 @@ from asyncbackup.packs import PackIndex, build_pack
 from asyncbackup.prune import PruneReport
 from asyncbackup.repository import Repository
 from asyncbackup.retry import Retrier
-from asyncbackup.storage.base import ObjectPage, Storage
 from tests.conftest import SMALL_CHUNK, assert_same_tree, fast_config
 from tests.packed import pack_keys
 from tests.stores import WatchedStorage
@@ -56,26 +55,22 @@ def keep_only(root: Path, names: range) -> None:
             path.unlink()
 
 
-class PrunesBetweenReads(Storage):
+class PrunesBetweenReads(WatchedStorage):
     """A store on which whole prunes run while a restore reads packs: the first when it first
     reads a pack, each next one when it first reads a pack the prune before wrote (that is,
     after the restore read the INDEX again and went to the new place). Pack reads wait while a
     prune runs, so every read falls between two prunes, never inside one: deterministic."""
 
     def __init__(self, inner: MemoryStorage, policies: list[RetentionPolicy]) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.engine = BackupEngine(inner, PACKED)  # the prunes go straight to the store
         self.policies = policies
         self.reports: list[PruneReport] = []
-        self.index_reads: dict[str, int] = {}
         self._made: set[str] | None = None  # the packs the last prune wrote
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def _before_read(self, key: str) -> None:
-        if key.endswith("/INDEX"):
-            self.index_reads[key] = self.index_reads.get(key, 0) + 1
         if not key.startswith(PACKS):
             return
         await self._idle.wait()
@@ -89,24 +84,13 @@ class PrunesBetweenReads(Storage):
         finally:
             self._idle.set()
 
-    async def put(
-        self, key: str, data: bytes, *, overwrite: bool = True, digest: str | None = None
-    ) -> None:
-        await self.inner.put(key, data, overwrite=overwrite, digest=digest)
-
     async def get(self, key: str) -> bytes:
         await self._before_read(key)
-        return await self.inner.get(key)
+        return await super().get(key)
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         await self._before_read(key)
-        return await self.inner.get_range(key, start, length)
-
-    async def list_objects(self, prefix: str, token: str | None = None) -> ObjectPage:
-        return await self.inner.list_objects(prefix, token)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
+        return await super().get_range(key, start, length)
 
 
 async def three_generations(tmp_path: Path) -> tuple[MemoryStorage, Path]:
@@ -140,7 +124,7 @@ async def test_a_restore_overtaken_by_two_repacks_reads_the_index_until_it_stops
     assert [r.packs_repacked > 0 and r.packs_written > 0 for r in racing.reports] == [True] * 2
     assert not first_packs & await pack_keys(store)
     # The INDEX was read when the restore began, then again after each repack: not more.
-    assert racing.index_reads == {index_key("b3"): 3}
+    assert racing.calls["get", index_key("b3")] == 3
     assert caplog.text.count("a pack was missing: read the INDEX of b3 again") == 2
 
 
