@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zstandard
 
 from asyncbackup.errors import IntegrityError, ManifestError
@@ -54,9 +55,10 @@ MAX_TRAILER = 16 * 1024 * 1024
 INDEX_LINE_CHUNKS = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class PackedChunk:
-    """One chunk inside a pack, as the pack's trailer records it."""
+class PackedChunk(msgspec.Struct, frozen=True, gc=False):
+    """One chunk inside a pack, as the pack's trailer records it. Untracked by the garbage
+    collector, like ``FileEntry`` and for the same reason: a pack of small files holds
+    thousands."""
 
     ref: str
     offset: int
@@ -64,9 +66,10 @@ class PackedChunk:
     raw_length: int  # once decoded
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where a packed chunk lies: which pack, and its stored bytes' offset and length there."""
+class Place(msgspec.Struct, frozen=True, gc=False):
+    """Where a packed chunk lies: which pack, and its stored bytes' offset and length there.
+    Untracked by the garbage collector (see ``FileEntry``): a parent's INDEX holds one per
+    packed chunk, 100,000 and more, for as long as the backup runs."""
 
     pack: str
     offset: int

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import zlib
@@ -170,6 +171,7 @@ async def test_an_index_is_read_in_bounded_trips_with_the_loop_free_between(
         done = True
         await task
     assert back.places == index.places and back.pack_sizes == index.pack_sizes
+    assert not any(gc.is_tracked(p) for p in back.places.values())  # see FileEntry: gc=False
     assert [n for _, n in trips] == [INDEX_LINE_CHUNKS] * 3
     assert trips[0][0] < trips[1][0] < trips[2][0]  # the loop ran between trips
     with pytest.raises(ManifestError, match="INDEX is corrupt"):
