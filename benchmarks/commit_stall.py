@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from asyncbackup.shard_index import merge_places
 from asyncbackup.shard_merge import inconsistencies, merged
 from asyncbackup.shard_records import ShardRecord, decode_record, encode_record, split_record
 from asyncbackup.shards import shard_of
+from benchmarks.loop_stall import interleaved
 
 RESULTS = Path(__file__).parent / "results" / "commit_stall.json"
 PER_PACK = 1000
@@ -127,49 +125,6 @@ async def one_call_each(data: list[bytes], shards: int) -> None:
     await asyncio.to_thread(_old_merge, parsed)
 
 
-PAUSES: list[float] = []  # the full (generation 2) garbage collections' pauses, in ms
-_gc_started = 0.0
-
-
-def _on_gc(phase: str, info: dict[str, int]) -> None:
-    global _gc_started
-    if info["generation"] != 2:
-        return
-    if phase == "start":
-        _gc_started = time.perf_counter()
-    else:
-        PAUSES.append((time.perf_counter() - _gc_started) * 1000)
-
-
-async def worst_stall(work: Any) -> dict[str, float]:
-    stalls: list[float] = []
-    done = False
-    PAUSES.clear()
-
-    async def tick() -> None:
-        while not done:
-            before = time.perf_counter()
-            await asyncio.sleep(0.001)
-            stalls.append(time.perf_counter() - before - 0.001)
-
-    ticker = asyncio.create_task(tick())
-    started = time.perf_counter()
-    cpu = time.process_time()
-    await work()
-    took, cpu = time.perf_counter() - started, time.process_time() - cpu
-    done = True
-    await ticker
-    stalls.sort()
-    return {
-        "worst_stall_ms": round(stalls[-1] * 1000, 1),
-        "p99_stall_ms": round(stalls[int(len(stalls) * 0.99)] * 1000, 1),
-        "seconds": round(took, 2),
-        "cpu_seconds": round(cpu, 2),
-        "gc_full_collections": len(PAUSES),
-        "gc_longest_ms": round(max(PAUSES, default=0.0), 1),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=100_000)
@@ -181,20 +136,11 @@ def main() -> None:
         "trips": lambda: in_trips(data, args.shards),
         "one_call_each": lambda: one_call_each(data, args.shards),
     }
-    rows: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    gc.callbacks.append(_on_gc)
-    for round_ in range(args.rounds):
-        for kind, work in kinds.items():
-            gc.collect()
-            rows[kind].append(asyncio.run(worst_stall(work)))
-            print(f"round {round_ + 1}, {kind}: {rows[kind][-1]}", flush=True)
     summary: dict[str, Any] = {
         "entries": args.entries, "shards": args.shards, "rounds": args.rounds,
         "record_mib": round(sum(map(len, data)) / (1 << 20), 1),
     }  # fmt: skip
-    for kind, found in rows.items():
-        summary[kind] = {k: statistics.median(r[k] for r in found) for k in found[0]}
-        summary[kind]["worst_stall_ms_rounds"] = [r["worst_stall_ms"] for r in found]
+    summary.update(interleaved(kinds, args.rounds))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +99,11 @@ class Probe:
 
         self.pauses.clear()
         ticker = asyncio.create_task(tick())
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         # Kept until the probe stops: freeing 100,000 entries is one C call, whichever thread
         # drops the last reference, and it is not the work measured.
         result = await work()
-        took = time.perf_counter() - started
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
         done = True
         await ticker
         del result
@@ -112,12 +112,13 @@ class Probe:
             "worst_stall_ms": round(stalls[-1] * 1000, 1),
             "p99_stall_ms": round(stalls[int(len(stalls) * 0.99)] * 1000, 1),
             "seconds": round(took, 2),
+            "cpu_seconds": round(cpu, 2),
             "gc_full_collections": len(self.pauses),
             "gc_longest_ms": round(max(self.pauses, default=0.0), 1),
         }
 
 
-def interleaved(kinds: dict[str, Work], rounds: int) -> dict[str, Any]:
+def interleaved(kinds: Mapping[str, Work], rounds: int) -> dict[str, Any]:
     """Each kind once per round, in turn; the median of each measure, and each round's worst."""
     probe = Probe()
     rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
