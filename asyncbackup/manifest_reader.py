@@ -37,10 +37,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 from asyncbackup.errors import ManifestError, ManifestTooLarge
-from asyncbackup.manifest import (
-    FileEntry,
-    Manifest,
-    Tally,
+from asyncbackup.manifest import FileEntry, Manifest, Tally
+from asyncbackup.manifest_checks import (
     TreeCheck,
     assemble,
     parse_document,

@@ -23,8 +23,8 @@ from asyncbackup.manifest import (
     FileEntry,
     Manifest,
     Tally,
-    TreeCheck,
 )
+from asyncbackup.manifest_checks import TreeCheck
 from asyncbackup.manifest_reader import CHECKS_PER_TRIP, LINES_PER_TRIP
 from asyncbackup.shard_records import ShardRecord
 from asyncbackup.shards import SHARDED_HOST, shard_of

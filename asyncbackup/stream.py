@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.defaults import DEFAULT_STDIN_NAME as DEFAULT_STDIN_NAME  # re-exported
 from asyncbackup.errors import ConfigError, ManifestError, SourceError
-from asyncbackup.manifest import FileEntry, check_relative_path
+from asyncbackup.manifest import FileEntry
+from asyncbackup.manifest_checks import check_relative_path
 from asyncbackup.pool import TaskPool
 from asyncbackup.threads import to_thread
 

@@ -25,16 +25,17 @@ from asyncbackup import (
     FileEntry,
     Manifest,
     MemoryStorage,
+    manifest_checks,
     manifest_reader,
     shard_merge,
     threads,
 )
-from asyncbackup import manifest as manifest_module
 from asyncbackup import packs as packs_module
 from asyncbackup import shards as shards_module
 from asyncbackup.chunking import sha256_hex
 from asyncbackup.layout import index_key, manifest_key, pack_key, shard_key
-from asyncbackup.manifest import PACKED_FORMAT_VERSION, TreeCheck
+from asyncbackup.manifest import PACKED_FORMAT_VERSION
+from asyncbackup.manifest_checks import TreeCheck
 from asyncbackup.manifest_reader import CHECKS_PER_TRIP, LINES_PER_TRIP
 from asyncbackup.packs import INDEX_LINE_CHUNKS, PackIndex, Place
 from asyncbackup.shard_records import encode_record, read_record
@@ -167,7 +168,7 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
         name = getattr(module, "__name__", "")
         if name.startswith("asyncbackup") and getattr(module, "to_thread", None) is real_to_thread:
             monkeypatch.setattr(module, "to_thread", recording_to_thread)
-    real_parse, real_shard_of = manifest_module.parse_entry, shards_module.shard_of
+    real_parse, real_shard_of = manifest_checks.parse_entry, shards_module.shard_of
 
     def counting_parse(*args: Any) -> FileEntry:
         seen.unit("parse_entry")

@@ -14,12 +14,13 @@ from asyncbackup import (
     FileEntry,
     Manifest,
     ManifestError,
+    manifest_checks,
     manifest_encoding,
     manifest_reader,
     threads,
 )
-from asyncbackup import manifest as manifest_module
-from asyncbackup.manifest import Tally, TreeCheck
+from asyncbackup.manifest import Tally
+from asyncbackup.manifest_checks import TreeCheck
 from asyncbackup.manifest_reader import CHECKS_PER_TRIP, LINES_PER_TRIP, read_manifest
 
 D1, D2 = "a" * 64, "b" * 64
@@ -148,7 +149,7 @@ async def test_a_large_manifest_is_parsed_in_bounded_trips_with_the_loop_free_be
     count = 3 * LINES_PER_TRIP + 10
     original = many(count)
     parsed = 0
-    real_parse = manifest_module.parse_entry
+    real_parse = manifest_checks.parse_entry
 
     def counting_parse(*args: Any) -> FileEntry:
         nonlocal parsed
