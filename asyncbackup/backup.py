@@ -110,7 +110,7 @@ class BackupJob(SourceFiles, StoredChunks, BackupState):
             hint = self.repo.retrier.budget.explain()
             raise BackupFailed(OPERATION, [failure], hint=hint) from exc
         totals = manifest.totals
-        return BackupSummary(
+        summary = BackupSummary(
             name=name,
             files=totals.files,
             dirs=totals.dirs,
@@ -127,6 +127,10 @@ class BackupJob(SourceFiles, StoredChunks, BackupState):
             parent=manifest.parent,
             warnings=manifest.warnings,
         )
+        held = list(manifest.entries)  # then this list is the last reference to each entry
+        del manifest
+        await self.release(held)
+        return summary
 
     async def _locked_run(self, source: Path | StreamSource, name: str) -> Manifest:
         """Everything between taking the lock and committing: see ``run``."""
@@ -190,7 +194,7 @@ class BackupJob(SourceFiles, StoredChunks, BackupState):
             async with TaskPool(OPERATION, limit=1, hint=hint) as pool:
                 await pool.spawn("packs/", self.packer.flush)
         if self.parent is not None:
-            self.parent.forget()
+            await self.parent.forget()
         finished = self._now()
         stored = dict(self.stored)
         index = PackIndex()

@@ -101,7 +101,10 @@ def build_pack(chunks: Sequence[tuple[str, bytes, int]]) -> Pack:
         offset += len(stored)
     body = {
         "pack_format": PACK_FORMAT,
-        "chunks": [[c.ref, c.offset, c.length, c.raw_length] for c in entries],
+        # Tuples, not lists (the same JSON): the collector stops tracking a tuple of strings
+        # and ints at its first young collection, where 20,000 lists would all reach the oldest
+        # generation and bring on a full collection (see SourceEntry in walk.py).
+        "chunks": [(c.ref, c.offset, c.length, c.raw_length) for c in entries],
     }
     trailer = zstandard.ZstdCompressor(write_content_size=True).compress(
         json.dumps(body, separators=(",", ":")).encode()
@@ -312,7 +315,7 @@ def _index_lines(index: PackIndex, backup: str) -> Iterator[bytes]:
             line = {
                 "pack": pack_id,
                 "size": index.pack_sizes[pack_id],
-                "chunks": [[ref, p.offset, p.length] for ref, p in part],
+                "chunks": [(ref, p.offset, p.length) for ref, p in part],  # see build_pack
             }
             yield dumps(line).encode() + b"\n"
 
