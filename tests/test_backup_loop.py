@@ -45,8 +45,9 @@ async def test_a_backup_frees_what_it_held_a_part_at_a_time_once_committed(
     and where, and its parent, all at once as it returned: one C call of tens of ms for
     100,000 files. Now no turn of the loop after the commit frees more than a few blocks for
     each of the ``FREES_PER_TURN`` items it drops (a parsed entry is about 8: itself, its
-    path, type, sha256, its chunks' tuple and ref...), made 100 here so that the bound is far
-    below what dropping 3,000 entries at once frees. The collector is off: what it frees of
+    path, type, sha256, its chunks' tuple and ref...), made 100 here so that the bound (with
+    room for a worker thread's own frees in the same turn) is far below what dropping 3,000
+    entries at once frees. The collector is off: what it frees of
     earlier tests' cycles is not the backup's."""
     monkeypatch.setattr(freeing, "FREES_PER_TURN", 100)
     store = MemoryStorage()
@@ -55,7 +56,8 @@ async def test_a_backup_frees_what_it_held_a_part_at_a_time_once_committed(
     for name in ("again", "third"):
         after_commit = await freed_per_turn_after_commit(engine, store, tree, name)
         assert after_commit  # the ticker ran after the commit
-        assert max(after_commit) <= 10 * freeing.FREES_PER_TURN < FILES, name
+        # Dropped at once, 3,000 entries were over 20,000 blocks in one turn
+        assert max(after_commit) <= 30 * freeing.FREES_PER_TURN < 3 * FILES, name
 
 
 async def freed_per_turn_after_commit(
@@ -131,7 +133,8 @@ async def test_a_backups_walk_entries_and_pack_rows_never_reach_the_oldest_gener
     assert summary.files == FILES
     assert sum(promotions.values()) > 0  # the collections were watched
     assert promotions["SourceEntry"] == 0
-    assert promotions["list"] < FILES // 10, promotions.most_common(5)
+    # About 2,000 (0.7 a file) before; a few hundred of the job's own now
+    assert promotions["list"] < FILES // 4, promotions.most_common(5)
 
 
 async def test_walk_entries_are_not_tracked_by_the_collector(tree: Path) -> None:
