@@ -43,6 +43,7 @@ from asyncbackup.errors import (
     StorageError,
     TransientStorageError,
 )
+from asyncbackup.freeing import drain
 from asyncbackup.layout import SHARDS, index_key, manifest_key, shard_key, source_mark_key
 from asyncbackup.locks import RepositoryLock
 from asyncbackup.manifest import (
@@ -108,17 +109,20 @@ class CommitJob:
         """
         ShardSpec(0, count)  # refuses a count out of range
         started = time.monotonic()
+        records: list[ShardRecord] = []  # filled by _locked_run, freed here a part at a time
         try:
             async with self.lock:
-                summary = await self._locked_run(name, count)
+                summary = await self._locked_run(name, count, records)
         except StorageError as exc:
             raise BackupFailed(OPERATION, [FailedItem(self.repo.store.url, exc)]) from exc
+        finally:
+            await release(records)
         return replace(summary, seconds=time.monotonic() - started)
 
-    async def _locked_run(self, name: str, count: int) -> CommitSummary:
+    async def _locked_run(self, name: str, count: int, records: list[ShardRecord]) -> CommitSummary:
         phase(self.progress, "reading the shard records")
         present = set(await self.repo.list_keys(f"{SHARDS}{name}/"))
-        records, problems = await self._read_records(name, count, present)
+        problems = await self._read_records(name, count, present, records)
         if await self.repo.has_backup(name):
             return await self._committed_already(name, count, records, present)
         problems += await inconsistencies(name, count, records)
@@ -177,8 +181,10 @@ class CommitJob:
                         manifest.name, key, exc)  # fmt: skip
 
     async def _read_records(
-        self, name: str, count: int, present: set[str]
-    ) -> tuple[list[ShardRecord], list[FailedItem]]:
+        self, name: str, count: int, present: set[str], ordered: list[ShardRecord]
+    ) -> list[FailedItem]:
+        """The problems of the records that cannot be read; the others go to ``ordered``, by
+        index."""
         records: dict[int, ShardRecord] = {}
         problems: dict[int, FailedItem] = {}
         room = asyncio.Semaphore(self.concurrency)
@@ -202,8 +208,8 @@ class CommitJob:
         async with asyncio.TaskGroup() as group:
             for index in range(count):
                 group.create_task(read(index))
-        ordered = [records[i] for i in sorted(records)]
-        return ordered, [problems[i] for i in sorted(problems)]
+        ordered.extend(records[i] for i in sorted(records))
+        return [problems[i] for i in sorted(problems)]
 
     async def _absent(self, name: str, index: int) -> str:
         marker = shard_key(name, index, started=True)
@@ -224,10 +230,10 @@ class CommitJob:
             ConfigError: it is another backup's.
         """
         manifest = await self.repo.load_manifest(name)
+        entries: dict[str, FileEntry] = {}
         if len(records) == count:
             mine = manifest.job_id == job_id(records)
         else:  # an earlier commit stopped while it removed the records: the rest must match
-            entries: dict[str, FileEntry] = {}
             await in_trips(by_path(entries), manifest.entries, per_trip=CHECKS_PER_TRIP)
 
             def differs(theirs: Sequence[FileEntry]) -> bool:
@@ -244,13 +250,29 @@ class CommitJob:
             )
         log.info("backup %s was committed already; removing its shard records", name)
         await self._remove(present)
-        return replace(_summary(manifest, records), already=True)
+        summary = replace(_summary(manifest, records), already=True)
+        held = list(manifest.entries)  # the last reference to each entry once these go:
+        del manifest  # then freed a part at a time, not in one call as this returns
+        entries.clear()
+        await drain(held)
+        return summary
 
     async def _remove(self, keys: set[str]) -> None:
         # Records and markers go only after the MANIFEST names every chunk they named.
         async with asyncio.TaskGroup() as group:
             for key in sorted(keys):
                 group.create_task(self.repo.delete_object(key))
+
+
+async def release(records: list[ShardRecord]) -> None:
+    """Free ``records`` (emptied) a part at a time (``freeing.drain``): the last references
+    to a sharded backup's entries and places, 100,000 of each for as many files. The merged
+    MANIFEST and INDEX hold the same objects, so they must be gone first."""
+    while records:
+        record = records.pop()
+        entries, places = list(record.manifest.entries), record.places.places
+        del record  # its entries' tuple goes: the list holds each entry now
+        await drain(entries, places)
 
 
 def _summary(manifest: Manifest, records: list[ShardRecord]) -> CommitSummary:

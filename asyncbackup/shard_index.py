@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from asyncbackup.errors import FailedItem, ManifestError
+from asyncbackup.freeing import drain
 from asyncbackup.layout import pack_key
 from asyncbackup.manifest import FileEntry
 from asyncbackup.manifest_reader import CHECKS_PER_TRIP
@@ -84,6 +85,7 @@ async def unstored(
             return False
 
         await in_trips(missing, record.manifest.entries, per_trip=CHECKS_PER_TRIP)
+    await drain(stored)  # a listing of every chunk in the store: freed a part at a time
     if places:
         lost += _unlisted_packs(records, places, await repo.pack_ids())
     return lost

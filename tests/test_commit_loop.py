@@ -10,6 +10,7 @@ store (the shard commits on real stores are in test_shards.py and test_shards_gc
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import sys
 import threading
@@ -33,7 +34,8 @@ from asyncbackup import (
 from asyncbackup import packs as packs_module
 from asyncbackup import shards as shards_module
 from asyncbackup.chunking import sha256_hex
-from asyncbackup.layout import index_key, manifest_key, pack_key, shard_key
+from asyncbackup.freeing import FREES_PER_TURN
+from asyncbackup.layout import chunk_key, index_key, manifest_key, pack_key, shard_key
 from asyncbackup.manifest import PACKED_FORMAT_VERSION
 from asyncbackup.manifest_checks import TreeCheck
 from asyncbackup.manifest_reader import CHECKS_PER_TRIP, LINES_PER_TRIP
@@ -88,13 +90,18 @@ def places_of(manifest: Manifest, index: int) -> PackIndex:
     return places
 
 
-def store_with_records(paths: list[str]) -> tuple[MemoryStorage, list[Manifest]]:
+def store_with_records(
+    paths: list[str], *, packed: bool = True
+) -> tuple[MemoryStorage, list[Manifest]]:
     """A store holding the records of backup 'big' in ``SHARDS`` shards and the packs they
-    place chunks in, as the shards would have left them (the packs' bytes are not read)."""
+    place chunks in (or, not ``packed``, each chunk's object), as the shards would have left
+    them (the packs' and chunks' bytes are not read)."""
     store = MemoryStorage()
     manifests = [shard_manifest(i, paths=paths) for i in range(SHARDS)]
     for index, manifest in enumerate(manifests):
-        places = places_of(manifest, index)
+        places = places_of(manifest, index) if packed else PackIndex()
+        for entry in () if packed else manifest.entries:
+            store.objects[chunk_key(entry.chunks[0])] = b"a chunk"
         record = encode_record(
             manifest, index=index, count=SHARDS, options={"chunk_size": 4}, worker="",
             written="t", places=places,
@@ -260,3 +267,41 @@ async def test_a_commit_of_large_records_works_in_bounded_trips_with_the_loop_fr
     index = PackIndex.decode(store.objects[index_key("big")], where="t", limit=2**30)
     assert set(index.places) == {ref(p) for p in paths}
     assert not any(k.startswith("shards/") for k in store.objects)  # records removed
+
+
+async def test_a_commit_frees_its_records_a_part_at_a_time_with_the_loop_free_between(
+    sleep: RecordingSleep,
+) -> None:
+    """Dropping the records of 12,000 entries at once (as the commit did when it returned), or
+    the listing of 12,000 chunks, frees every entry and its strings, or every ref, in one C
+    call while the loop waits. Counted, not timed: the memory blocks freed between two turns
+    of a ticker on the loop; an entry is at most 6 (itself, its path, its sha256, its chunks'
+    tuple and ref). Unpacked: a packed commit's INDEX encode frees its own temporaries in its
+    worker thread, during some turn. The collector is off meanwhile: what it frees of
+    earlier tests' cycles is not the commit's."""
+    paths = [f"f{i:05d}" for i in range(4 * ENTRIES)]
+    store, _ = store_with_records(paths, packed=False)
+    engine = BackupEngine(store, fast_config(), sleep=sleep)
+    freed_per_turn: list[int] = []
+    stop = False
+
+    async def ticker() -> None:
+        last = sys.getallocatedblocks()
+        while not stop:
+            await asyncio.sleep(0)
+            now = sys.getallocatedblocks()
+            freed_per_turn.append(last - now)
+            last = now
+
+    gc.collect()
+    gc.disable()
+    task = asyncio.create_task(ticker())
+    try:
+        summary = await engine.commit("big", shards=SHARDS)
+    finally:
+        stop = True
+        await task
+        gc.enable()
+    assert summary.files == len(paths)
+    assert not any(k.startswith("shards/") for k in store.objects)
+    assert max(freed_per_turn) <= 7 * FREES_PER_TURN < len(paths)  # it was about 3 per entry
