@@ -22,7 +22,7 @@ timeouts instead; the engine's per-attempt timeout bounds the whole request.
 
 ``STORAGE_EMULATOR_HOST`` selects an emulator (fake-gcs-server): requests then carry no
 credentials and no credential file is read. Every SDK exception becomes a ``StorageError`` in
-``_storage_error``, the one place that decides what a retry can fix.
+``gcs_errors.storage_error``, the one place that decides what a retry can fix.
 """
 
 from __future__ import annotations
@@ -30,28 +30,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
-import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
-import jwt
 from gcloud.aio.auth import Token
 from gcloud.aio.auth.token import GCE_METADATA_BASE
 from gcloud.aio.storage import Storage as GCSClient
 
-from asyncbackup.errors import (
-    ConfigError,
-    ObjectExistsError,
-    ObjectNotFoundError,
-    PermanentStorageError,
-    StorageError,
-    TransientStorageError,
-)
+from asyncbackup.errors import ConfigError, ObjectNotFoundError, StorageError, TransientStorageError
 from asyncbackup.storage.base import ObjectInfo, ObjectPage, Storage, within_piece_size
+from asyncbackup.storage.gcs_errors import CREDENTIAL_ERRORS, REQUEST_ERRORS, About, storage_error
 from asyncbackup.storage.options import StoreOptions
 from asyncbackup.storage.uncopied import UncopiedBody
 from asyncbackup.threads import to_thread
@@ -66,27 +58,6 @@ SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 """Objects are created, read, listed and deleted: no ACL or bucket changes."""
 
 CONTENT_TYPE = "application/octet-stream"
-
-About = Literal["object", "bucket", "credentials", "metadata"]
-
-_REQUEST_ERRORS: tuple[type[Exception], ...] = (
-    aiohttp.ClientError,  # connection, payload and HTTP status errors
-    TimeoutError,
-    json.JSONDecodeError,  # a 2xx reply that is not JSON
-)
-_CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
-    *_REQUEST_ERRORS,
-    OSError,
-    ValueError,
-    KeyError,
-    jwt.PyJWTError,
-)
-
-_CREDENTIALS_HINT = (
-    "check GOOGLE_APPLICATION_CREDENTIALS (a service account JSON key) or the application "
-    "default credentials, and that the account has storage.objects.create, get, list and "
-    "delete on the bucket"
-)
 
 # gcloud-aio-auth wraps this in tenacity's @retry; the function underneath tries once.
 _acquire_once: Callable[[Token, int], Awaitable[None]] = inspect.unwrap(Token.acquire_access_token)
@@ -326,84 +297,16 @@ class GCSStorage(Storage):
             await client.get_bucket_metadata(self.bucket, timeout=self._timeout)
         except aiohttp.ClientResponseError as exc:
             if exc.status == 404:
-                raise _storage_error(exc, self.url, "", about="bucket") from exc
+                raise storage_error(exc, self.url, "", about="bucket") from exc
         except (aiohttp.ClientError, TimeoutError):
             pass  # no storage.buckets.get, or a hiccup: the object is still what is missing
 
     @asynccontextmanager
     async def _mapped(self, key: str, *, about: About) -> AsyncIterator[None]:
-        caught = _REQUEST_ERRORS if about in ("object", "bucket") else _CREDENTIAL_ERRORS
+        caught = REQUEST_ERRORS if about in ("object", "bucket") else CREDENTIAL_ERRORS
         try:
             yield
         except StorageError:
             raise
         except caught as exc:
-            raise _storage_error(exc, self.url, key, about=about) from exc
-
-
-def _storage_error(exc: Exception, url: str, key: str, *, about: About) -> StorageError:
-    """What aiohttp, gcloud-aio or the credential loading raised, as a ``StorageError``.
-
-    ``about`` says what failed: a request on an "object" (a 404 means no such object), on the
-    "bucket" (put and list: a 404 means no bucket), or getting "credentials" (loading the key,
-    fetching a token), from the "metadata" server when no credentials were found.
-    """
-    where = url + key
-    bucket = url.removeprefix("gs://").split("/", 1)[0]
-    credentials = about in ("credentials", "metadata")
-    if isinstance(exc, aiohttp.InvalidURL):
-        return PermanentStorageError(f"{where}: invalid URL: {exc}")
-    if about == "metadata" and isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
-        return PermanentStorageError(
-            f"{url}: no Google credentials found, and no metadata server to ask "
-            f"({type(exc).__name__}): set GOOGLE_APPLICATION_CREDENTIALS to a service account "
-            "JSON key, run `gcloud auth application-default login`, or set "
-            "STORAGE_EMULATOR_HOST=http://HOST:PORT for an emulator"
-        )
-    if not isinstance(exc, aiohttp.ClientResponseError):
-        if credentials and not isinstance(exc, aiohttp.ClientError | TimeoutError):
-            # A missing or unreadable key file, bad JSON, an unusable private key.
-            return PermanentStorageError(
-                f"{url}: cannot use the Google credentials ({type(exc).__name__}: {exc}): "
-                f"{_CREDENTIALS_HINT}"
-            )
-        # Connection refused or reset, a dropped keep-alive, a body cut short, a timeout, a reply
-        # that is not JSON (a proxy's error page): sending the request again may work.
-        return TransientStorageError(f"{where}: {type(exc).__name__}: {exc}")
-    status = exc.status
-    said = _google_message(exc.message)
-    if status in (408, 429) or status >= 500:
-        return TransientStorageError(f"{where}: HTTP {status}: {said}")
-    if credentials or status in (401, 403):
-        what = "the token server refused the credentials" if credentials else "access denied"
-        return PermanentStorageError(
-            f"{where}: {what} (HTTP {status}: {said}): {_CREDENTIALS_HINT}"
-        )
-    if status == 404 and about == "object":
-        return ObjectNotFoundError(f"{url}: no object {key}")
-    if status == 404:
-        return PermanentStorageError(
-            f"{url}: the bucket {bucket!r} does not exist: create it "
-            f"(gcloud storage buckets create gs://{bucket}) or check the name in the store URL"
-        )
-    if status == 412:
-        return ObjectExistsError(f"{url}: {key} exists already")
-    if status == 400:
-        return PermanentStorageError(
-            f"{where}: HTTP 400, the request was refused ({said}): check the bucket name "
-            "and the key"
-        )
-    return PermanentStorageError(f"{where}: HTTP {status}: {said}")
-
-
-def _google_message(text: str) -> str:
-    """The ``error.message`` of Google's JSON error body (after gcloud-aio's ``reason: ``)."""
-    _, brace, rest = text.partition("{")
-    if brace:
-        try:
-            message = json.loads(brace + rest)["error"]["message"]
-            if isinstance(message, str) and message:
-                return message
-        except (ValueError, KeyError, TypeError):
-            pass
-    return " ".join(text.split())[:300] or "no details"
+            raise storage_error(exc, self.url, key, about=about) from exc
