@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncbackup.chunking import sha256_hex
+from asyncbackup.commit import release
 from asyncbackup.layout import manifest_key
 from asyncbackup.manifest import PACKED_FORMAT_VERSION, FileEntry, Manifest
 from asyncbackup.packs import PackIndex, Place
@@ -70,7 +71,7 @@ def records(entries: int, shards: int) -> list[bytes]:
 
 
 async def in_trips(data: list[bytes], shards: int) -> None:
-    """What ``commit`` does now with the records, up to the store checks."""
+    """What ``commit`` does now with the records, up to the store checks, and their free."""
     parsed = [
         await decode_record(d, key=f"shards/big/{i}.record", limit=1 << 31)
         for i, d in enumerate(data)
@@ -79,6 +80,8 @@ async def in_trips(data: list[bytes], shards: int) -> None:
     places, conflicts = await merge_places(parsed)
     assert not conflicts and places
     await merged("big", parsed, packed=True)
+    del places  # then, as commit does, the records are freed a part at a time
+    await release(parsed)
 
 
 def _old_decode(data: bytes, key: str) -> ShardRecord:
