@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import BackupEngine, EngineConfig, MemoryStorage, freeing
-from asyncbackup.layout import manifest_key
+from asyncbackup.layout import SOURCE_MARK, manifest_key
 from asyncbackup.walk import Batch, walk_batches
 from tests.conftest import RecordingSleep
 
@@ -63,17 +63,21 @@ async def test_a_backup_frees_what_it_held_a_part_at_a_time_once_committed(
 async def freed_per_turn_after_commit(
     engine: BackupEngine, store: MemoryStorage, tree: Path, name: str
 ) -> list[int]:
-    """Back ``tree`` up as ``name``: the blocks freed in each turn of the loop once its
-    MANIFEST is in the store."""
+    """Back ``tree`` up as ``name``: the blocks freed in each turn of the loop once it is
+    committed, its source mark written (after the MANIFEST: the commit's worker-thread calls
+    have all returned)."""
     after_commit: list[int] = []
-    stop = False
+    stop = committed = False
+    mark = manifest_key(name).rpartition("/")[0] + "/" + SOURCE_MARK
 
     async def ticker() -> None:
+        nonlocal committed
         last = sys.getallocatedblocks()
         while not stop:
             await asyncio.sleep(0)
             now = sys.getallocatedblocks()
-            if manifest_key(name) in store.objects:
+            if committed or any(k.startswith(mark) for k in store.objects):
+                committed = True
                 after_commit.append(last - now)
             last = now
 
