@@ -96,7 +96,7 @@ class FileEntry(msgspec.Struct, frozen=True, gc=False):
     collections walk every tracked object while holding the GIL: 50 to 90 ms here, a stall of
     the event loop in whichever thread triggered them. An entry holds only text, numbers and
     tuples of them, so it can never be part of a reference cycle: untracked, it costs the
-    collector nothing and never brings a collection on (see docs/design.md "The event loop").
+    collector nothing and never brings a collection on (docs/design.md, "Parsing in bounded trips").
     A changed copy is ``msgspec.structs.replace(entry, field=value)``. Like a slots class, a
     million entries cost half the memory of plain objects."""
 
